@@ -1,0 +1,210 @@
+"""Graph directories: an atomic streaming writer and a validating reader.
+
+Layout (DESIGN.md)::
+
+    <graph>/schema.json
+    <graph>/nodes/<ntype>/part-*.parquet                 id, raw_id, feature columns
+    <graph>/edges/<src>__<rel>__<dst>/part-*.parquet     src, dst, ts?, weight?
+
+The writer streams: each ``write_*`` call appends a row group, so memory is bounded by
+the batch a caller hands in. Everything goes to a hidden sibling folder that is renamed
+into place only when the writer closes cleanly; a failed run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from graphs.exceptions import GraphFormatError
+from graphs.schema import GraphSchema
+
+PART_ROWS = 1 << 26  # rows per part file before the writer starts a new one
+ROW_GROUP_ROWS = 1 << 20
+
+
+def temp_sibling(path: Path) -> Path:
+    return path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+def replace_dir(tmp: Path, final: Path, overwrite: bool) -> None:
+    """Move a finished temp folder into place; the old one (if any) goes only after."""
+    if final.exists():
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileExistsError(f"{final} already exists (pass overwrite=True / --overwrite to replace it)")
+        old = temp_sibling(final)
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+
+
+def write_json_atomic(path: Path, doc: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class _PartWriter:
+    """Appends tables of one type to ``part-00000.parquet``, ``part-00001.parquet``..."""
+
+    def __init__(self, folder: Path, schema: pa.Schema):
+        self.folder, self.schema = folder, schema
+        self.rows, self._part, self._part_rows, self._writer = 0, 0, 0, None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is not None and self._part_rows + table.num_rows > PART_ROWS:
+            self.close()
+            self._part += 1
+        if self._writer is None:
+            path = self.folder / f"part-{self._part:05d}.parquet"
+            self._writer = pq.ParquetWriter(path, self.schema, compression="snappy")
+            self._part_rows = 0
+        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        self.rows += table.num_rows
+        self._part_rows += table.num_rows
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class GraphWriter:
+    """Write a graph directory in batches, atomically.
+
+    ``schema`` names the types and features; the counts written to ``schema.json`` are
+    the rows actually written. Use as a context manager::
+
+        with GraphWriter(out, schema) as w:
+            w.write_nodes("user", {"id": ids, "raw_id": raw, "age": age})
+            w.write_edges("user__rates__movie", {"src": s, "dst": d, "ts": t})
+    """
+
+    def __init__(self, out: str | Path, schema: GraphSchema, overwrite: bool = False):
+        self.out = Path(out)
+        if self.out.exists() and not overwrite:
+            raise FileExistsError(f"{self.out} already exists (pass overwrite=True / --overwrite to replace it)")
+        self.schema, self.overwrite = schema, overwrite
+        self.tmp = temp_sibling(self.out)
+        self.tmp.mkdir(parents=True)
+        self._parts: dict[str, _PartWriter] = {}
+
+    def _table(self, columns: dict | pa.Table, schema: pa.Schema, what: str) -> pa.Table:
+        table = columns if isinstance(columns, pa.Table) else pa.table(
+            {name: columns[name] for name in schema.names if name in columns}
+        )
+        missing = [n for n in schema.names if n not in table.column_names]
+        if missing:
+            raise GraphFormatError(f"{what}: missing columns {missing}; expected {schema.names}")
+        try:
+            return table.select(schema.names).cast(schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+            raise GraphFormatError(f"{what}: cannot store columns as {schema} ({err})") from None
+
+    def write_nodes(self, ntype: str, columns: dict | pa.Table) -> None:
+        node_type = self.schema.node_type(ntype)
+        table = self._table(columns, node_type.arrow_schema(), f"nodes {ntype!r}")
+        key = f"nodes/{ntype}"
+        if key not in self._parts:
+            self._parts[key] = _PartWriter(self.tmp / "nodes" / ntype, table.schema)
+        self._parts[key].write(table)
+
+    def write_edges(self, ekey: str, columns: dict | pa.Table) -> None:
+        etype = self.schema.edge_type(ekey)
+        table = self._table(columns, etype.arrow_schema(), f"edges {ekey!r}")
+        key = f"edges/{ekey}"
+        if key not in self._parts:
+            self._parts[key] = _PartWriter(self.tmp / "edges" / ekey, table.schema)
+        self._parts[key].write(table)
+
+    def close(self) -> GraphSchema:
+        """Finish the part files, write ``schema.json`` with the real counts, rename into place."""
+        for part in self._parts.values():
+            part.close()
+        nodes = {n.name: self._rows(f"nodes/{n.name}") for n in self.schema.node_types}
+        edges = {e.key: self._rows(f"edges/{e.key}") for e in self.schema.edge_types}
+        final = self.schema.with_counts(nodes, edges)
+        write_json_atomic(self.tmp / "schema.json", final.to_json())
+        replace_dir(self.tmp, self.out, self.overwrite)
+        return final
+
+    def abort(self) -> None:
+        for part in self._parts.values():
+            part.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _rows(self, key: str) -> int:
+        return self._parts[key].rows if key in self._parts else 0
+
+    def __enter__(self) -> GraphWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class GraphDir:
+    """A graph directory on disk: its schema and part files, validated on open.
+
+    ``validate="fast"`` checks every file's footer (readable, columns, dtypes, row counts)
+    and the parquet min/max statistics (ids in range, timestamps >= 0, no nulls); a row
+    group whose statistics look wrong is scanned to name the first bad row. ``"full"``
+    scans every value. ``"none"`` only reads the schema.
+    """
+
+    def __init__(self, path: str | Path, validate: str = "fast"):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise GraphFormatError(f"{self.path}: not a directory")
+        self.schema = GraphSchema.load(self.path / "schema.json")
+        if validate != "none":
+            from graphs.validate import validate_graph
+
+            validate_graph(self, full=(validate == "full"))
+
+    def node_files(self, ntype: str) -> list[Path]:
+        return sorted((self.path / "nodes" / ntype).glob("part-*.parquet"))
+
+    def edge_files(self, ekey: str) -> list[Path]:
+        return sorted((self.path / "edges" / ekey).glob("part-*.parquet"))
+
+    def read_nodes(self, ntype: str, columns: list[str] | None = None) -> pa.Table:
+        """Whole node table of one type, sorted by id (for small types and tests)."""
+        files = self.node_files(ntype)
+        if not files:
+            return self.schema.node_type(ntype).arrow_schema().empty_table()
+        table = pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
+        return table.sort_by("id") if "id" in table.column_names else table
+
+    def iter_edges(self, ekey: str, batch_rows: int = ROW_GROUP_ROWS) -> Iterator[dict[str, np.ndarray]]:
+        """Stream one edge type as numpy batches ``{"src": [B], "dst": [B], "ts"?: [B], "weight"?: [B]}``."""
+        for f in self.edge_files(ekey):
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
+                yield {name: batch.column(i).to_numpy() for i, name in enumerate(batch.schema.names)}
+
+    def read_edges(self, ekey: str) -> dict[str, np.ndarray]:
+        """Whole edge table of one type (for small graphs and tests)."""
+        parts = list(self.iter_edges(ekey))
+        if not parts:
+            return {name: np.empty(0, dtype=t.to_pandas_dtype())
+                    for name, t in zip(self.schema.edge_type(ekey).arrow_schema().names,
+                                       self.schema.edge_type(ekey).arrow_schema().types)}
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
