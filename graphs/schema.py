@@ -128,8 +128,8 @@ class EdgeType:
         return f"{self.src}__{self.rel}__{self.dst}"
 
     def reverse(self) -> EdgeType:
-        rel = self.rel[4:] if self.rel.startswith("rev_") else f"rev_{self.rel}"
-        return EdgeType(self.dst, rel, self.src, self.count, self.ts, self.weight)
+        """The same edges, flipped: ``<dst>__rev_<rel>__<src>`` (DESIGN.md)."""
+        return EdgeType(self.dst, f"rev_{self.rel}", self.src, self.count, self.ts, self.weight)
 
     def arrow_schema(self) -> pa.Schema:
         cols = [pa.field("src", pa.int64(), nullable=False), pa.field("dst", pa.int64(), nullable=False)]

@@ -1,0 +1,302 @@
+"""Partition a graph directory into per-shard CSR arrays with Ray Data, streaming.
+
+Two passes, each bounded by a chunk size, never by the graph:
+
+1. **Route** (``read_parquet`` -> ``map_batches``): every batch of edges of one type is
+   routed twice, forward by ``owner(src)`` and reversed by ``owner(dst)``. Each record gets
+   a bucket key ``(direction, shard, row range)`` and the batch is written, sorted by key,
+   to one spill file; only ``{key: (start, count)}`` goes back to the driver.
+2. **Build** (``from_items`` -> ``map``): one task per (edge type, shard) reads its buckets
+   range by range from every spill file, sorts each range by row (stable) and appends it
+   to ``indices.npy`` / ``ts.npy`` / ``weight.npy``; ``indptr`` comes from the row counts.
+   A range holds at most about ``bucket_edges`` records, so that is the memory bound.
+
+The output is written into a temporary sibling folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from graphs.exceptions import GraphFormatError
+from graphs.schema import EdgeType, GraphSchema
+from graphs.shards import META_FORMAT, OWNER_RULE, first_owned, owned_counts
+from graphs.store import GraphDir, replace_dir, temp_sibling, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """num_parts: shards P. bucket_edges: records sorted at once in pass 2 (the memory bound).
+    batch_rows: edges routed at once in pass 1."""
+
+    num_parts: int = 8
+    bucket_edges: int = 1 << 23
+    batch_rows: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        for name in ("num_parts", "bucket_edges", "batch_rows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"PartitionConfig.{name} must be an int >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one input edge type is routed; both directions share it."""
+
+    etype: EdgeType
+    src_offset: int
+    dst_offset: int
+    src_count: int
+    dst_count: int
+    ranges: int  # row ranges per (direction, shard)
+    row_dtype: str
+    nbr_dtypes: tuple[str, str]  # forward stores dst ids, reverse stores src ids
+
+    @property
+    def spill_nbr_dtype(self) -> str:
+        return "int64" if "int64" in self.nbr_dtypes else "int32"
+
+
+def _plan(etype: EdgeType, schema: GraphSchema, cfg: PartitionConfig) -> _Plan:
+    per_shard = etype.count / cfg.num_parts
+    ranges = max(1, int(np.ceil(1.25 * per_shard / cfg.bucket_edges)))
+    counts = {n.name: n.count for n in schema.node_types}
+    max_rows = max(counts[etype.src], counts[etype.dst]) // cfg.num_parts + 1
+
+    def id_dtype(n: int) -> str:
+        return "int32" if n < 2**31 else "int64"
+
+    return _Plan(etype, schema.offsets[etype.src], schema.offsets[etype.dst],
+                 counts[etype.src], counts[etype.dst], ranges,
+                 "uint32" if max_rows < 2**32 else "int64",
+                 (id_dtype(counts[etype.dst]), id_dtype(counts[etype.src])))
+
+
+def _route(batch: dict[str, np.ndarray], plan: _Plan, num_parts: int, spill: str) -> dict:
+    """Pass 1 on one batch: ``src, dst: [B]`` (+ ts, weight) -> one spill file of 2B records.
+
+    Returns one row per non-empty bucket: ``key [K], start [K], count [K]`` and the file.
+    """
+    src, dst = batch["src"].astype(np.int64), batch["dst"].astype(np.int64)
+    if src.size and (src.min() < 0 or src.max() >= plan.src_count):
+        raise GraphFormatError(f"edges {plan.etype.key}: src id out of range [0, {plan.src_count})")
+    if dst.size and (dst.min() < 0 or dst.max() >= plan.dst_count):
+        raise GraphFormatError(f"edges {plan.etype.key}: dst id out of range [0, {plan.dst_count})")
+    keys, rows = [], []
+    for direction, (node, offset, count) in enumerate(
+        ((src, plan.src_offset, plan.src_count), (dst, plan.dst_offset, plan.dst_count))
+    ):
+        g = node + offset
+        part = g % num_parts
+        row = g // num_parts - (first_owned(offset, num_parts) // num_parts)[part]
+        n_rows = owned_counts(offset, count, num_parts)[part]
+        rng = row * plan.ranges // np.maximum(n_rows, 1)
+        keys.append((direction * num_parts + part) * plan.ranges + rng)
+        rows.append(row)
+    key = np.concatenate(keys)
+    order = np.argsort(key.astype(np.uint16) if key.max(initial=0) < 2**16 else key, kind="stable")
+    key = key[order]
+    columns = [np.concatenate(rows)[order].astype(plan.row_dtype),
+               np.concatenate([dst, src]).astype(plan.spill_nbr_dtype)[order]]
+    for col, dtype in (("ts", np.int64), ("weight", np.float32)):
+        if col in batch:
+            columns.append(np.tile(np.asarray(batch[col], dtype=dtype), 2)[order])
+    path = f"{spill}/{uuid.uuid4().hex}.bin"
+    with open(path, "wb") as f:
+        for arr in columns:
+            f.write(arr.tobytes())
+    uniq, start, cnt = np.unique(key, return_index=True, return_counts=True)
+    return {"key": uniq, "start": start.astype(np.int64), "count": cnt.astype(np.int64),
+            "total": np.full(len(uniq), len(key), dtype=np.int64),
+            "file": np.full(len(uniq), path, dtype=object),
+            "etype": np.full(len(uniq), plan.etype.key, dtype=object)}
+
+
+def _spill_columns(plan: _Plan) -> list[tuple[str, np.dtype]]:
+    cols = [("row", np.dtype(plan.row_dtype)), ("nbr", np.dtype(plan.spill_nbr_dtype))]
+    if plan.etype.ts:
+        cols.append(("ts", np.dtype(np.int64)))
+    if plan.etype.weight:
+        cols.append(("weight", np.dtype(np.float32)))
+    return cols
+
+
+def _read_slice(path: str, total: int, start: int, count: int, cols) -> dict[str, np.ndarray]:
+    out, base = {}, 0
+    with open(path, "rb") as f:
+        for name, dtype in cols:
+            f.seek(base + start * dtype.itemsize)
+            out[name] = np.fromfile(f, dtype=dtype, count=count)
+            base += total * dtype.itemsize
+    return out
+
+
+def _open_npy(path: Path, dtype, n: int):
+    f = open(path, "wb")
+    np.lib.format.write_array_header_2_0(
+        f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n,)})
+    return f
+
+
+def _build(item: dict, plans: dict[str, _Plan], num_parts: int, out: str) -> dict:
+    """Pass 2 for one (edge type, direction, shard): write its CSR, return degree stats."""
+    plan, direction, part = plans[item["plan"]], item["direction"], item["part"]
+    etype = plan.etype if direction == 0 else plan.etype.reverse()
+    offset, count = (plan.src_offset, plan.src_count) if direction == 0 else (plan.dst_offset, plan.dst_count)
+    n_rows = int(owned_counts(offset, count, num_parts)[part])
+    cols = _spill_columns(plan)
+    folder = Path(out) / f"shard-{part:05d}" / etype.key
+    folder.mkdir(parents=True, exist_ok=True)
+    total = int(sum(s["count"] for r in item["slices"] for s in r))
+    nbr_dtype = np.dtype(plan.nbr_dtypes[direction])  # forward stores dst ids, reverse src ids
+    files = {name: _open_npy(folder / f"{'indices' if name == 'nbr' else name}.npy",
+                             nbr_dtype if name == "nbr" else dtype, total)
+             for name, dtype in cols[1:]}
+    degree = np.zeros(n_rows, dtype=np.int64)
+    for r, slices in enumerate(item["slices"]):
+        lo, hi = -(-r * n_rows // plan.ranges), -(-(r + 1) * n_rows // plan.ranges)
+        parts = [_read_slice(s["file"], s["total"], s["start"], s["count"], cols) for s in slices]
+        if not parts:
+            continue
+        row = np.concatenate([p["row"] for p in parts]).astype(np.int64)
+        if row.size and (row.min() < lo or row.max() >= hi):
+            raise RuntimeError(f"{etype.key} shard {part}: range {r} holds rows outside [{lo}, {hi})")
+        order = np.argsort(row, kind="stable")
+        degree[lo:hi] = np.bincount(row - lo, minlength=hi - lo)
+        for name, f in files.items():
+            col = np.concatenate([p[name] for p in parts])[order]
+            f.write(col.astype(nbr_dtype if name == "nbr" else col.dtype, copy=False).tobytes())
+    for f in files.values():
+        f.close()
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(degree, out=indptr[1:])
+    np.save(folder / "indptr.npy", indptr)
+    hist = np.bincount(np.floor(np.log2(degree[degree > 0])).astype(np.int64), minlength=40)[:40]
+    return {"etype": etype.key, "part": part, "edges": total, "rows": n_rows,
+            "max_degree": int(degree.max(initial=0)), "nonzero_rows": int((degree > 0).sum()),
+            "log2_hist": hist.tolist()}
+
+
+def partition_graph(graph: str | Path, out: str | Path, config: PartitionConfig = PartitionConfig(),
+                    overwrite: bool = False) -> dict:
+    """Partition the graph directory ``graph`` into ``config.num_parts`` CSR shards under ``out``.
+
+    Uses the running Ray (``ray.init`` is called with defaults if none is). Returns the
+    ``meta.json`` document.
+    """
+    t0 = time.perf_counter()
+    gdir, out = GraphDir(graph, validate="fast"), Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
+    schema, P = gdir.schema, config.num_parts
+    all_types = list(schema.edge_types) + [e.reverse() for e in schema.edge_types]
+    keys = [e.key for e in all_types]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise GraphFormatError(f"{gdir.path}/schema.json: reverse edge types collide with given ones: {dup}")
+    tmp = temp_sibling(out)
+    spill = tmp / "_spill"
+    spill.mkdir(parents=True)
+    try:
+        plans = {e.key: _plan(e, schema, config) for e in schema.edge_types}
+        routed = _route_all(gdir, plans, P, config, str(spill))
+        t_route = time.perf_counter()
+        items = _build_items(plans, routed, P)
+        log.info("partition: building %d CSR shards", len(items))
+        built = (ray.data.from_items(items, override_num_blocks=min(len(items), 4 * P))
+                 .map(_build, fn_kwargs={"plans": plans, "num_parts": P, "out": str(tmp)})
+                 .take_all())
+        shutil.rmtree(spill)
+        meta = _meta(gdir, schema, all_types, built, config, time.perf_counter() - t0,
+                     t_route - t0)
+        write_json_atomic(tmp / "meta.json", meta)
+        replace_dir(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def _build_items(plans: dict[str, _Plan], routed: dict[str, list[dict]], P: int) -> list[dict]:
+    """One pass-2 work item per (edge type, direction, shard), with its slices per row range."""
+    items = {}
+    for ekey, plan in plans.items():
+        for direction in (0, 1):
+            for part in range(P):
+                items[(ekey, direction, part)] = {"plan": ekey, "direction": direction, "part": part,
+                                                  "slices": [[] for _ in range(plan.ranges)]}
+        for rec in routed.get(ekey, []):
+            d, rem = divmod(int(rec["key"]), P * plan.ranges)
+            p, r = divmod(rem, plan.ranges)
+            items[(ekey, d, p)]["slices"][r].append(
+                {"file": rec["file"], "total": int(rec["total"]), "start": int(rec["start"]),
+                 "count": int(rec["count"])})
+    return list(items.values())
+
+
+def _route_all(gdir: GraphDir, plans: dict[str, _Plan], P: int, cfg: PartitionConfig,
+               spill: str) -> dict[str, list[dict]]:
+    """Pass 1 over every edge type in one streaming Ray Data job."""
+    datasets = []
+    for ekey, plan in plans.items():
+        files = [str(f) for f in gdir.edge_files(ekey)]
+        if not files:
+            continue
+        datasets.append(ray.data.read_parquet(files).map_batches(
+            _route, batch_size=cfg.batch_rows, batch_format="numpy",
+            fn_kwargs={"plan": plan, "num_parts": P, "spill": spill}))
+    if not datasets:
+        return {}
+    ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+    routed: dict[str, list[dict]] = {}
+    for rec in ds.iter_rows():
+        routed.setdefault(rec["etype"], []).append(rec)
+    seen = {k: sum(int(r["count"]) for r in v) for k, v in routed.items()}
+    for ekey, plan in plans.items():
+        if seen.get(ekey, 0) != 2 * plan.etype.count:
+            raise GraphFormatError(f"{gdir.path / 'edges' / ekey}: routed {seen.get(ekey, 0) // 2} edges, "
+                                   f"schema.json says count={plan.etype.count}")
+    return routed
+
+
+def _meta(gdir, schema, all_types, built, config, seconds, route_seconds) -> dict:
+    full = GraphSchema(schema.node_types, tuple(all_types), schema.name)
+    per_type: dict[str, dict] = {}
+    for b in built:
+        s = per_type.setdefault(b["etype"], {"edges": 0, "max_degree": 0, "nonzero_rows": 0,
+                                             "log2_hist": [0] * 40, "edges_per_shard": [0] * config.num_parts})
+        s["edges"] += b["edges"]
+        s["max_degree"] = max(s["max_degree"], b["max_degree"])
+        s["nonzero_rows"] += b["nonzero_rows"]
+        s["log2_hist"] = [x + y for x, y in zip(s["log2_hist"], b["log2_hist"])]
+        s["edges_per_shard"][b["part"]] = b["edges"]
+    for s in per_type.values():
+        s["mean_degree"] = s["edges"] / max(1, s["nonzero_rows"])
+        while s["log2_hist"] and s["log2_hist"][-1] == 0:
+            s["log2_hist"].pop()
+        per_shard = s["edges_per_shard"]
+        s["imbalance"] = max(per_shard) / max(1e-9, sum(per_shard) / len(per_shard))
+    shards = [{"part": p,
+               "nodes": {n.name: int(owned_counts(schema.offsets[n.name], n.count, config.num_parts)[p])
+                         for n in schema.node_types},
+               "edges": int(sum(b["edges"] for b in built if b["part"] == p))}
+              for p in range(config.num_parts)]
+    return {"format": META_FORMAT, "version": 1, "num_parts": config.num_parts, "owner_rule": OWNER_RULE,
+            "graph": str(gdir.path.resolve()), "config": asdict(config), "schema": full.to_json(),
+            "num_nodes": schema.num_nodes, "num_edges": full.num_edges,
+            "seconds": {"total": seconds, "route": route_seconds},
+            "shards": shards, "degree_stats": per_type}
