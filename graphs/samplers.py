@@ -1,0 +1,229 @@
+"""Samplers over the shard store: fan-out mini-batches for training, k-nearest BFS for ILLE.
+
+Both read only the CSR rows of the nodes they touch (memory-mapped), so their cost is
+set by the batch and the fan-out, never by the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from graphs.shards import ShardStore
+
+
+@dataclass
+class SampledSubgraph:
+    """A heterogeneous sampled neighbourhood.
+
+    ``nodes[ntype]: [N_t]`` ids within the type; the seeds come first, in the order given.
+    ``edges[ekey]: [2, E]`` local indices (row 0 into ``nodes[src]``, row 1 into
+    ``nodes[dst]``) of the sampled edges of CSR type ``ekey``: from a frontier node (src)
+    to its sampled neighbour (dst). Messages towards the seeds flow dst -> src.
+    ``edge_ts[ekey]: [E]`` when the type has timestamps.
+    """
+
+    nodes: dict[str, np.ndarray]
+    edges: dict[str, np.ndarray] = field(default_factory=dict)
+    edge_ts: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class _NodeIndex:
+    """Assigns local indices to (type, id) pairs as they are discovered."""
+
+    def __init__(self, seeds: dict[str, np.ndarray]):
+        self.ids = {t: [np.asarray(v, dtype=np.int64)] for t, v in seeds.items()}
+        self.maps = {t: {int(x): i for i, x in enumerate(v)} for t, v in seeds.items()}
+
+    def add(self, ntype: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Local index of every id ``[M]``, and the ids new to this subgraph."""
+        mapping = self.maps.setdefault(ntype, {})
+        self.ids.setdefault(ntype, [])
+        local = np.empty(len(ids), dtype=np.int64)
+        new = []
+        for i, x in enumerate(ids.tolist()):
+            j = mapping.get(x)
+            if j is None:
+                j = mapping[x] = len(mapping)
+                new.append(x)
+            local[i] = j
+        new_arr = np.asarray(new, dtype=np.int64)
+        self.ids[ntype].append(new_arr)
+        return local, new_arr
+
+    def nodes(self) -> dict[str, np.ndarray]:
+        return {t: np.concatenate(v) if v else np.empty(0, np.int64) for t, v in self.ids.items()}
+
+
+def sample_fanout(store: ShardStore, seeds: dict[str, np.ndarray], fanouts: list[int],
+                  rng: np.random.Generator, edge_types: list[str] | None = None) -> SampledSubgraph:
+    """Uniform fan-out neighbour sampling, hop by hop (GraphSAGE style).
+
+    At each hop every frontier node keeps up to ``fanouts[hop]`` neighbours per edge type:
+    all of them when its degree is at most the fan-out, else a uniform sample without
+    replacement. ``edge_types`` limits the types followed (default: all, reverses included).
+    """
+    if any(f < 1 for f in fanouts):
+        raise ValueError(f"fanouts must all be >= 1, got {fanouts}")
+    index = _NodeIndex(seeds)
+    frontier = {t: np.asarray(v, dtype=np.int64) for t, v in seeds.items()}
+    edges: dict[str, list[np.ndarray]] = {}
+    edge_ts: dict[str, list[np.ndarray]] = {}
+    allowed = set(edge_types) if edge_types is not None else None
+    for fanout in fanouts:
+        nxt: dict[str, list[np.ndarray]] = {}
+        for ntype, ids in frontier.items():
+            if ids.size == 0:
+                continue
+            src_local, _ = index.add(ntype, ids)
+            for etype in store.edge_types_from(ntype):
+                if allowed is not None and etype.key not in allowed:
+                    continue
+                nb = store.neighbors(etype.key, ids)
+                pick = _choose(nb.degree, fanout, rng)
+                if pick.size == 0:
+                    continue
+                owner_pos = np.searchsorted(nb.ptr, pick, side="right") - 1
+                dst_local, new = index.add(etype.dst, nb.ids[pick])
+                edges.setdefault(etype.key, []).append(np.stack([src_local[owner_pos], dst_local]))
+                if nb.ts is not None:
+                    edge_ts.setdefault(etype.key, []).append(nb.ts[pick])
+                nxt.setdefault(etype.dst, []).append(new)
+        frontier = {t: np.unique(np.concatenate(v)) for t, v in nxt.items()}
+    return SampledSubgraph(index.nodes(), {k: np.concatenate(v, axis=1) for k, v in edges.items()},
+                           {k: np.concatenate(v) for k, v in edge_ts.items()})
+
+
+def _choose(degree: np.ndarray, fanout: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions (into the concatenated neighbour list) kept for each node, ``[sum(min(d, f))]``.
+
+    Small rows are kept whole; larger rows draw ``fanout`` distinct positions by ranking
+    random keys, which costs O(sum of those degrees) only over the rows being sampled.
+    """
+    ptr = np.concatenate([[0], np.cumsum(degree)])
+    small = degree <= fanout
+    keep = [np.arange(ptr[i], ptr[i + 1]) for i in np.flatnonzero(small & (degree > 0))]
+    for i in np.flatnonzero(~small):
+        d = int(degree[i])
+        if d > 64 * fanout:  # a hub: draw with rejection instead of ranking all its edges
+            picks = np.unique(rng.integers(0, d, size=2 * fanout))[:fanout]
+            while picks.size < fanout:
+                picks = np.unique(np.concatenate([picks, rng.integers(0, d, size=fanout)]))[:fanout]
+        else:
+            picks = np.argpartition(rng.random(d), fanout - 1)[:fanout]
+        keep.append(ptr[i] + np.sort(picks))
+    return np.sort(np.concatenate(keep)) if keep else np.empty(0, dtype=np.int64)
+
+
+@dataclass
+class KNeighbors:
+    """Up to k neighbours of one node for ILLE, best first.
+
+    ``types: [k']`` node type names, ``ids: [k']`` ids within their type, ``hops: [k']``
+    1 or 2, ``weight``/``ts: [k']`` of the connecting edge (1.0 / 0 where absent; for a
+    2-hop neighbour, of its best path), ``paths: [k']`` how many paths reach it.
+    """
+
+    types: list[str]
+    ids: np.ndarray
+    hops: np.ndarray
+    weight: np.ndarray
+    ts: np.ndarray
+    paths: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _one_hop(store: ShardStore, ntype: str, ids: np.ndarray):
+    """All out-neighbours of ``ids`` over every edge type from ``ntype``, as flat arrays."""
+    types, nbrs, weights, times, origin = [], [], [], [], []
+    for etype in store.edge_types_from(ntype):
+        nb = store.neighbors(etype.key, ids)
+        if nb.ids.size == 0:
+            continue
+        types += [etype.dst] * nb.ids.size
+        nbrs.append(nb.ids)
+        weights.append(nb.weight if nb.weight is not None else np.ones(nb.ids.size, np.float32))
+        times.append(nb.ts if nb.ts is not None else np.zeros(nb.ids.size, np.int64))
+        origin.append(np.repeat(np.arange(len(ids)), nb.degree))
+    if not nbrs:
+        e = np.empty(0, np.int64)
+        return [], e, np.empty(0, np.float32), e, e
+    return types, np.concatenate(nbrs), np.concatenate(weights), np.concatenate(times), np.concatenate(origin)
+
+
+def _rank(types: list[str], ids: np.ndarray, weight: np.ndarray, ts: np.ndarray,
+          exclude: set[tuple[str, int]]) -> tuple[list[tuple[str, int]], dict]:
+    """Unique candidates ranked by (paths, weight, recency), best first; excluded ones dropped."""
+    best: dict[tuple[str, int], list] = {}
+    for t, i, w, s in zip(types, ids.tolist(), weight.tolist(), ts.tolist()):
+        key = (t, i)
+        if key in exclude:
+            continue
+        cur = best.get(key)
+        if cur is None:
+            best[key] = [1, w, s]
+        else:
+            cur[0] += 1
+            if (w, s) > (cur[1], cur[2]):
+                cur[1], cur[2] = w, s
+    order = sorted(best, key=lambda k: (-best[k][0], -best[k][1], -best[k][2], k))
+    return order, best
+
+
+def k_hop_neighbors(store: ShardStore, ntype: str, node: int, k: int = 8,
+                    has_embedding: Callable[[str, np.ndarray], np.ndarray] | None = None) -> KNeighbors:
+    """BFS for ILLE: 1-hop neighbours first, then 2-hop, until ``k`` are found.
+
+    Within a hop, candidates rank by the number of paths reaching them, then edge weight,
+    then recency (ts). ``has_embedding(ntype, ids) -> bool [len(ids)]`` filters out nodes
+    without an embedding (new nodes). The node itself is never its own neighbour.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    chosen: list[tuple[str, int, int, float, int, int]] = []
+    exclude = {(ntype, int(node))}
+    frontier_types, f_ids, f_w, f_ts, _ = _one_hop(store, ntype, np.array([node], dtype=np.int64))
+    hop_sets = [(frontier_types, f_ids, f_w, f_ts)]
+    for hop in (1, 2):
+        types, ids, w, ts = hop_sets[hop - 1]
+        order, info = _rank(types, ids, w, ts, exclude)
+        order = _filter_embedded(order, has_embedding)
+        for key in order[: k - len(chosen)]:
+            paths, wt, tt = info[key]
+            chosen.append((key[0], key[1], hop, wt, tt, paths))
+        if len(chosen) >= k or hop == 2:
+            break
+        exclude |= {(t, int(i)) for t, i in zip(types, ids.tolist())}
+        # 2-hop: neighbours of every 1-hop neighbour, grouped by type for vectorised reads
+        second = ([], [], [], [])
+        for t in sorted(set(types)):
+            sel = np.array([x == t for x in types])
+            uniq = np.unique(ids[sel])
+            t2, i2, w2, s2, _ = _one_hop(store, t, uniq)
+            for acc, part in zip(second, (t2, i2, w2, s2)):
+                acc.append(part)
+        hop_sets.append((sum(second[0], []),
+                         np.concatenate(second[1]) if second[1] else np.empty(0, np.int64),
+                         np.concatenate(second[2]) if second[2] else np.empty(0, np.float32),
+                         np.concatenate(second[3]) if second[3] else np.empty(0, np.int64)))
+    return KNeighbors([c[0] for c in chosen], np.array([c[1] for c in chosen], dtype=np.int64),
+                      np.array([c[2] for c in chosen], dtype=np.int64),
+                      np.array([c[3] for c in chosen], dtype=np.float32),
+                      np.array([c[4] for c in chosen], dtype=np.int64),
+                      np.array([c[5] for c in chosen], dtype=np.int64))
+
+
+def _filter_embedded(order: list[tuple[str, int]], has_embedding) -> list[tuple[str, int]]:
+    if has_embedding is None or not order:
+        return order
+    keep = []
+    for t in sorted({t for t, _ in order}):
+        group = [key for key in order if key[0] == t]
+        mask = has_embedding(t, np.array([i for _, i in group], dtype=np.int64))
+        keep += [key for key, m in zip(group, mask) if m]
+    rank = {key: i for i, key in enumerate(order)}
+    return sorted(keep, key=rank.__getitem__)

@@ -1,0 +1,45 @@
+"""Shared fixtures: one real local Ray for the whole session, tiny graphs built on disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import ray
+
+from graphs.schema import EdgeType, GraphSchema, NodeType
+from graphs.store import GraphWriter
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray (2 CPUs), started once and shut down at the end."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+def random_graph(path, seed: int, counts: dict[str, int], edges: dict[tuple, int]):
+    """Write a random graph; ``edges`` maps ``(src, rel, dst, ts, weight) -> count``.
+
+    Returns ``(schema, {ekey: {"src", "dst", "ts"?, "weight"?}})`` with the raw arrays.
+    """
+    rng = np.random.default_rng(seed)
+    schema = GraphSchema(tuple(NodeType(n, 0) for n in counts),
+                         tuple(EdgeType(s, r, d, ts=t, weight=w) for (s, r, d, t, w) in edges))
+    data = {}
+    with GraphWriter(path, schema) as w:
+        for n, c in counts.items():
+            w.write_nodes(n, {"id": np.arange(c), "raw_id": [f"{n}{i}" for i in range(c)]})
+        for (s, r, d, t, wt), m in edges.items():
+            key = f"{s}__{r}__{d}"
+            cols = {"src": rng.integers(0, counts[s], m), "dst": rng.integers(0, counts[d], m)}
+            if t:
+                cols["ts"] = rng.integers(0, 10**9, m)
+            if wt:
+                cols["weight"] = rng.random(m).astype(np.float32)
+            data[key] = cols
+            if m:
+                w.write_edges(key, cols)
+    return schema.with_counts(counts, {f"{s}__{r}__{d}": m for (s, r, d, _, _), m in edges.items()}), data

@@ -1,0 +1,94 @@
+"""Fan-out and k-hop BFS samplers on a real partitioned graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import random_graph
+from graphs.partition import PartitionConfig, partition_graph
+from graphs.samplers import k_hop_neighbors, sample_fanout
+from graphs.schema import EdgeType, GraphSchema, NodeType
+from graphs.shards import ShardStore
+from graphs.store import GraphWriter
+
+
+@pytest.fixture(scope="module")
+def random_store(tmp_path_factory, ray_local):
+    root = tmp_path_factory.mktemp("sampler")
+    schema, data = random_graph(root / "g", 5, {"user": 40, "item": 25},
+                                {("user", "clicks", "item", True, False): 400})
+    partition_graph(root / "g", root / "p", PartitionConfig(num_parts=3))
+    return ShardStore(root / "p"), data["user__clicks__item"]
+
+
+def test_fanout_samples_real_edges_and_respects_fanout(random_store):
+    store, edges = random_store
+    real = set(zip(edges["src"].tolist(), edges["dst"].tolist()))
+    seeds = np.array([3, 0, 17, 39])
+    sub = sample_fanout(store, {"user": seeds}, [4, 3], np.random.default_rng(0))
+    np.testing.assert_array_equal(sub.nodes["user"][:4], seeds)  # seeds first, in order
+    e = sub.edges["user__clicks__item"]
+    users, items = sub.nodes["user"][e[0]], sub.nodes["item"][e[1]]
+    assert set(zip(users.tolist(), items.tolist())) <= real
+    deg = np.bincount(edges["src"], minlength=40)
+    for s in seeds:  # a hop-1 node keeps min(degree, fanout) distinct neighbours
+        picked = items[users == s]
+        assert len(picked) == min(deg[s], 4)
+    rev = sub.edges["item__rev_clicks__user"]  # hop 2 walks back from the sampled items
+    assert rev.shape[1] > 0 and len(sub.edge_ts["user__clicks__item"]) == e.shape[1]
+    back = set(zip(sub.nodes["user"][rev[1]].tolist(), sub.nodes["item"][rev[0]].tolist()))
+    assert back <= real
+
+
+def test_fanout_is_uniform(random_store):
+    store, edges = random_store
+    hub = int(np.bincount(edges["src"]).argmax())
+    nbrs = np.sort(edges["dst"][edges["src"] == hub])
+    rng = np.random.default_rng(1)
+    counts = np.zeros(25)
+    for _ in range(400):
+        sub = sample_fanout(store, {"user": np.array([hub])}, [2], rng)
+        counts += np.bincount(sub.nodes["item"], minlength=25)
+    # every neighbour is drawn, none far more than its share (multi-edges count more)
+    share = np.bincount(nbrs, minlength=25) / len(nbrs) * 800
+    assert (counts[share > 0] > 0).all() and (counts[share == 0] == 0).all()
+    assert np.abs(counts - share).max() < 0.5 * share.max() + 20
+
+
+@pytest.fixture(scope="module")
+def hand_store(tmp_path_factory, ray_local):
+    """u0 clicked i0 (w=1, t=5), i1 (w=3, t=1), i2 (w=3, t=9); u1, u2 clicked i0; u2 clicked i1."""
+    root = tmp_path_factory.mktemp("hand")
+    schema = GraphSchema((NodeType("user", 0), NodeType("item", 0)),
+                         (EdgeType("user", "clicks", "item", ts=True, weight=True),))
+    with GraphWriter(root / "g", schema) as w:
+        w.write_nodes("user", {"id": np.arange(4), "raw_id": ["a", "b", "c", "d"]})
+        w.write_nodes("item", {"id": np.arange(3), "raw_id": ["x", "y", "z"]})
+        w.write_edges("user__clicks__item", {"src": [0, 0, 0, 1, 2, 2], "dst": [0, 1, 2, 0, 0, 1],
+                                             "ts": [5, 1, 9, 2, 3, 4], "weight": [1, 3, 3, 1, 1, 1]})
+    partition_graph(root / "g", root / "p", PartitionConfig(num_parts=2))
+    return ShardStore(root / "p")
+
+
+def test_k_hop_prefers_weight_then_recency(hand_store):
+    got = k_hop_neighbors(hand_store, "user", 0, k=2)
+    assert list(zip(got.types, got.ids.tolist(), got.hops.tolist())) == [("item", 2, 1), ("item", 1, 1)]
+
+
+def test_k_hop_fills_from_second_hop_by_path_count(hand_store):
+    got = k_hop_neighbors(hand_store, "user", 0, k=5)
+    assert got.hops.tolist() == [1, 1, 1, 2, 2]
+    # u2 shares two items with u0 (two paths), u1 one; u0 itself never appears
+    assert got.types[3:] == ["user", "user"] and got.ids[3:].tolist() == [2, 1]
+    assert got.paths[3:].tolist() == [2, 1]
+
+
+def test_k_hop_skips_nodes_without_embeddings_and_handles_isolated(hand_store):
+    got = k_hop_neighbors(hand_store, "user", 0, k=3,
+                          has_embedding=lambda t, ids: ~((t == "item") & (ids == 2)))
+    assert ("item", 2) not in set(zip(got.types, got.ids.tolist()))
+    assert len(got) == 3 and got.hops.tolist() == [1, 1, 2]
+    assert len(k_hop_neighbors(hand_store, "user", 3, k=8)) == 0  # user d has no edges
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        k_hop_neighbors(hand_store, "user", 0, k=0)
