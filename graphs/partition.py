@@ -30,7 +30,7 @@ import ray
 
 from graphs.exceptions import GraphFormatError
 from graphs.schema import EdgeType, GraphSchema
-from graphs.shards import META_FORMAT, OWNER_RULE, first_owned, owned_counts
+from graphs.shards import META_FORMAT, OWNER_RULE, owned_counts
 from graphs.store import GraphDir, replace_dir, temp_sibling, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -54,14 +54,20 @@ class PartitionConfig:
 
 @dataclass(frozen=True)
 class _Plan:
-    """How one input edge type is routed; both directions share it."""
+    """How one input edge type is routed. Direction 0 is forward (rows: src), 1 reverse (rows: dst).
+
+    A node's row in its shard is ``id // P`` (its id within its type). Rows are cut into
+    ranges of ``2**shift[d]`` rows: few enough records per range for ``bucket_edges`` and at
+    most 65,536 rows, so pass 2 sorts 16-bit row offsets with numpy's O(n) radix sort.
+    Bucket key = ``base[d] + shard * ranges[d] + row >> shift[d]``.
+    """
 
     etype: EdgeType
-    src_offset: int
-    dst_offset: int
-    src_count: int
-    dst_count: int
-    ranges: int  # row ranges per (direction, shard)
+    num_parts: int
+    offsets: tuple[int, int]
+    counts: tuple[int, int]
+    shifts: tuple[int, int]
+    ranges: tuple[int, int]
     row_dtype: str
     nbr_dtypes: tuple[str, str]  # forward stores dst ids, reverse stores src ids
 
@@ -69,18 +75,35 @@ class _Plan:
     def spill_nbr_dtype(self) -> str:
         return "int64" if "int64" in self.nbr_dtypes else "int32"
 
+    @property
+    def bases(self) -> tuple[int, int]:
+        return 0, self.num_parts * self.ranges[0]
+
+    def unpack(self, key: int) -> tuple[int, int, int]:
+        """Bucket key -> (direction, shard, range)."""
+        d = int(key >= self.bases[1])
+        part, rng = divmod(key - self.bases[d], self.ranges[d])
+        return d, part, rng
+
 
 def _plan(etype: EdgeType, schema: GraphSchema, cfg: PartitionConfig) -> _Plan:
-    per_shard = etype.count / cfg.num_parts
-    ranges = max(1, int(np.ceil(1.25 * per_shard / cfg.bucket_edges)))
     counts = {n.name: n.count for n in schema.node_types}
-    max_rows = max(counts[etype.src], counts[etype.dst]) // cfg.num_parts + 1
+    P = cfg.num_parts
+    shifts, ranges = [], []
+    for ntype in (etype.src, etype.dst):
+        n = max(1, counts[ntype])
+        rows_by_memory = cfg.bucket_edges * n / max(1, etype.count)  # rows x mean degree <= bucket
+        shift = int(np.clip(np.floor(np.log2(max(1.0, rows_by_memory))), 0, 16))
+        rows_per_shard = -(-n // P)
+        shifts.append(shift)
+        ranges.append(max(1, -(-rows_per_shard // (1 << shift))))
+    max_rows = max(counts[etype.src], counts[etype.dst]) // P + 1
 
     def id_dtype(n: int) -> str:
         return "int32" if n < 2**31 else "int64"
 
-    return _Plan(etype, schema.offsets[etype.src], schema.offsets[etype.dst],
-                 counts[etype.src], counts[etype.dst], ranges,
+    return _Plan(etype, P, (schema.offsets[etype.src], schema.offsets[etype.dst]),
+                 (counts[etype.src], counts[etype.dst]), tuple(shifts), tuple(ranges),
                  "uint32" if max_rows < 2**32 else "int64",
                  (id_dtype(counts[etype.dst]), id_dtype(counts[etype.src])))
 
@@ -90,39 +113,39 @@ def _route(batch: dict[str, np.ndarray], plan: _Plan, num_parts: int, spill: str
 
     Returns one row per non-empty bucket: ``key [K], start [K], count [K]`` and the file.
     """
-    src, dst = batch["src"].astype(np.int64), batch["dst"].astype(np.int64)
-    if src.size and (src.min() < 0 or src.max() >= plan.src_count):
-        raise GraphFormatError(f"edges {plan.etype.key}: src id out of range [0, {plan.src_count})")
-    if dst.size and (dst.min() < 0 or dst.max() >= plan.dst_count):
-        raise GraphFormatError(f"edges {plan.etype.key}: dst id out of range [0, {plan.dst_count})")
-    keys, rows = [], []
-    for direction, (node, offset, count) in enumerate(
-        ((src, plan.src_offset, plan.src_count), (dst, plan.dst_offset, plan.dst_count))
-    ):
-        g = node + offset
-        part = g % num_parts
-        row = g // num_parts - (first_owned(offset, num_parts) // num_parts)[part]
-        n_rows = owned_counts(offset, count, num_parts)[part]
-        rng = row * plan.ranges // np.maximum(n_rows, 1)
-        keys.append((direction * num_parts + part) * plan.ranges + rng)
-        rows.append(row)
-    key = np.concatenate(keys)
-    order = np.argsort(key.astype(np.uint16) if key.max(initial=0) < 2**16 else key, kind="stable")
-    key = key[order]
-    columns = [np.concatenate(rows)[order].astype(plan.row_dtype),
-               np.concatenate([dst, src]).astype(plan.spill_nbr_dtype)[order]]
+    P, n = num_parts, len(batch["src"])
+    ends = (batch["src"], batch["dst"])
+    for d, ids in enumerate(ends):
+        if n and (ids.min() < 0 or ids.max() >= plan.counts[d]):
+            col = ("src", "dst")[d]
+            raise GraphFormatError(f"edges {plan.etype.key}: {col} id out of range [0, {plan.counts[d]})")
+    key = np.empty(2 * n, dtype=np.int64)
+    row = np.empty(2 * n, dtype=plan.row_dtype)
+    pow2 = P & (P - 1) == 0
+    for d, ids in enumerate(ends):
+        part = (ids + plan.offsets[d]) & (P - 1) if pow2 else (ids + plan.offsets[d]) % P
+        r = ids >> (P.bit_length() - 1) if pow2 else ids // P
+        key[d * n:(d + 1) * n] = plan.bases[d] + part * plan.ranges[d] + (r >> plan.shifts[d])
+        row[d * n:(d + 1) * n] = r
+    num_keys = plan.bases[1] + P * plan.ranges[1]
+    order = np.argsort(key.astype(np.uint16) if num_keys <= 2**16 else key, kind="stable")
+    counts = np.bincount(key, minlength=num_keys)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    src_row = np.where(order < n, order, order - n)  # the input edge behind each record
+    nbr = np.concatenate((ends[1], ends[0]))  # forward records point at dst, reverse at src
+    columns = [row[order], nbr.astype(plan.spill_nbr_dtype, copy=False)[order]]
     for col, dtype in (("ts", np.int64), ("weight", np.float32)):
         if col in batch:
-            columns.append(np.tile(np.asarray(batch[col], dtype=dtype), 2)[order])
+            columns.append(np.asarray(batch[col], dtype=dtype)[src_row])
     path = f"{spill}/{uuid.uuid4().hex}.bin"
     with open(path, "wb") as f:
         for arr in columns:
-            f.write(arr.tobytes())
-    uniq, start, cnt = np.unique(key, return_index=True, return_counts=True)
-    return {"key": uniq, "start": start.astype(np.int64), "count": cnt.astype(np.int64),
-            "total": np.full(len(uniq), len(key), dtype=np.int64),
-            "file": np.full(len(uniq), path, dtype=object),
-            "etype": np.full(len(uniq), plan.etype.key, dtype=object)}
+            f.write(memoryview(arr))
+    nz = np.flatnonzero(counts)
+    return {"key": nz, "start": starts[nz], "count": counts[nz],
+            "total": np.full(len(nz), 2 * n, dtype=np.int64),
+            "file": np.full(len(nz), path, dtype=object),
+            "etype": np.full(len(nz), plan.etype.key, dtype=object)}
 
 
 def _spill_columns(plan: _Plan) -> list[tuple[str, np.dtype]]:
@@ -151,34 +174,35 @@ def _open_npy(path: Path, dtype, n: int):
     return f
 
 
-def _build(item: dict, plans: dict[str, _Plan], num_parts: int, out: str) -> dict:
+def _build(item: dict, plans: dict[str, _Plan], out: str) -> dict:
     """Pass 2 for one (edge type, direction, shard): write its CSR, return degree stats."""
-    plan, direction, part = plans[item["plan"]], item["direction"], item["part"]
-    etype = plan.etype if direction == 0 else plan.etype.reverse()
-    offset, count = (plan.src_offset, plan.src_count) if direction == 0 else (plan.dst_offset, plan.dst_count)
-    n_rows = int(owned_counts(offset, count, num_parts)[part])
+    plan, d, part = plans[item["plan"]], item["direction"], item["part"]
+    etype = plan.etype if d == 0 else plan.etype.reverse()
+    n_rows = int(owned_counts(plan.offsets[d], plan.counts[d], plan.num_parts)[part])
     cols = _spill_columns(plan)
     folder = Path(out) / f"shard-{part:05d}" / etype.key
     folder.mkdir(parents=True, exist_ok=True)
     total = int(sum(s["count"] for r in item["slices"] for s in r))
-    nbr_dtype = np.dtype(plan.nbr_dtypes[direction])  # forward stores dst ids, reverse src ids
+    nbr_dtype = np.dtype(plan.nbr_dtypes[d])  # forward stores dst ids, reverse src ids
     files = {name: _open_npy(folder / f"{'indices' if name == 'nbr' else name}.npy",
                              nbr_dtype if name == "nbr" else dtype, total)
              for name, dtype in cols[1:]}
     degree = np.zeros(n_rows, dtype=np.int64)
     for r, slices in enumerate(item["slices"]):
-        lo, hi = -(-r * n_rows // plan.ranges), -(-(r + 1) * n_rows // plan.ranges)
-        parts = [_read_slice(s["file"], s["total"], s["start"], s["count"], cols) for s in slices]
-        if not parts:
+        if not slices:
             continue
-        row = np.concatenate([p["row"] for p in parts]).astype(np.int64)
-        if row.size and (row.min() < lo or row.max() >= hi):
+        lo = r << plan.shifts[d]
+        hi = min(n_rows, lo + (1 << plan.shifts[d]))
+        parts = [_read_slice(s["file"], s["total"], s["start"], s["count"], cols) for s in slices]
+        offset_in_range = np.concatenate([p["row"] for p in parts]).astype(np.int64) - lo
+        if offset_in_range.min() < 0 or offset_in_range.max() >= hi - lo:
             raise RuntimeError(f"{etype.key} shard {part}: range {r} holds rows outside [{lo}, {hi})")
-        order = np.argsort(row, kind="stable")
-        degree[lo:hi] = np.bincount(row - lo, minlength=hi - lo)
+        # at most 2**16 rows per range: a stable O(n) radix sort on 16-bit offsets
+        order = np.argsort(offset_in_range.astype(np.uint16), kind="stable")
+        degree[lo:hi] = np.bincount(offset_in_range, minlength=hi - lo)
         for name, f in files.items():
             col = np.concatenate([p[name] for p in parts])[order]
-            f.write(col.astype(nbr_dtype if name == "nbr" else col.dtype, copy=False).tobytes())
+            f.write(memoryview(col.astype(nbr_dtype if name == "nbr" else col.dtype, copy=False)))
     for f in files.values():
         f.close()
     indptr = np.zeros(n_rows + 1, dtype=np.int64)
@@ -219,7 +243,7 @@ def partition_graph(graph: str | Path, out: str | Path, config: PartitionConfig 
         items = _build_items(plans, routed, P)
         log.info("partition: building %d CSR shards", len(items))
         built = (ray.data.from_items(items, override_num_blocks=min(len(items), 4 * P))
-                 .map(_build, fn_kwargs={"plans": plans, "num_parts": P, "out": str(tmp)})
+                 .map(_build, fn_kwargs={"plans": plans, "out": str(tmp)})
                  .take_all())
         shutil.rmtree(spill)
         meta = _meta(gdir, schema, all_types, built, config, time.perf_counter() - t0,
@@ -236,14 +260,13 @@ def _build_items(plans: dict[str, _Plan], routed: dict[str, list[dict]], P: int)
     """One pass-2 work item per (edge type, direction, shard), with its slices per row range."""
     items = {}
     for ekey, plan in plans.items():
-        for direction in (0, 1):
+        for d in (0, 1):
             for part in range(P):
-                items[(ekey, direction, part)] = {"plan": ekey, "direction": direction, "part": part,
-                                                  "slices": [[] for _ in range(plan.ranges)]}
+                items[(ekey, d, part)] = {"plan": ekey, "direction": d, "part": part,
+                                          "slices": [[] for _ in range(plan.ranges[d])]}
         for rec in routed.get(ekey, []):
-            d, rem = divmod(int(rec["key"]), P * plan.ranges)
-            p, r = divmod(rem, plan.ranges)
-            items[(ekey, d, p)]["slices"][r].append(
+            d, part, r = plan.unpack(int(rec["key"]))
+            items[(ekey, d, part)]["slices"][r].append(
                 {"file": rec["file"], "total": int(rec["total"]), "start": int(rec["start"]),
                  "count": int(rec["count"])})
     return list(items.values())

@@ -10,7 +10,7 @@ Layout written by :func:`graphs.partition.partition_graph`::
 
 Owner rule: node ``g`` (global id) lives in shard ``g % P``. It is a pure function, so
 any process routes a node without a table, and a node's row inside its shard is
-``g // P - base[p]``, also without a table. Ids are dense and carry no degree order
+``(g - offset(type)) // P``, also without a table. Ids are dense and carry no degree order
 (loaders assign them by raw id, the synthetic generator scrambles them), so the rule
 balances nodes to within one per type and edges to within the hubs' share.
 """
@@ -49,9 +49,11 @@ def owned_counts(offset: int, count: int, num_parts: int) -> np.ndarray:
 
 
 def local_rows(g: np.ndarray, offset: int, num_parts: int) -> np.ndarray:
-    """Row of each global id inside its owner's CSR of its type. ``[N] -> [N]``."""
-    base = first_owned(offset, num_parts) // num_parts
-    return g // num_parts - base[g % num_parts]
+    """Row of each global id inside its owner's CSR of its type. ``[N] -> [N]``.
+
+    With ``g = offset + id``, the owned ids of a shard step by P, so the row is ``id // P``.
+    """
+    return (g - offset) // num_parts
 
 
 @dataclass

@@ -114,7 +114,8 @@ class GraphWriter:
             raise GraphFormatError(f"{what}: missing columns {missing}; expected {schema.names}")
         try:
             return table.select(schema.names).cast(schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+        except (ValueError, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+            # ValueError: Table.cast raises a plain one for nulls in a non-nullable column
             raise GraphFormatError(f"{what}: cannot store columns as {schema} ({err})") from None
 
     def write_nodes(self, ntype: str, columns: dict | pa.Table) -> None:
