@@ -16,7 +16,6 @@ The output is written into a temporary sibling folder and renamed into place.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -68,7 +67,6 @@ class _Plan:
     counts: tuple[int, int]
     shifts: tuple[int, int]
     ranges: tuple[int, int]
-    row_dtype: str
     nbr_dtypes: tuple[str, str]  # forward stores dst ids, reverse stores src ids
 
     @property
@@ -97,20 +95,19 @@ def _plan(etype: EdgeType, schema: GraphSchema, cfg: PartitionConfig) -> _Plan:
         rows_per_shard = -(-n // P)
         shifts.append(shift)
         ranges.append(max(1, -(-rows_per_shard // (1 << shift))))
-    max_rows = max(counts[etype.src], counts[etype.dst]) // P + 1
-
     def id_dtype(n: int) -> str:
         return "int32" if n < 2**31 else "int64"
 
     return _Plan(etype, P, (schema.offsets[etype.src], schema.offsets[etype.dst]),
                  (counts[etype.src], counts[etype.dst]), tuple(shifts), tuple(ranges),
-                 "uint32" if max_rows < 2**32 else "int64",
                  (id_dtype(counts[etype.dst]), id_dtype(counts[etype.src])))
 
 
 def _route(batch: dict[str, np.ndarray], plan: _Plan, num_parts: int, spill: str) -> dict:
     """Pass 1 on one batch: ``src, dst: [B]`` (+ ts, weight) -> one spill file of 2B records.
 
+    Records are sorted by bucket key, forward ones first (their keys are smaller). A record
+    stores its row as a 16-bit offset inside its range; the key says which range.
     Returns one row per non-empty bucket: ``key [K], start [K], count [K]`` and the file.
     """
     P, n = num_parts, len(batch["src"])
@@ -119,37 +116,37 @@ def _route(batch: dict[str, np.ndarray], plan: _Plan, num_parts: int, spill: str
         if n and (ids.min() < 0 or ids.max() >= plan.counts[d]):
             col = ("src", "dst")[d]
             raise GraphFormatError(f"edges {plan.etype.key}: {col} id out of range [0, {plan.counts[d]})")
-    key = np.empty(2 * n, dtype=np.int64)
-    row = np.empty(2 * n, dtype=plan.row_dtype)
     pow2 = P & (P - 1) == 0
+    columns: dict[str, list[np.ndarray]] = {"row": [], "nbr": [], "ts": [], "weight": []}
+    counts = []
     for d, ids in enumerate(ends):
         part = (ids + plan.offsets[d]) & (P - 1) if pow2 else (ids + plan.offsets[d]) % P
-        r = ids >> (P.bit_length() - 1) if pow2 else ids // P
-        key[d * n:(d + 1) * n] = plan.bases[d] + part * plan.ranges[d] + (r >> plan.shifts[d])
-        row[d * n:(d + 1) * n] = r
-    num_keys = plan.bases[1] + P * plan.ranges[1]
-    order = np.argsort(key.astype(np.uint16) if num_keys <= 2**16 else key, kind="stable")
-    counts = np.bincount(key, minlength=num_keys)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    src_row = np.where(order < n, order, order - n)  # the input edge behind each record
-    nbr = np.concatenate((ends[1], ends[0]))  # forward records point at dst, reverse at src
-    columns = [row[order], nbr.astype(plan.spill_nbr_dtype, copy=False)[order]]
-    for col, dtype in (("ts", np.int64), ("weight", np.float32)):
-        if col in batch:
-            columns.append(np.asarray(batch[col], dtype=dtype)[src_row])
+        row = ids >> (P.bit_length() - 1) if pow2 else ids // P
+        key = part * plan.ranges[d] + (row >> plan.shifts[d])
+        num_keys = P * plan.ranges[d]
+        order = np.argsort(key.astype(np.uint16) if num_keys <= 2**16 else key, kind="stable")
+        counts.append(np.bincount(key, minlength=num_keys))
+        columns["row"].append((row[order] & ((1 << plan.shifts[d]) - 1)).astype(np.uint16))
+        columns["nbr"].append(ends[1 - d][order].astype(plan.spill_nbr_dtype))
+        for col in ("ts", "weight"):
+            if col in batch:
+                columns[col].append(batch[col][order])
+    count = np.concatenate(counts)
+    start = np.concatenate([[0], np.cumsum(count)[:-1]])
     path = f"{spill}/{uuid.uuid4().hex}.bin"
     with open(path, "wb") as f:
-        for arr in columns:
-            f.write(memoryview(arr))
-    nz = np.flatnonzero(counts)
-    return {"key": nz, "start": starts[nz], "count": counts[nz],
+        for name, dtype in _spill_columns(plan):
+            for arr in columns[name]:
+                f.write(memoryview(np.ascontiguousarray(arr, dtype=dtype)))
+    nz = np.flatnonzero(count)
+    return {"key": nz, "start": start[nz], "count": count[nz],
             "total": np.full(len(nz), 2 * n, dtype=np.int64),
             "file": np.full(len(nz), path, dtype=object),
             "etype": np.full(len(nz), plan.etype.key, dtype=object)}
 
 
 def _spill_columns(plan: _Plan) -> list[tuple[str, np.dtype]]:
-    cols = [("row", np.dtype(plan.row_dtype)), ("nbr", np.dtype(plan.spill_nbr_dtype))]
+    cols = [("row", np.dtype(np.uint16)), ("nbr", np.dtype(plan.spill_nbr_dtype))]
     if plan.etype.ts:
         cols.append(("ts", np.dtype(np.int64)))
     if plan.etype.weight:
@@ -194,11 +191,11 @@ def _build(item: dict, plans: dict[str, _Plan], out: str) -> dict:
         lo = r << plan.shifts[d]
         hi = min(n_rows, lo + (1 << plan.shifts[d]))
         parts = [_read_slice(s["file"], s["total"], s["start"], s["count"], cols) for s in slices]
-        offset_in_range = np.concatenate([p["row"] for p in parts]).astype(np.int64) - lo
-        if offset_in_range.min() < 0 or offset_in_range.max() >= hi - lo:
+        offset_in_range = np.concatenate([p["row"] for p in parts])  # uint16
+        if offset_in_range.max() >= hi - lo:
             raise RuntimeError(f"{etype.key} shard {part}: range {r} holds rows outside [{lo}, {hi})")
         # at most 2**16 rows per range: a stable O(n) radix sort on 16-bit offsets
-        order = np.argsort(offset_in_range.astype(np.uint16), kind="stable")
+        order = np.argsort(offset_in_range, kind="stable")
         degree[lo:hi] = np.bincount(offset_in_range, minlength=hi - lo)
         for name, f in files.items():
             col = np.concatenate([p[name] for p in parts])[order]

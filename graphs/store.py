@@ -170,10 +170,13 @@ class GraphDir:
     ``validate="fast"`` checks every file's footer (readable, columns, dtypes, row counts)
     and the parquet min/max statistics (ids in range, timestamps >= 0, no nulls); a row
     group whose statistics look wrong is scanned to name the first bad row. ``"full"``
-    scans every value. ``"none"`` only reads the schema.
+    scans every value and also finds duplicate node ids and token ids out of range.
+    ``"none"`` only reads the schema.
     """
 
     def __init__(self, path: str | Path, validate: str = "fast"):
+        if validate not in ("none", "fast", "full"):
+            raise ValueError(f"validate must be 'none', 'fast' or 'full', got {validate!r}")
         self.path = Path(path)
         if not self.path.is_dir():
             raise GraphFormatError(f"{self.path}: not a directory")

@@ -132,6 +132,7 @@ def validate_graph(gdir: GraphDir, full: bool = False) -> None:
 
     for ntype in schema.node_types:
         files, rows = gdir.node_files(ntype.name), 0
+        seen = np.zeros(ntype.count, dtype=bool) if full else None  # 1 byte per node, full mode only
         for path in files:
             pf = open_parquet(path)
             check_columns(path, pf, ntype.arrow_schema())
@@ -141,6 +142,10 @@ def validate_graph(gdir: GraphDir, full: bool = False) -> None:
                 if feat.kind == "categorical":
                     check_range(path, pf, feat.name, 0, feat.cardinality, full, nullable=True,
                                 what=f" (categorical feature, cardinality {feat.cardinality})")
+                if feat.kind == "token_list" and full:
+                    _check_tokens(path, pf, feat.name, feat.cardinality)
+            if full:
+                _check_unique_ids(path, pf, seen)
             rows += pf.metadata.num_rows
         if rows != ntype.count:
             raise GraphFormatError(f"{gdir.path / 'nodes' / ntype.name}: {rows} rows in "
@@ -171,3 +176,33 @@ def _check_weight(path: Path, pf: pq.ParquetFile) -> None:
     if row is not None:
         value = pf.read(columns=["weight"]).column(0)[row].as_py()
         raise GraphFormatError(f"{path}: column 'weight', row {row}: value {value} is not finite")
+
+
+def _check_unique_ids(path: Path, pf: pq.ParquetFile, seen: np.ndarray) -> None:
+    """Node ids must not repeat (within a file or across the type's files); ``seen: [count]``."""
+    before = 0
+    for g in range(pf.num_row_groups):
+        ids = pf.read_row_group(g, columns=["id"]).column(0).to_numpy()
+        order = np.argsort(ids, kind="stable")
+        repeats = order[1:][ids[order][1:] == ids[order][:-1]]  # later occurrences within the group
+        bad = np.concatenate([np.flatnonzero(seen[ids]), repeats])
+        if bad.size:
+            row = int(bad.min())
+            raise GraphFormatError(f"{path}: column 'id', row {before + row}: "
+                                   f"duplicate node id {int(ids[row])}")
+        seen[ids] = True
+        before += len(ids)
+
+
+def _check_tokens(path: Path, pf: pq.ParquetFile, column: str, cardinality: int) -> None:
+    """Every token of a token_list feature must lie in ``[0, cardinality)``."""
+    before = 0
+    for g in range(pf.num_row_groups):
+        lists = pf.read_row_group(g, columns=[column]).column(0).combine_chunks()
+        values = pc.list_flatten(lists).to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero((values < 0) | (values >= cardinality))
+        if bad.size:
+            row = int(pc.list_parent_indices(lists).to_numpy()[bad[0]])
+            raise GraphFormatError(f"{path}: column {column!r}, row {before + row}: token "
+                                   f"{int(values[bad[0]])} outside [0, {cardinality}) (token_list feature)")
+        before += len(lists)
