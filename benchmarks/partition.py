@@ -5,7 +5,7 @@
 
 Writes ``benchmarks/results/partition-<sizes>.json``: per size the median time of
 generation and of partitioning (edges/s end to end and partition alone), peak RSS of the
-driver and of every Ray worker (sampled every 0.1 s with psutil), bytes on disk; at
+driver and of every Ray worker (sampled every 0.2 s with psutil), bytes on disk; at
 ``--peer-size`` the same CSR built in memory with torch-geometric, as ratios; and the cost
 of scanning the edges with ``ray.data.read_parquet`` against the row-group tasks used.
 """
@@ -36,7 +36,7 @@ from graphs.synthetic import generate_synthetic  # noqa: E402
 class PeakRSS:
     """Samples the RSS of this process and of every Ray worker process in a thread."""
 
-    def __init__(self, interval: float = 0.1):
+    def __init__(self, interval: float = 0.2):
         self.interval, self.driver, self.worker, self.total = interval, 0, 0, 0
         self._stop = threading.Event()
         self._me = psutil.Process()

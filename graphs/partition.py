@@ -5,10 +5,12 @@ Two passes, each bounded by a chunk size, never by the graph:
 1. **Route** (``from_items(row groups)`` -> ``map_batches``): every batch of edges of one type is
    routed twice, forward by ``owner(src)`` and reversed by ``owner(dst)``. Each record gets
    a bucket key ``(direction, shard, row range)`` and the batch is written, sorted by key,
-   to one spill file; only ``{key: (start, count)}`` goes back to the driver.
+   to one spill file per (direction, shard); only ``{key: (file, start, count)}`` goes back
+   to the driver.
 2. **Build** (``from_items`` -> ``map``): one task per (edge type, shard) reads its buckets
    range by range from every spill file, sorts each range by row (stable) and appends it
    to ``indices.npy`` / ``ts.npy`` / ``weight.npy``; ``indptr`` comes from the row counts.
+   It then deletes its spill files, of which it was the only reader.
    A range holds at most about ``bucket_edges`` records, so that is the memory bound.
 
 The output is written into a temporary sibling folder and renamed into place.
@@ -17,6 +19,7 @@ The output is written into a temporary sibling folder and renamed into place.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -104,9 +107,9 @@ def _plan(etype: EdgeType, schema: GraphSchema, cfg: PartitionConfig) -> _Plan:
 
 
 def _route(batch: dict[str, np.ndarray], plan: _Plan, num_parts: int, spill: str) -> dict:
-    """Pass 1 on one batch: ``src, dst: [B]`` (+ ts, weight) -> one spill file of 2B records.
+    """Pass 1 on one batch: ``src, dst: [B]`` (+ ts, weight) -> 2B records in spill files.
 
-    Records are sorted by bucket key, forward ones first (their keys are smaller). A record
+    Records are sorted by bucket key, one file per (direction, shard). A record
     stores its row as a 16-bit offset inside its range; the key says which range.
     Returns one row per non-empty bucket: ``key [K], start [K], count [K]`` and the file.
     """
@@ -131,18 +134,36 @@ def _route(batch: dict[str, np.ndarray], plan: _Plan, num_parts: int, spill: str
         for col in ("ts", "weight"):
             if col in batch:
                 columns[col].append(batch[col][order])
-    count = np.concatenate(counts)
-    start = np.concatenate([[0], np.cumsum(count)[:-1]])
-    path = f"{spill}/{uuid.uuid4().hex}.bin"
-    with open(path, "wb") as f:
-        for name, dtype in _spill_columns(plan):
-            for arr in columns[name]:
-                f.write(memoryview(np.ascontiguousarray(arr, dtype=dtype)))
-    nz = np.flatnonzero(count)
-    return {"key": nz, "start": start[nz], "count": count[nz],
-            "total": np.full(len(nz), 2 * n, dtype=np.int64),
-            "file": np.full(len(nz), path, dtype=object),
-            "etype": np.full(len(nz), plan.etype.key, dtype=object)}
+    return _write_spill(columns, counts, plan, spill)
+
+
+def _write_spill(columns: dict[str, list[np.ndarray]], counts: list[np.ndarray], plan: _Plan,
+                 spill: str) -> dict:
+    """One file per (direction, shard), so the pass-2 task of that shard is its only reader
+    and deletes it when done: disk peaks at about graph + max(spill, output)."""
+    rows: dict[str, list] = {"key": [], "start": [], "count": [], "total": [], "file": []}
+    tag = uuid.uuid4().hex
+    for d in (0, 1):
+        bounds = np.concatenate([[0], np.cumsum(counts[d])])
+        for part in range(plan.num_parts):
+            k0, k1 = part * plan.ranges[d], (part + 1) * plan.ranges[d]
+            lo, hi = int(bounds[k0]), int(bounds[k1])
+            if hi == lo:
+                continue
+            path = f"{spill}/{tag}-{d}-{part}.bin"
+            with open(path, "wb") as f:
+                for name, dtype in _spill_columns(plan):
+                    f.write(memoryview(np.ascontiguousarray(columns[name][d][lo:hi], dtype=dtype)))
+            nz = np.flatnonzero(counts[d][k0:k1])
+            rows["key"].append(plan.bases[d] + k0 + nz)
+            rows["start"].append(bounds[k0 + nz] - lo)
+            rows["count"].append(counts[d][k0 + nz])
+            rows["total"].append(np.full(len(nz), hi - lo))
+            rows["file"].append(np.full(len(nz), path, dtype=object))
+    out = {k: np.concatenate(v) if v else np.empty(0, dtype=object if k == "file" else np.int64)
+           for k, v in rows.items()}
+    out["etype"] = np.full(len(out["key"]), plan.etype.key, dtype=object)
+    return out
 
 
 def _spill_columns(plan: _Plan) -> list[tuple[str, np.dtype]]:
@@ -202,6 +223,8 @@ def _build(item: dict, plans: dict[str, _Plan], out: str) -> dict:
             f.write(memoryview(col.astype(nbr_dtype if name == "nbr" else col.dtype, copy=False)))
     for f in files.values():
         f.close()
+    for path in {s["file"] for r in item["slices"] for s in r}:  # this task was the only reader
+        os.remove(path)
     indptr = np.zeros(n_rows + 1, dtype=np.int64)
     np.cumsum(degree, out=indptr[1:])
     np.save(folder / "indptr.npy", indptr)
