@@ -6,6 +6,7 @@ Errors print one line and exit 1 (usage errors exit 2); ``--debug`` shows the tr
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -33,6 +34,11 @@ class _Group(click.Group):
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 def main(debug: bool) -> None:
     """hetrec: train, update and serve heterogeneous-graph embeddings on Ray."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("hetrec: %(message)s"))
+    for name in ("graphs", "cluster", "trainers", "serve"):  # progress of long stages on stderr
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.INFO)
 
 
 @main.group(cls=_Group)

@@ -185,14 +185,24 @@ def _read_slice(path: str, total: int, start: int, count: int, cols) -> dict[str
     return out
 
 
-def _open_npy(path: Path, dtype, n: int):
-    f = open(path, "wb")
-    np.lib.format.write_array_header_2_0(
-        f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n,)})
-    return f
+class _NpyAppender:
+    """Writes a 1-D ``.npy`` of known length by appending raw chunks after the header."""
+
+    def __init__(self, path: Path, dtype, n: int):
+        self.dtype = np.dtype(dtype)
+        self._f = open(path, "wb")
+        np.lib.format.write_array_header_2_0(
+            self._f, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (n,)})
+
+    def write(self, data) -> None:
+        self._f.write(data)
+
+    def close(self) -> None:
+        self._f.close()
 
 
-def _build(item: dict, plans: dict[str, _Plan], out: str) -> dict:
+
+def _build(item: dict, plans: dict[str, _Plan], out: str, bucket_edges: int) -> dict:
     """Pass 2 for one (edge type, direction, shard): write its CSR, return degree stats."""
     plan, d, part = plans[item["plan"]], item["direction"], item["part"]
     etype = plan.etype if d == 0 else plan.etype.reverse()
@@ -202,7 +212,7 @@ def _build(item: dict, plans: dict[str, _Plan], out: str) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     total = int(sum(s["count"] for r in item["slices"] for s in r))
     nbr_dtype = np.dtype(plan.nbr_dtypes[d])  # forward stores dst ids, reverse src ids
-    files = {name: _open_npy(folder / f"{'indices' if name == 'nbr' else name}.npy",
+    files = {name: _NpyAppender(folder / f"{'indices' if name == 'nbr' else name}.npy",
                              nbr_dtype if name == "nbr" else dtype, total)
              for name, dtype in cols[1:]}
     degree = np.zeros(n_rows, dtype=np.int64)
@@ -211,16 +221,28 @@ def _build(item: dict, plans: dict[str, _Plan], out: str) -> dict:
             continue
         lo = r << plan.shifts[d]
         hi = min(n_rows, lo + (1 << plan.shifts[d]))
-        parts = [_read_slice(s["file"], s["total"], s["start"], s["count"], cols) for s in slices]
-        offset_in_range = np.concatenate([p["row"] for p in parts])  # uint16
-        if offset_in_range.max() >= hi - lo:
-            raise RuntimeError(f"{etype.key} shard {part}: range {r} holds rows outside [{lo}, {hi})")
-        # at most 2**16 rows per range: a stable O(n) radix sort on 16-bit offsets
-        order = np.argsort(offset_in_range, kind="stable")
-        degree[lo:hi] = np.bincount(offset_in_range, minlength=hi - lo)
-        for name, f in files.items():
-            col = np.concatenate([p[name] for p in parts])[order]
-            f.write(memoryview(col.astype(nbr_dtype if name == "nbr" else col.dtype, copy=False)))
+        size = sum(s["count"] for s in slices)
+        if size <= bucket_edges:
+            parts = [_read_slice(s["file"], s["total"], s["start"], s["count"], cols) for s in slices]
+            degree[lo:hi] = _write_sorted(parts, hi - lo, files)
+        else:  # hubs: ranges are sized for mean degree, so cut this one by its real counts
+            rows = np.concatenate([_read_slice(s["file"], s["total"], s["start"], s["count"], cols[:1])["row"]
+                                   for s in slices])
+            deg = np.bincount(rows, minlength=hi - lo)
+            del rows
+            for a, b in _cut(deg, bucket_edges):
+                parts = []
+                for s in slices:
+                    p = _read_slice(s["file"], s["total"], s["start"], s["count"], cols)
+                    keep = (p["row"] >= a) & (p["row"] < b)
+                    p = {k: v[keep] for k, v in p.items()}
+                    if b - a == 1:  # one row holds more than a bucket: stream it, no sort needed
+                        _append(p, files)
+                    else:
+                        parts.append(p)
+                if parts:
+                    _write_sorted(parts, hi - lo, files)
+            degree[lo:hi] = deg
     for f in files.values():
         f.close()
     for path in {s["file"] for r in item["slices"] for s in r}:  # this task was the only reader
@@ -232,6 +254,37 @@ def _build(item: dict, plans: dict[str, _Plan], out: str) -> dict:
     return {"etype": etype.key, "part": part, "edges": total, "rows": n_rows,
             "max_degree": int(degree.max(initial=0)), "nonzero_rows": int((degree > 0).sum()),
             "log2_hist": hist.tolist()}
+
+
+def _write_sorted(parts: list[dict[str, np.ndarray]], width: int, files: dict) -> np.ndarray:
+    """Sort records by row offset (16-bit: a stable O(n) radix sort) and append them.
+
+    Returns the degree of each of the ``width`` rows.
+    """
+    offset = np.concatenate([p["row"] for p in parts])
+    order = np.argsort(offset, kind="stable")
+    for name, f in files.items():
+        col = np.concatenate([p[name] for p in parts])[order]
+        f.write(memoryview(col.astype(f.dtype, copy=False)))
+    return np.bincount(offset, minlength=width)
+
+
+def _append(part: dict[str, np.ndarray], files: dict) -> None:
+    for name, f in files.items():
+        f.write(memoryview(part[name].astype(f.dtype, copy=False)))
+
+
+def _cut(degree: np.ndarray, bucket: int) -> list[tuple[int, int]]:
+    """Split rows ``[0, len(degree))`` into consecutive runs of at most ``bucket`` records
+    (a single row above ``bucket`` is a run of its own)."""
+    runs, start, acc = [], 0, 0
+    for i, deg in enumerate(degree.tolist()):
+        if acc and acc + deg > bucket:
+            runs.append((start, i))
+            start, acc = i, 0
+        acc += deg
+    runs.append((start, len(degree)))
+    return [(a, b) for a, b in runs if degree[a:b].sum()]
 
 
 def partition_graph(graph: str | Path, out: str | Path, config: PartitionConfig = PartitionConfig(),
@@ -263,7 +316,8 @@ def partition_graph(graph: str | Path, out: str | Path, config: PartitionConfig 
         items = _build_items(plans, routed, P)
         log.info("partition: building %d CSR shards", len(items))
         built = (ray.data.from_items(items, override_num_blocks=min(len(items), 4 * P))
-                 .map(_build, fn_kwargs={"plans": plans, "out": str(tmp)})
+                 .map(_build, fn_kwargs={"plans": plans, "out": str(tmp),
+                                         "bucket_edges": config.bucket_edges})
                  .take_all())
         shutil.rmtree(spill)
         meta = _meta(gdir, schema, all_types, built, config, time.perf_counter() - t0,

@@ -100,3 +100,34 @@ def test_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path, ray_local)
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="num_parts must be an int >= 1, got 0"):
         PartitionConfig(num_parts=0)
+
+
+def test_hub_rows_larger_than_a_bucket(tmp_path, ray_local):
+    """A power-law hub (one row far above bucket_edges) and crowded ranges stay exact."""
+    from graphs.schema import EdgeType, GraphSchema, NodeType
+    from graphs.store import GraphWriter
+
+    rng = np.random.default_rng(7)
+    dst = np.concatenate([np.zeros(200, np.int64), rng.integers(1, 300, 400), np.full(30, 5)])
+    src = rng.integers(0, 90, len(dst))
+    ts = rng.integers(0, 1000, len(dst))
+    schema = GraphSchema((NodeType("user", 0), NodeType("item", 0)),
+                         (EdgeType("user", "clicks", "item", ts=True),))
+    with GraphWriter(tmp_path / "g", schema) as w:
+        w.write_nodes("user", {"id": np.arange(90), "raw_id": [str(i) for i in range(90)]})
+        w.write_nodes("item", {"id": np.arange(300), "raw_id": [str(i) for i in range(300)]})
+        for lo in range(0, len(dst), 100):  # several batches, so every range has several slices
+            w.write_edges("user__clicks__item", {"src": src[lo:lo + 100], "dst": dst[lo:lo + 100],
+                                                 "ts": ts[lo:lo + 100]})
+    meta = partition_graph(tmp_path / "g", tmp_path / "p",
+                           PartitionConfig(num_parts=2, bucket_edges=16, batch_rows=64))
+    store = ShardStore(tmp_path / "p")
+    assert meta["degree_stats"]["item__rev_clicks__user"]["max_degree"] == 200
+    for ekey, (a, b, n) in {"user__clicks__item": (src, dst, 90),
+                            "item__rev_clicks__user": (dst, src, 300)}.items():
+        nb = store.neighbors(ekey, np.arange(n))
+        for v in range(n):
+            lo, hi = nb.ptr[v], nb.ptr[v + 1]
+            got = sorted(zip(nb.ids[lo:hi].tolist(), nb.ts[lo:hi].tolist()))
+            assert got == sorted(zip(b[a == v].tolist(), ts[a == v].tolist())), (ekey, v)
+    assert not list((tmp_path / "p").rglob("*.bin"))  # every spill file was consumed
