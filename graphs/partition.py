@@ -210,30 +210,32 @@ def _build(item: dict, plans: dict[str, _Plan], out: str, bucket_edges: int) -> 
     cols = _spill_columns(plan)
     folder = Path(out) / f"shard-{part:05d}" / etype.key
     folder.mkdir(parents=True, exist_ok=True)
-    total = int(sum(s["count"] for r in item["slices"] for s in r))
+    total = int(np.sum(item["count"]))
     nbr_dtype = np.dtype(plan.nbr_dtypes[d])  # forward stores dst ids, reverse src ids
     files = {name: _NpyAppender(folder / f"{'indices' if name == 'nbr' else name}.npy",
                              nbr_dtype if name == "nbr" else dtype, total)
              for name, dtype in cols[1:]}
     degree = np.zeros(n_rows, dtype=np.int64)
-    for r, slices in enumerate(item["slices"]):
-        if not slices:
-            continue
+    rng = np.asarray(item["range"], dtype=np.int64)
+    bounds = np.flatnonzero(np.diff(rng)) + 1
+    for group in np.split(np.arange(len(rng)), bounds) if len(rng) else []:
+        r = int(rng[group[0]])
+        slices = [(item["file"][i], int(item["total"][i]), int(item["start"][i]), int(item["count"][i]))
+                  for i in group]
         lo = r << plan.shifts[d]
         hi = min(n_rows, lo + (1 << plan.shifts[d]))
-        size = sum(s["count"] for s in slices)
+        size = sum(s[3] for s in slices)
         if size <= bucket_edges:
-            parts = [_read_slice(s["file"], s["total"], s["start"], s["count"], cols) for s in slices]
+            parts = [_read_slice(*s, cols) for s in slices]
             degree[lo:hi] = _write_sorted(parts, hi - lo, files)
         else:  # hubs: ranges are sized for mean degree, so cut this one by its real counts
-            rows = np.concatenate([_read_slice(s["file"], s["total"], s["start"], s["count"], cols[:1])["row"]
-                                   for s in slices])
+            rows = np.concatenate([_read_slice(*s, cols[:1])["row"] for s in slices])
             deg = np.bincount(rows, minlength=hi - lo)
             del rows
             for a, b in _cut(deg, bucket_edges):
                 parts = []
                 for s in slices:
-                    p = _read_slice(s["file"], s["total"], s["start"], s["count"], cols)
+                    p = _read_slice(*s, cols)
                     keep = (p["row"] >= a) & (p["row"] < b)
                     p = {k: v[keep] for k, v in p.items()}
                     if b - a == 1:  # one row holds more than a bucket: stream it, no sort needed
@@ -245,7 +247,7 @@ def _build(item: dict, plans: dict[str, _Plan], out: str, bucket_edges: int) -> 
             degree[lo:hi] = deg
     for f in files.values():
         f.close()
-    for path in {s["file"] for r in item["slices"] for s in r}:  # this task was the only reader
+    for path in set(item["file"]):  # this task was the only reader
         os.remove(path)
     indptr = np.zeros(n_rows + 1, dtype=np.int64)
     np.cumsum(degree, out=indptr[1:])
@@ -330,20 +332,29 @@ def partition_graph(graph: str | Path, out: str | Path, config: PartitionConfig 
     return meta
 
 
-def _build_items(plans: dict[str, _Plan], routed: dict[str, list[dict]], P: int) -> list[dict]:
-    """One pass-2 work item per (edge type, direction, shard), with its slices per row range."""
-    items = {}
+def _build_items(plans: dict[str, _Plan], routed: dict[str, dict[str, np.ndarray]], P: int) -> list[dict]:
+    """One pass-2 work item per (edge type, direction, shard): its slices, columnar, by range.
+
+    Item: ``range, start, count, total: [S]`` int64 and ``file: [S]`` paths, sorted by range.
+    """
+    items = []
     for ekey, plan in plans.items():
-        for d in (0, 1):
-            for part in range(P):
-                items[(ekey, d, part)] = {"plan": ekey, "direction": d, "part": part,
-                                          "slices": [[] for _ in range(plan.ranges[d])]}
-        for rec in routed.get(ekey, []):
-            d, part, r = plan.unpack(int(rec["key"]))
-            items[(ekey, d, part)]["slices"][r].append(
-                {"file": rec["file"], "total": int(rec["total"]), "start": int(rec["start"]),
-                 "count": int(rec["count"])})
-    return list(items.values())
+        rec = routed.get(ekey, {"key": np.empty(0, np.int64)})
+        key = rec["key"].astype(np.int64)
+        d = (key >= plan.bases[1]).astype(np.int64)
+        local = key - np.asarray(plan.bases)[d]
+        ranges = np.asarray(plan.ranges)[d]
+        part, rng = local // ranges, local % ranges
+        for direction in (0, 1):
+            for p in range(P):
+                sel = np.flatnonzero((d == direction) & (part == p))
+                sel = sel[np.argsort(rng[sel], kind="stable")]
+                items.append({"plan": ekey, "direction": direction, "part": p, "range": rng[sel],
+                              "start": rec["start"][sel] if sel.size else sel,
+                              "count": rec["count"][sel] if sel.size else sel,
+                              "total": rec["total"][sel] if sel.size else sel,
+                              "file": [str(f) for f in rec["file"][sel]] if sel.size else []})
+    return items
 
 
 def _route_unit(units: dict[str, np.ndarray], plans: dict[str, _Plan], P: int, batch_rows: int,
@@ -359,7 +370,7 @@ def _route_unit(units: dict[str, np.ndarray], plans: dict[str, _Plan], P: int, b
 
 
 def _route_all(gdir: GraphDir, plans: dict[str, _Plan], P: int, cfg: PartitionConfig,
-               spill: str) -> dict[str, list[dict]]:
+               spill: str) -> dict[str, dict[str, np.ndarray]]:
     """Pass 1 over every edge type in one streaming Ray Data job, one task per row group.
 
     Ray Data schedules and streams the work; each task reads its row group with pyarrow.
@@ -375,10 +386,13 @@ def _route_all(gdir: GraphDir, plans: dict[str, _Plan], P: int, cfg: PartitionCo
     ds = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
         _route_unit, batch_size=1, batch_format="numpy",
         fn_kwargs={"plans": plans, "P": P, "batch_rows": cfg.batch_rows, "spill": spill})
-    routed: dict[str, list[dict]] = {}
-    for rec in ds.iter_rows():
-        routed.setdefault(rec["etype"], []).append(rec)
-    seen = {k: sum(int(r["count"]) for r in v) for k, v in routed.items()}
+    chunks: dict[str, list[dict[str, np.ndarray]]] = {}
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for ekey in np.unique(batch["etype"]):
+            sel = batch["etype"] == ekey
+            chunks.setdefault(str(ekey), []).append({k: v[sel] for k, v in batch.items() if k != "etype"})
+    routed = {k: {c: np.concatenate([x[c] for x in v]) for c in v[0]} for k, v in chunks.items()}
+    seen = {k: int(v["count"].sum()) for k, v in routed.items()}
     for ekey, plan in plans.items():
         if seen.get(ekey, 0) != 2 * plan.etype.count:
             raise GraphFormatError(f"{gdir.path / 'edges' / ekey}: routed {seen.get(ekey, 0) // 2} edges, "
