@@ -80,12 +80,6 @@ class _Plan:
     def bases(self) -> tuple[int, int]:
         return 0, self.num_parts * self.ranges[0]
 
-    def unpack(self, key: int) -> tuple[int, int, int]:
-        """Bucket key -> (direction, shard, range)."""
-        d = int(key >= self.bases[1])
-        part, rng = divmod(key - self.bases[d], self.ranges[d])
-        return d, part, rng
-
 
 def _plan(etype: EdgeType, schema: GraphSchema, cfg: PartitionConfig) -> _Plan:
     counts = {n.name: n.count for n in schema.node_types}
