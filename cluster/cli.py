@@ -26,8 +26,15 @@ class _Group(click.Group):
         except _EXPECTED as err:
             if ctx.find_root().params.get("debug"):
                 raise
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {one_line(err)}", err=True)
             sys.exit(1)
+
+
+def one_line(err: BaseException) -> str:
+    """The message of an error; for one raised inside a Ray task, that of the original."""
+    cause = getattr(err, "cause", None)  # ray.exceptions.RayTaskError keeps the task's exception
+    text = str(cause if isinstance(cause, BaseException) else err)
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -181,6 +181,8 @@ def partition_graph(graph: str | Path, out: str | Path, config: PartitionConfig 
         ray.init(address=address, log_to_driver=False)
     log.info("partition: %s: %s edges in %d edge types -> %d shards", gdir.path, f"{schema.num_edges:,}",
              len(schema.edge_types), P)
+    # errors inside our Ray Data tasks surface as themselves (GraphFormatError, OSError...)
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     tmp = temp_sibling(out)
     spill = tmp / "_spill"
     spill.mkdir(parents=True)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import ray
 from click.testing import CliRunner
 
 from cluster.cli import main
@@ -82,3 +83,16 @@ def test_installed_console_script_exits_nonzero_without_traceback(tmp_path):
     assert hetrec.returncode == 1
     assert hetrec.stderr.count("\n") == 1 and "Traceback" not in hetrec.stderr
     assert "schema.json: not found" in hetrec.stderr
+
+
+def test_error_from_a_ray_task_prints_the_original_message(ray_local):
+    from cluster.cli import one_line
+
+    @ray.remote
+    def route():
+        raise GraphFormatError("edges user__clicks__item: src id out of range [0, 5)")
+
+    with pytest.raises(GraphFormatError) as info:  # Ray re-raises it as RayTaskError(GraphFormatError)
+        ray.get(route.remote())
+    assert "Traceback" in str(info.value) or "ray::" in str(info.value)
+    assert one_line(info.value) == "edges user__clicks__item: src id out of range [0, 5)"
