@@ -6,12 +6,12 @@ set by the batch and the fan-out, never by the graph.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from graphs.shards import ShardStore
+from graphs.shards import ShardStore, first_owned
 
 
 @dataclass
@@ -227,3 +227,31 @@ def _filter_embedded(order: list[tuple[str, int]], has_embedding) -> list[tuple[
         keep += [key for key, m in zip(group, mask) if m]
     rank = {key: i for i, key in enumerate(order)}
     return sorted(keep, key=rank.__getitem__)
+
+
+def iter_seed_edges(store: ShardStore, ekey: str, parts: list[int], batch_size: int,
+                    rng: np.random.Generator) -> Iterator[dict[str, np.ndarray]]:
+    """Shuffled batches of the edges owned by ``parts`` (the owner rule: by source node).
+
+    Yields ``{"src": [B], "dst": [B], "ts"?: [B], "weight"?: [B]}`` with ids within their
+    types. A trainer worker passes the shards it owns, so workers see disjoint edges. One
+    shard is read at a time, in random order, so memory is bounded by the largest shard's
+    edge arrays of this type, not by the graph.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    etype = store.edge_types[ekey]
+    offset = store.schema.offsets[etype.src]
+    for part in rng.permutation(np.asarray(parts, dtype=np.int64)):
+        csr = store.csr(int(part), ekey)
+        deg = np.diff(csr["indptr"])
+        first = first_owned(offset, store.num_parts)[part]
+        src = np.repeat(first + np.arange(len(deg), dtype=np.int64) * store.num_parts - offset, deg)
+        order = rng.permutation(len(src))
+        for lo in range(0, len(order), batch_size):
+            sel = order[lo:lo + batch_size]
+            batch = {"src": src[sel], "dst": np.asarray(csr["indices"][sel], dtype=np.int64)}
+            for col in ("ts", "weight"):
+                if col in csr:
+                    batch[col] = np.asarray(csr[col][sel])
+            yield batch

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import random_graph
 from graphs.partition import PartitionConfig, partition_graph
-from graphs.samplers import k_hop_neighbors, sample_fanout
+from graphs.samplers import iter_seed_edges, k_hop_neighbors, sample_fanout
 from graphs.schema import EdgeType, GraphSchema, NodeType
 from graphs.shards import ShardStore
 from graphs.store import GraphWriter
@@ -92,3 +92,21 @@ def test_k_hop_skips_nodes_without_embeddings_and_handles_isolated(hand_store):
     assert len(k_hop_neighbors(hand_store, "user", 3, k=8)) == 0  # user d has no edges
     with pytest.raises(ValueError, match="k must be >= 1"):
         k_hop_neighbors(hand_store, "user", 0, k=0)
+
+
+def test_seed_edges_partition_the_edges_across_workers(random_store):
+    store, edges = random_store
+    rng = np.random.default_rng(3)
+    seen = []
+    for parts in ([0, 2], [1]):  # two "workers" owning disjoint shards
+        got = list(iter_seed_edges(store, "user__clicks__item", parts, 64, rng))
+        assert all(len(b["src"]) <= 64 for b in got)
+        src = np.concatenate([b["src"] for b in got])
+        assert np.isin((src + store.schema.offsets["user"]) % 3, parts).all()  # only owned sources
+        seen.append(np.stack([src, np.concatenate([b["dst"] for b in got]),
+                              np.concatenate([b["ts"] for b in got])], axis=1))
+    both = np.concatenate(seen)
+    want = np.stack([edges["src"], edges["dst"], edges["ts"]], axis=1)
+    assert sorted(map(tuple, both.tolist())) == sorted(map(tuple, want.tolist()))
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        next(iter_seed_edges(store, "user__clicks__item", [0], 0, rng))
