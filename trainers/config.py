@@ -1,0 +1,49 @@
+"""Typed settings for the HetSGFormer model (one dataclass per concern, see STYLE.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GAL_KINDS = ("kernel", "sgformer", "none")
+
+
+@dataclass(frozen=True)
+class HetSGFormerConfig:
+    """Model settings.
+
+    ``gal_kind``: ``"kernel"`` (linear attention with an elu+1 feature map and a per-row
+    denominator: real global mixing), ``"sgformer"`` (the faithful SGFormer form, whose
+    cross-node part falls like 1/N; see ALGORITHMS.md "The catch") or ``"none"``.
+    ``v_max`` rows in the shared ID table; ids are hashed within their type into it.
+    ``beta`` weighs attention against the input in the GAL residual; ``gcn_weight`` weighs
+    the GCN branch against the attention branch (SGFormer's g).
+    """
+
+    dim: int = 64
+    v_max: int = 100_000
+    beta: float = 0.5
+    gcn_weight: float = 0.5
+    gal_kind: str = "kernel"
+    num_gcn_layers: int = 1
+    num_heads: int = 2
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"dim must be an int >= 1, got {self.dim!r}")
+        if not isinstance(self.v_max, int) or self.v_max < 1:
+            raise ValueError(f"v_max must be an int >= 1, got {self.v_max!r}")
+        for name in ("beta", "gcn_weight"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        if self.gal_kind not in GAL_KINDS:
+            raise ValueError(f"gal_kind must be one of {GAL_KINDS}, got {self.gal_kind!r}")
+        if self.num_gcn_layers not in (1, 2):
+            raise ValueError(f"num_gcn_layers must be 1 or 2, got {self.num_gcn_layers!r}")
+        if not isinstance(self.num_heads, int) or self.num_heads < 1 or self.dim % self.num_heads:
+            raise ValueError(
+                f"num_heads must be an int >= 1 dividing dim={self.dim}, got {self.num_heads!r}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
