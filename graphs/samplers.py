@@ -64,9 +64,14 @@ def sample_fanout(store: ShardStore, seeds: dict[str, np.ndarray], fanouts: list
     At each hop every frontier node keeps up to ``fanouts[hop]`` neighbours per edge type:
     all of them when its degree is at most the fan-out, else a uniform sample without
     replacement. ``edge_types`` limits the types followed (default: all, reverses included).
+    Seeds must be unique within each type.
     """
     if any(f < 1 for f in fanouts):
         raise ValueError(f"fanouts must all be >= 1, got {fanouts}")
+    for ntype, ids in seeds.items():
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError(f"seeds of type {ntype!r} repeat ids; pass np.unique(ids) and map back "
+                             "with return_inverse")
     index = _NodeIndex(seeds)
     frontier = {t: np.asarray(v, dtype=np.int64) for t, v in seeds.items()}
     edges: dict[str, list[np.ndarray]] = {}

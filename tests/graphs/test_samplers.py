@@ -41,6 +41,12 @@ def test_fanout_samples_real_edges_and_respects_fanout(random_store):
     assert back <= real
 
 
+def test_fanout_rejects_repeated_seeds(random_store):
+    store, _ = random_store
+    with pytest.raises(ValueError, match="seeds of type 'user' repeat ids"):
+        sample_fanout(store, {"user": np.array([3, 3])}, [2], np.random.default_rng(0))
+
+
 def test_fanout_is_uniform(random_store):
     store, edges = random_store
     hub = int(np.bincount(edges["src"]).argmax())
