@@ -105,6 +105,30 @@ def partition(graph: Path, out: Path, parts: int, address: str | None, bucket_ed
     click.echo(format_stats(graph_stats(out)))
 
 
+@main.command("train")
+@click.argument("graph", type=click.Path(path_type=Path))
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--workers", type=int, default=2, show_default=True, help="Ray Train workers.")
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--batch-size", type=int, default=512, show_default=True)
+@click.option("--use-gpu", is_flag=True, help="One GPU per worker, NCCL.")
+@click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its last checkpoint.")
+@click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
+def train_cmd(graph: Path, run_dir: Path, workers: int, epochs: int, batch_size: int, use_gpu: bool,
+              resume: bool, address: str | None) -> None:
+    """Pretrain HetSGFormer on GRAPH (graph directory or partitioned graph) into RUN_DIR."""
+    import ray
+
+    from trainers.train import TrainConfig, train
+
+    cfg = TrainConfig(workers=workers, epochs=epochs, batch_size=batch_size, use_gpu=use_gpu)
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False)
+    result = train(graph, run_dir, cfg, resume=resume)
+    click.echo(f"trained {result.metrics['epoch'] + 1} epochs: loss {result.metrics['loss']:.4f}, "
+               f"{result.metrics['edges_per_s']:,.0f} edges/s; checkpoint {result.checkpoint.path}")
+
+
 @main.group(cls=_Group)
 def graph() -> None:
     """Inspect graph directories and partitioned graphs."""
