@@ -113,9 +113,10 @@ def partition(graph: Path, out: Path, parts: int, address: str | None, bucket_ed
 @click.option("--batch-size", type=int, default=512, show_default=True)
 @click.option("--use-gpu", is_flag=True, help="One GPU per worker, NCCL.")
 @click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its last checkpoint.")
+@click.option("--no-export", is_flag=True, help="Skip exporting the embeddings after training.")
 @click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
 def train_cmd(graph: Path, run_dir: Path, workers: int, epochs: int, batch_size: int, use_gpu: bool,
-              resume: bool, address: str | None) -> None:
+              resume: bool, no_export: bool, address: str | None) -> None:
     """Pretrain HetSGFormer on GRAPH (graph directory or partitioned graph) into RUN_DIR."""
     import ray
 
@@ -127,6 +128,24 @@ def train_cmd(graph: Path, run_dir: Path, workers: int, epochs: int, batch_size:
     result = train(graph, run_dir, cfg, resume=resume)
     click.echo(f"trained {result.metrics['epoch'] + 1} epochs: loss {result.metrics['loss']:.4f}, "
                f"{result.metrics['edges_per_s']:,.0f} edges/s; checkpoint {result.checkpoint.path}")
+    if not no_export:
+        from trainers.export import export_embeddings
+
+        click.echo(f"embeddings: {export_embeddings(run_dir)}")
+
+
+@main.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
+def export_cmd(run_dir: Path, address: str | None) -> None:
+    """Embed every node with RUN_DIR's last checkpoint into a new embeddings version."""
+    import ray
+
+    from trainers.export import export_embeddings
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False)
+    click.echo(f"embeddings: {export_embeddings(run_dir)}")
 
 
 @main.group(cls=_Group)

@@ -22,10 +22,10 @@ def runner():
 def test_help_lists_every_command(runner):
     out = runner.invoke(main, ["--help"])
     assert out.exit_code == 0
-    for cmd in ("data", "partition", "graph", "train"):
+    for cmd in ("data", "partition", "graph", "train", "export"):
         assert cmd in out.output
     for sub in (["data", "movielens"], ["data", "synthetic"], ["partition"], ["graph", "stats"],
-                ["graph", "validate"], ["train"]):
+                ["graph", "validate"], ["train"], ["export"]):
         res = runner.invoke(main, sub + ["--help"])
         assert res.exit_code == 0 and "Usage:" in res.output, sub
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from graphs.synthetic import generate_synthetic
+from graphs.shards import ShardStore
 from trainers.config import HetSGFormerConfig
+from trainers.export import export_embeddings
 from trainers.train import TrainConfig, train
 
 SMALL = dict(workers=2, batch_size=128, fanouts=(4, 2), steps_per_epoch=3, random_negatives=32,
@@ -21,7 +24,7 @@ def graph(tmp_path_factory):
     return path
 
 
-def test_two_workers_checkpoint_and_resume(graph, tmp_path, ray_local):
+def test_two_workers_checkpoint_resume_and_export(graph, tmp_path, ray_local):
     run = tmp_path / "run"
     first = train(graph, run, TrainConfig(epochs=1, **SMALL))
     assert first.checkpoint is not None and first.metrics["epoch"] == 0
@@ -37,6 +40,20 @@ def test_two_workers_checkpoint_and_resume(graph, tmp_path, ray_local):
     history = json.loads((run / "metrics.json").read_text())["epochs"]
     # epoch 0 is carried over from the checkpointed run (same measured throughput), not rerun
     assert [row["epoch"] for row in history] == [0, 1] and history[0] == before[0]
+
+    first_export = export_embeddings(run)
+    meta = json.loads((first_export / "meta.json").read_text())
+    assert meta["version"] == 1 and (run / "embeddings" / "LATEST").read_text() == "v0001"
+    counts = ShardStore(run / "parts").counts
+    for ntype, count in counts.items():
+        emb = np.load(first_export / f"{ntype}.npy")
+        assert emb.shape == (count, 16) and emb.dtype == np.float32 and np.isfinite(emb).all()
+        assert (np.abs(emb).sum(axis=1) > 0).all()  # every row was written
+    items = np.load(first_export / "item.npy")
+    assert np.linalg.matrix_rank(items[:200]) > 8  # nodes get different embeddings
+    second_export = export_embeddings(run)
+    assert second_export.name == "v0002"
+    np.testing.assert_allclose(np.load(second_export / "item.npy"), items, atol=1e-5)  # deterministic
 
 
 def test_config_rejects_bad_values():

@@ -1,0 +1,109 @@
+"""Export the embedding of every node of every type from a trained run (DESIGN.md contract).
+
+Layout::
+
+    <run>/embeddings/v0001/<ntype>.npy    float32 [count, d], row = node id within the type
+    <run>/embeddings/v0001/meta.json      version, dim, counts, checkpoint
+    <run>/embeddings/LATEST               the newest version's folder name
+
+Inference is a Ray Data job: chunks of node ids go to ``map_batches`` actors that each
+load the model once, sample every chunk's neighbourhood from the shard store and write
+their rows straight into the version's ``.npy`` files (memory-mapped, disjoint rows).
+The version folder is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+
+from graphs.samplers import sample_fanout
+from graphs.shards import ShardStore
+from graphs.store import GraphDir, temp_sibling, write_json_atomic
+from trainers.config import HetSGFormerConfig
+from trainers.features import FeatureStore
+from trainers.hetsgformer import HetSGFormer
+from trainers.train import TrainConfig
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The newest checkpoint folder of a run (Ray Train names them by time)."""
+    found = sorted(p for p in (run_dir / "ray").glob("*/checkpoint_*") if (p / "state.pt").is_file())
+    if not found:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint under {run_dir / 'ray'} (train first)")
+    return found[-1]
+
+
+class _Embedder:
+    """A Ray Data actor: the model and the stores, loaded once."""
+
+    def __init__(self, config: dict, checkpoint: str, out: str):
+        cfg: TrainConfig = config["train_cfg"]
+        self.store = ShardStore(config["parts"])
+        self.features = FeatureStore(GraphDir(config["graph"], validate="none"))
+        self.model = HetSGFormer(self.store.schema, cfg.model)
+        state = torch.load(os.path.join(checkpoint, "state.pt"), weights_only=True, map_location="cpu")
+        self.model.load_state_dict(state["model"])
+        self.model.eval()
+        self.fanouts, self.seed, self.out = list(cfg.fanouts), cfg.seed, Path(out)
+
+    def __call__(self, chunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``chunk``: one row per id range ``ntype, lo, hi`` -> rows written per range."""
+        for ntype, lo, hi in zip(chunk["ntype"], chunk["lo"], chunk["hi"]):
+            ids = np.arange(lo, hi, dtype=np.int64)
+            rng = np.random.default_rng([self.seed, int(lo)])  # same sample on every export
+            sub = sample_fanout(self.store, {str(ntype): ids}, self.fanouts, rng)
+            with torch.no_grad():
+                emb = self.model(sub, self.features.batch(sub.nodes))[str(ntype)][: len(ids)]
+            rows = np.load(self.out / f"{ntype}.npy", mmap_mode="r+")
+            rows[lo:hi] = emb.numpy()
+            rows.flush()
+        return {"rows": chunk["hi"] - chunk["lo"]}
+
+
+def export_embeddings(run_dir: str | Path, chunk_nodes: int = 2048, actors: int = 2) -> Path:
+    """Embed every node of the run's graph; returns the new version folder."""
+    run_dir = Path(run_dir).resolve()
+    config = json.loads((run_dir / "config.json").read_text())
+    cfg = TrainConfig(**{**config["train"], "fanouts": tuple(config["train"]["fanouts"]),
+                         "model": HetSGFormerConfig(**config["train"]["model"])})
+    checkpoint = latest_checkpoint(run_dir)
+    store = ShardStore(config["parts"])
+    root = run_dir / "embeddings"
+    root.mkdir(exist_ok=True)
+    version = 1 + max((int(p.name[1:]) for p in root.glob("v[0-9]*")), default=0)
+    final = root / f"v{version:04d}"
+    tmp = temp_sibling(final)
+    tmp.mkdir()
+    try:
+        counts = store.counts
+        for ntype, count in counts.items():
+            np.lib.format.open_memmap(tmp / f"{ntype}.npy", mode="w+", dtype=np.float32,
+                                      shape=(count, cfg.model.dim)).flush()
+        chunks = [{"ntype": t, "lo": lo, "hi": min(c, lo + chunk_nodes)}
+                  for t, c in counts.items() for lo in range(0, c, chunk_nodes)]
+        if not ray.is_initialized():
+            ray.init(log_to_driver=False)
+        written = (ray.data.from_items(chunks, override_num_blocks=max(1, min(len(chunks), 64)))
+                   .map_batches(_Embedder, batch_size=1, concurrency=actors,
+                                fn_constructor_kwargs={"config": {**config, "train_cfg": cfg},
+                                                       "checkpoint": str(checkpoint), "out": str(tmp)})
+                   .sum("rows"))
+        if written != sum(counts.values()):
+            raise RuntimeError(f"export wrote {written} rows, expected {sum(counts.values())}")
+        write_json_atomic(tmp / "meta.json", {"version": version, "dim": cfg.model.dim, "counts": counts,
+                                              "checkpoint": str(checkpoint)})
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    latest = root / "LATEST"
+    latest.with_suffix(".tmp").write_text(final.name)
+    os.replace(latest.with_suffix(".tmp"), latest)
+    return final
