@@ -148,6 +148,27 @@ def export_cmd(run_dir: Path, address: str | None) -> None:
     click.echo(f"embeddings: {export_embeddings(run_dir)}")
 
 
+@main.command("eval")
+@click.argument("graph", type=click.Path(path_type=Path))
+@click.option("--models", default="pop,mf,lightgcn", show_default=True,
+              help="Comma-separated: pop, mf, lightgcn (HetSGFormer and HGT to come).")
+@click.option("--protocol", type=click.Choice(["random", "temporal"]), default="random", show_default=True)
+@click.option("--seeds", type=int, default=1, show_default=True, help="Seeds 0..N-1; mean ± std over them.")
+@click.option("--etype", default="user__rates__movie", show_default=True, help="The user-item edge type.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON.")
+def eval_cmd(graph: Path, models: str, protocol: str, seeds: int, etype: str, json_out: Path | None) -> None:
+    """Train and score recommendation models on GRAPH with full ranking; print a table."""
+    from graphs.store import write_json_atomic
+    from trainers.evaluate import format_table, run_eval
+
+    results = run_eval(graph, [m.strip() for m in models.split(",") if m.strip()], protocol=protocol,
+                       seeds=list(range(seeds)), etype=etype)
+    click.echo(format_table(results))
+    if json_out is not None:
+        write_json_atomic(json_out, {"graph": str(graph), "protocol": protocol, "seeds": seeds,
+                                     "results": results})
+
+
 @main.group(cls=_Group)
 def graph() -> None:
     """Inspect graph directories and partitioned graphs."""

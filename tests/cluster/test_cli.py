@@ -22,10 +22,10 @@ def runner():
 def test_help_lists_every_command(runner):
     out = runner.invoke(main, ["--help"])
     assert out.exit_code == 0
-    for cmd in ("data", "partition", "graph", "train", "export"):
+    for cmd in ("data", "partition", "graph", "train", "export", "eval"):
         assert cmd in out.output
     for sub in (["data", "movielens"], ["data", "synthetic"], ["partition"], ["graph", "stats"],
-                ["graph", "validate"], ["train"], ["export"]):
+                ["graph", "validate"], ["train"], ["export"], ["eval"]):
         res = runner.invoke(main, sub + ["--help"])
         assert res.exit_code == 0 and "Usage:" in res.output, sub
 
@@ -61,6 +61,17 @@ def test_movielens_from_grouplens_folder(runner, tmp_path):
     counts = {n["type"]: n["nodes"] for n in stats["node_types"]}
     assert counts["user"] == 2 and counts["movie"] == 2
     assert {e["type"]: e["edges"] for e in stats["edge_types"]}["user__rates__movie"] == 3
+
+
+def test_eval_popularity_writes_table_and_json(runner, tmp_path):
+    res = runner.invoke(main, ["data", "synthetic", str(tmp_path / "g"), "--edges", "20000"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["eval", str(tmp_path / "g"), "--models", "pop", "--etype", "user__clicks__item",
+                               "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines()[0].startswith("model") and "ndcg@10" in res.output
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert 0 < doc["results"]["pop"]["ndcg@10"]["mean"] < 1
 
 
 def test_errors_are_one_line_and_debug_shows_the_exception(runner, tmp_path):
