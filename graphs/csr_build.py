@@ -28,7 +28,9 @@ def build_items(plans: dict[str, _Plan], routed: dict[str, dict[str, np.ndarray]
     """
     items = []
     for ekey, plan in plans.items():
-        rec = routed.get(ekey, {"key": np.empty(0, np.int64)})
+        empty = np.empty(0, np.int64)
+        rec = routed.get(ekey, {"key": empty, "start": empty, "count": empty, "total": empty,
+                                "file": np.empty(0, dtype=object)})
         key = rec["key"].astype(np.int64)
         d = (key >= plan.bases[1]).astype(np.int64)
         local = key - np.asarray(plan.bases)[d]
@@ -39,10 +41,8 @@ def build_items(plans: dict[str, _Plan], routed: dict[str, dict[str, np.ndarray]
                 sel = np.flatnonzero((d == direction) & (part == p))
                 sel = sel[np.argsort(rng[sel], kind="stable")]
                 items.append({"plan": ekey, "direction": direction, "part": p, "range": rng[sel],
-                              "start": rec["start"][sel] if sel.size else sel,
-                              "count": rec["count"][sel] if sel.size else sel,
-                              "total": rec["total"][sel] if sel.size else sel,
-                              "file": [str(f) for f in rec["file"][sel]] if sel.size else []})
+                              "start": rec["start"][sel], "count": rec["count"][sel],
+                              "total": rec["total"][sel], "file": [str(f) for f in rec["file"][sel]]})
     return items
 
 
@@ -145,9 +145,7 @@ def _write_sorted(parts: list[dict[str, np.ndarray]], width: int, files: dict) -
     """
     offset = np.concatenate([p["row"] for p in parts])
     order = np.argsort(offset, kind="stable")
-    for name, f in files.items():
-        col = np.concatenate([p[name] for p in parts])[order]
-        f.write(memoryview(col.astype(f.dtype, copy=False)))
+    _append({name: np.concatenate([p[name] for p in parts])[order] for name in files}, files)
     return np.bincount(offset, minlength=width)
 
 

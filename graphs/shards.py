@@ -129,8 +129,8 @@ class ShardStore:
             }
         return self._csr[(part, ekey)]
 
-    def neighbors(self, ekey: str, ids: np.ndarray) -> Neighbors:
-        """Out-neighbours in edge type ``ekey`` of source nodes ``ids: [B]`` (ids within the src type)."""
+    def _rows(self, ekey: str, ids: np.ndarray):
+        """Owner shard, CSR start and degree of each source id: ``(etype, parts, start, deg)``, each ``[B]``."""
         etype = self.edge_types.get(ekey)
         if etype is None:
             raise GraphFormatError(f"unknown edge type {ekey!r}; known: {sorted(self.edge_types)}")
@@ -142,14 +142,19 @@ class ShardStore:
         offset = self.schema.offsets[etype.src]
         g = ids + offset
         parts, rows = owner(g, self.num_parts), local_rows(g, offset, self.num_parts)
-        deg = np.zeros(len(ids), dtype=np.int64)
         start = np.zeros(len(ids), dtype=np.int64)
+        deg = np.zeros(len(ids), dtype=np.int64)
         for p in np.unique(parts):
             sel = parts == p
             indptr = self.csr(int(p), ekey)["indptr"]
             start[sel] = indptr[rows[sel]]
             deg[sel] = indptr[rows[sel] + 1] - start[sel]
-        ptr = np.zeros(len(ids) + 1, dtype=np.int64)
+        return etype, parts, start, deg
+
+    def neighbors(self, ekey: str, ids: np.ndarray) -> Neighbors:
+        """Out-neighbours in edge type ``ekey`` of source nodes ``ids: [B]`` (ids within the src type)."""
+        etype, parts, start, deg = self._rows(ekey, ids)
+        ptr = np.zeros(len(deg) + 1, dtype=np.int64)
         np.cumsum(deg, out=ptr[1:])
         out = {"ids": np.empty(ptr[-1], dtype=np.int64)}
         if etype.ts:
@@ -158,7 +163,7 @@ class ShardStore:
             out["weight"] = np.empty(ptr[-1], dtype=np.float32)
         for p in np.unique(parts):
             sel = np.flatnonzero(parts == p)
-            pos, local_ptr = gather_ranges(start[sel], start[sel] + deg[sel])
+            pos, _ = gather_ranges(start[sel], start[sel] + deg[sel])
             dest, _ = gather_ranges(ptr[sel], ptr[sel] + deg[sel])
             arrays = self.csr(int(p), ekey)
             out["ids"][dest] = arrays["indices"][pos]
@@ -169,13 +174,4 @@ class ShardStore:
 
     def degree(self, ekey: str, ids: np.ndarray) -> np.ndarray:
         """Out-degree in ``ekey`` of ``ids: [B]`` -> ``[B]``, without touching the indices."""
-        etype = self.edge_types[ekey]
-        offset = self.schema.offsets[etype.src]
-        g = np.asarray(ids, dtype=np.int64) + offset
-        parts, rows = owner(g, self.num_parts), local_rows(g, offset, self.num_parts)
-        deg = np.zeros(len(g), dtype=np.int64)
-        for p in np.unique(parts):
-            sel = parts == p
-            indptr = self.csr(int(p), ekey)["indptr"]
-            deg[sel] = indptr[rows[sel] + 1] - indptr[rows[sel]]
-        return deg
+        return self._rows(ekey, ids)[3]
