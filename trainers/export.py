@@ -23,12 +23,11 @@ import numpy as np
 import ray
 import torch
 
-from graphs.samplers import sample_fanout
 from graphs.shards import ShardStore
 from graphs.store import GraphDir, temp_sibling, write_json_atomic
-from trainers.config import HetSGFormerConfig
 from trainers.features import FeatureStore
 from trainers.hetsgformer import HetSGFormer
+from trainers.inference import embed_nodes
 from trainers.train import TrainConfig
 
 
@@ -57,10 +56,8 @@ class _Embedder:
         """``chunk``: one row per id range ``ntype, lo, hi`` -> rows written per range."""
         for ntype, lo, hi in zip(chunk["ntype"], chunk["lo"], chunk["hi"]):
             ids = np.arange(lo, hi, dtype=np.int64)
-            rng = np.random.default_rng([self.seed, int(lo)])  # same sample on every export
-            sub = sample_fanout(self.store, {str(ntype): ids}, self.fanouts, rng)
-            with torch.no_grad():
-                emb = self.model(sub, self.features.batch(sub.nodes))[str(ntype)][: len(ids)]
+            emb = embed_nodes(self.model, self.store, self.features, str(ntype), ids, self.fanouts,
+                              self.seed, chunk=len(ids))  # same sample on every export
             rows = np.load(self.out / f"{ntype}.npy", mmap_mode="r+")
             rows[lo:hi] = emb.numpy()
             rows.flush()
@@ -71,8 +68,7 @@ def export_embeddings(run_dir: str | Path, chunk_nodes: int = 2048, actors: int 
     """Embed every node of the run's graph; returns the new version folder."""
     run_dir = Path(run_dir).resolve()
     config = json.loads((run_dir / "config.json").read_text())
-    cfg = TrainConfig(**{**config["train"], "fanouts": tuple(config["train"]["fanouts"]),
-                         "model": HetSGFormerConfig(**config["train"]["model"])})
+    cfg = TrainConfig.from_json(config["train"])
     checkpoint = latest_checkpoint(run_dir)
     store = ShardStore(config["parts"])
     root = run_dir / "embeddings"

@@ -4,13 +4,15 @@
 ``TorchTrainer`` with ``workers`` processes (gloo on CPU, NCCL with ``use_gpu``). Worker r
 of w owns the shards ``p`` with ``p % w == r`` (the owner rule) and draws its seed edges
 from them; every step samples a fan-out neighbourhood of the batch's users and items
-from the memory-mapped shard store, and DDP all-reduces the gradients. Each epoch ends
-with ``ray.train.report`` of its metrics and a checkpoint (model, optimizer, epoch), so a
-lost worker restarts the run from the last epoch (``FailureConfig``) and ``resume=True``
-continues a finished or interrupted run.
+from the memory-mapped shard store, computes :func:`trainers.batch_loss.batch_loss`, and
+DDP all-reduces the gradients. Each epoch ends with validation NDCG@10 (rank 0, when
+``valid`` is set) and ``ray.train.report`` of its metrics with a checkpoint (model,
+optimizer, epoch, the metrics so far), so a lost worker restarts the run from the last
+epoch (``FailureConfig``) and ``resume=True`` continues a finished or interrupted run.
 
 RUN_DIR layout: ``config.json``, ``parts/`` (unless the graph was partitioned already),
-``ray/`` (Ray Train's checkpoints and results), ``metrics.json``.
+``ray/`` (Ray Train's checkpoints), ``metrics.json``/``.csv``/``.png`` (per-epoch loss,
+edges/s, validation NDCG@10), ``embeddings/`` (after export).
 """
 
 from __future__ import annotations
@@ -31,41 +33,68 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer, prepare_model
 
 from graphs.partition import PartitionConfig, partition_graph
-from graphs.samplers import iter_seed_edges, sample_fanout
+from graphs.samplers import iter_seed_edges
 from graphs.shards import ShardStore
 from graphs.store import GraphDir, write_json_atomic
+from trainers.batch_loss import HardPool, batch_loss
 from trainers.config import HetSGFormerConfig
+from trainers.curves import write_metrics
 from trainers.features import FeatureStore
-from trainers.hetsgformer import HetSGFormer, link_loss
+from trainers.hetsgformer import HetSGFormer
+from trainers.inference import embed_nodes
+from trainers.validation import Validator
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """workers: Ray Train workers. target: the edge type learned as links (None: the largest
-    type between two different node types). random_negatives: uniform items per batch."""
+    """Training settings.
+
+    workers: Ray Train workers. target: the edge type learned as links (None: the largest
+    type between two different node types). random_negatives: uniform items per batch;
+    hard_negatives: per user, drawn among the ``hard_top`` best-scored items of a pool of
+    ``hard_pool`` items re-embedded every epoch (0: off). aux_weight: weight of the link
+    loss on the other edge types. valid: a parquet of held-out (src, dst) target pairs,
+    scored every epoch as NDCG@10 over at most ``valid_users`` users (None: no validation).
+    Defaults picked on MovieLens-100K validation NDCG@10 (README "Results").
+    """
 
     workers: int = 2
     epochs: int = 3
-    batch_size: int = 512
-    fanouts: tuple[int, ...] = (10, 5)
-    lr: float = 1e-3
+    batch_size: int = 256
+    fanouts: tuple[int, ...] = (10,)
+    lr: float = 1e-2
     random_negatives: int = 128
-    temperature: float = 0.1
+    hard_negatives: int = 0
+    hard_top: int = 50
+    hard_pool: int = 50_000
+    aux_weight: float = 0.1
+    temperature: float = 0.25
     steps_per_epoch: int | None = None
     use_gpu: bool = False
     seed: int = 0
     target: str | None = None
     num_parts: int = 4
+    valid: str | None = None
+    valid_users: int = 1000
     model: HetSGFormerConfig = field(default_factory=HetSGFormerConfig)
 
     def __post_init__(self) -> None:
-        for name in ("workers", "epochs", "batch_size", "random_negatives", "num_parts"):
+        for name in ("workers", "epochs", "batch_size", "random_negatives", "num_parts", "hard_top",
+                     "hard_pool", "valid_users"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.hard_negatives < 0 or self.aux_weight < 0:
+            raise ValueError(f"TrainConfig.hard_negatives and aux_weight must be >= 0, "
+                             f"got {self.hard_negatives}, {self.aux_weight}")
         if self.lr <= 0 or self.temperature <= 0:
             raise ValueError(f"TrainConfig.lr and temperature must be > 0, got {self.lr}, {self.temperature}")
         if not self.fanouts or min(self.fanouts) < 1:
             raise ValueError(f"TrainConfig.fanouts must be a non-empty list of ints >= 1, got {self.fanouts}")
+
+    @classmethod
+    def from_json(cls, doc: dict) -> TrainConfig:
+        """Inverse of ``dataclasses.asdict`` (as stored in a run's ``config.json``)."""
+        return cls(**{**doc, "fanouts": tuple(doc["fanouts"]), "model": HetSGFormerConfig(**doc["model"])})
 
 
 def _target(store: ShardStore, target: str | None) -> str:
@@ -90,41 +119,68 @@ def _train_loop(loop: dict) -> None:
                           parallel_strategy_kwargs={"find_unused_parameters": True})
     device = ray.train.torch.get_device()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start = 0
+    start, history = 0, []
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
             state = torch.load(os.path.join(d, "state.pt"), weights_only=True, map_location=device)
+            history = _read_history(Path(d))
         _module(model).load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start = state["epoch"] + 1
+    validator = Validator(cfg.valid, store, target, cfg.valid_users, cfg.seed) if cfg.valid and rank == 0 else None
     owned = [p for p in range(store.num_parts) if p % world == rank]
     steps = cfg.steps_per_epoch or max(1, target.count // (world * cfg.batch_size))
     for epoch in range(start, cfg.epochs):
+        # the sampler state is the epoch: every draw of the epoch derives from (seed, epoch, rank),
+        # so a resumed run repeats exactly what the uninterrupted one would have done
         rng = np.random.default_rng([cfg.seed, epoch, rank])
-        t0, losses, edges = time.perf_counter(), [], 0
+        torch.manual_seed(int(rng.integers(2**62)))
+        pool = _hard_pool(_module(model), store, features, target, cfg, epoch) if cfg.hard_negatives and epoch else None
+        t0, losses, aux, edges = time.perf_counter(), [], [], 0
         batches = _cycle(store, target.key, owned, cfg.batch_size, rng)
         for _ in range(steps):  # the same count on every worker keeps DDP in step
             batch = next(batches)
-            loss = _step(model, store, features, target, batch, cfg, rng, device)
+            loss, parts = batch_loss(model, store, features, target, batch, cfg, rng, device, pool)
             opt.zero_grad()
             loss.backward()
             opt.step()
             losses.append(loss.item())
+            aux.append(parts["aux"])
             edges += len(batch["src"])
-        metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "edges_per_s": world * edges /
-                   (time.perf_counter() - t0), "steps": steps}
+        seconds = time.perf_counter() - t0
+        metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "first_loss": losses[0],
+                   "aux_loss": float(np.mean(aux)), "edges_per_s": world * edges / seconds,
+                   "epoch_s": seconds, "steps": steps,
+                   "valid_ndcg@10": validator.ndcg10(_module(model), features, list(cfg.fanouts))
+                   if validator else float("nan")}
+        history.append(metrics)
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
                 torch.save({"model": _module(model).state_dict(), "optimizer": opt.state_dict(),
                             "epoch": epoch}, os.path.join(d, "state.pt"))
+                Path(d, "history.json").write_text(json.dumps(history))  # every epoch so far
                 checkpoint = Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
+def _read_history(checkpoint: Path) -> list[dict]:
+    path = checkpoint / "history.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
 def _module(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
+
+
+def _hard_pool(model, store, features, target, cfg: TrainConfig, epoch: int) -> HardPool:
+    """The epoch's hard-negative pool: up to ``hard_pool`` items, embedded now."""
+    n = store.counts[target.dst]
+    rng = np.random.default_rng([cfg.seed, epoch, 1 << 20])
+    ids = np.arange(n) if n <= cfg.hard_pool else np.sort(rng.choice(n, cfg.hard_pool, replace=False))
+    emb = embed_nodes(model, store, features, target.dst, ids, list(cfg.fanouts), cfg.seed)
+    return HardPool(ids, F.normalize(emb, dim=-1))
 
 
 def _cycle(store, ekey, parts, batch_size, rng):
@@ -136,30 +192,6 @@ def _cycle(store, ekey, parts, batch_size, rng):
             yield batch
         if not yielded:  # this worker owns no edge of the type: borrow from every shard
             parts = list(range(store.num_parts))
-
-
-def _step(model, store, features, target, batch, cfg: TrainConfig, rng, device) -> torch.Tensor:
-    """Loss of one batch: ``batch["src"], batch["dst"]: [B]`` positive (user, item) pairs."""
-    users, u_row = np.unique(batch["src"], return_inverse=True)
-    n_items = store.counts[target.dst]
-    negatives = rng.integers(0, n_items, cfg.random_negatives)
-    items, i_row = np.unique(np.concatenate([batch["dst"], negatives]), return_inverse=True)
-    seeds = {target.src: users, target.dst: items} if target.src != target.dst else \
-        {target.src: np.unique(np.concatenate([users, items]))}
-    sub = sample_fanout(store, seeds, list(cfg.fanouts), rng)
-    emb = model(sub, features.batch(sub.nodes))
-    # cosine scores: the temperature then sets the logit scale (InfoNCE convention)
-    u = F.normalize(emb[target.src][torch.from_numpy(u_row).to(device)], dim=-1)
-    v = F.normalize(emb[target.dst][torch.from_numpy(i_row).to(device)], dim=-1)
-    B, R = len(batch["src"]), cfg.random_negatives
-    # logQ of an in-batch candidate: the chance item c is among B positives drawn by edge,
-    # q_c = 1 - (1 - deg_c / E)^B, from the item's exact degree in the shard store
-    p = store.degree(target.reverse().key, batch["dst"]) / max(1, target.count)
-    logq = torch.from_numpy(np.log(-np.expm1(B * np.log1p(-np.minimum(p, 1 - 1e-12))))).float()
-    rand_logq = float(np.log(-np.expm1(R * np.log1p(-1 / n_items))))  # uniform draws
-    return link_loss(u, v[:B], logq.to(device), rand_neg_emb=v[B:],
-                     rand_neg_logq=torch.full((R,), rand_logq, device=device),
-                     pos_item_ids=torch.from_numpy(batch["dst"]).to(device), temperature=cfg.temperature)
 
 
 def train(graph: str | Path, run_dir: str | Path, cfg: TrainConfig = TrainConfig(),
@@ -190,6 +222,7 @@ def train(graph: str | Path, run_dir: str | Path, cfg: TrainConfig = TrainConfig
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     result = trainer.fit()
-    history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
-    write_json_atomic(run_dir / "metrics.json", {"final": result.metrics, "epochs": history})
+    with result.checkpoint.as_directory() as d:
+        history = _read_history(Path(d))
+    write_metrics(run_dir, history, result.metrics)
     return result

@@ -40,6 +40,12 @@ def test_two_workers_checkpoint_resume_and_export(graph, tmp_path, ray_local):
     history = json.loads((run / "metrics.json").read_text())["epochs"]
     # epoch 0 is carried over from the checkpointed run (same measured throughput), not rerun
     assert [row["epoch"] for row in history] == [0, 1] and history[0] == before[0]
+    assert (run / "metrics.png").is_file() and len((run / "metrics.csv").read_text().splitlines()) == 3
+
+    # an uninterrupted 2-epoch run takes exactly the steps the resumed one took
+    straight = train(graph, tmp_path / "straight", TrainConfig(epochs=2, **SMALL), resume=False)
+    assert straight.metrics["first_loss"] == pytest.approx(history[1]["first_loss"], rel=1e-5)
+    assert straight.metrics["loss"] == pytest.approx(history[1]["loss"], rel=1e-5)
 
     first_export = export_embeddings(run)
     meta = json.loads((first_export / "meta.json").read_text())
