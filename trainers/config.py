@@ -16,7 +16,8 @@ class HetSGFormerConfig:
     cross-node part falls like 1/N; see ALGORITHMS.md "The catch") or ``"none"``.
     ``v_max`` rows in the shared ID table; ids are hashed within their type into it.
     ``beta`` weighs attention against the input in the GAL residual; ``gcn_weight`` weighs
-    the GCN branch against the attention branch (SGFormer's g).
+    the GCN branch against the attention branch (SGFormer's g). ``sparse_ids``: the ID table
+    gets sparse gradients (rows of the batch only), so a step costs the batch, not ``v_max``.
     """
 
     dim: int = 64
@@ -27,6 +28,7 @@ class HetSGFormerConfig:
     num_gcn_layers: int = 1
     num_heads: int = 2
     dropout: float = 0.1
+    sparse_ids: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.dim, int) or self.dim < 1:

@@ -41,7 +41,7 @@ class IdentityEmbedding(nn.Module):
         self.schema, self.v_max, D = schema, cfg.v_max, cfg.dim
         self.type_index = {n.name: i for i, n in enumerate(schema.node_types)}
         self.disjoint = schema.num_nodes <= cfg.v_max
-        self.id_table = nn.Embedding(cfg.v_max, D)
+        self.id_table = nn.Embedding(cfg.v_max, D, sparse=cfg.sparse_ids)
         self.type_emb = nn.Embedding(max(1, len(schema.node_types)), D)
         self.impute = nn.Parameter(torch.randn(D) * 0.02)
         self.encoders = nn.ModuleList(

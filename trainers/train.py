@@ -118,7 +118,7 @@ def _train_loop(loop: dict) -> None:
     model = prepare_model(HetSGFormer(store.schema, cfg.model),
                           parallel_strategy_kwargs={"find_unused_parameters": True})
     device = ray.train.torch.get_device()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = Optimizers(_module(model), cfg.lr)
     start, history = 0, []
     ckpt = ray.train.get_checkpoint()
     if ckpt:
@@ -163,6 +163,39 @@ def _train_loop(loop: dict) -> None:
                 Path(d, "history.json").write_text(json.dumps(history))  # every epoch so far
                 checkpoint = Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=checkpoint)
+
+
+class Optimizers:
+    """Adam for the dense parameters and SparseAdam for sparse embeddings, as one optimizer.
+
+    A sparse ID table's step touches only the batch's rows (and DDP all-reduces only
+    those), so a step's cost does not grow with ``v_max``.
+    """
+
+    def __init__(self, model: torch.nn.Module, lr: float):
+        sparse = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse}
+        params = list(model.parameters())
+        self.parts = [torch.optim.Adam([p for p in params if id(p) not in sparse], lr=lr)]
+        if sparse:
+            self.parts.append(torch.optim.SparseAdam([p for p in params if id(p) in sparse], lr=lr))
+
+    def zero_grad(self) -> None:
+        for opt in self.parts:
+            opt.zero_grad()
+
+    def step(self) -> None:
+        for opt in self.parts:
+            opt.step()
+
+    def state_dict(self) -> dict:
+        return {"parts": [opt.state_dict() for opt in self.parts]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["parts"]) != len(self.parts):
+            raise ValueError(f"checkpoint has {len(state['parts'])} optimizers, the model needs {len(self.parts)} "
+                             "(sparse_ids changed since the checkpoint?)")
+        for opt, part in zip(self.parts, state["parts"]):
+            opt.load_state_dict(part)
 
 
 def _read_history(checkpoint: Path) -> list[dict]:

@@ -14,6 +14,7 @@ from graphs.store import GraphDir
 from trainers.config import HetSGFormerConfig
 from trainers.features import FeatureStore
 from trainers.hetsgformer import HetSGFormer, link_loss
+from trainers.train import Optimizers
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_model_trains_on_a_real_sampled_batch(movielens):
     gdir, store, features = movielens
     torch.manual_seed(0)
     model = HetSGFormer(store.schema, HetSGFormerConfig(dim=32, v_max=50_000))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt = Optimizers(model, lr=1e-2)  # SparseAdam for the sparse ID table, Adam for the rest
     rates = gdir.read_edges("user__rates__movie")
     pick = np.random.default_rng(0).choice(len(rates["src"]), 64, replace=False)
     users, u_row = np.unique(rates["src"][pick], return_inverse=True)
