@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from graphs.samplers import sample_fanout
+from graphs.samplers import SampledSubgraph, sample_fanout
 from graphs.schema import EdgeType
 from graphs.shards import ShardStore
 from trainers.features import FeatureStore
@@ -71,6 +71,8 @@ def batch_loss(model, store: ShardStore, features: FeatureStore, target: EdgeTyp
         seeds = {target.src: np.unique(np.concatenate([users, items]))}
         u_row, i_row = np.searchsorted(seeds[target.src], batch["src"]), np.searchsorted(seeds[target.src], items)[i_row]
     sub = sample_fanout(store, seeds, list(cfg.fanouts), rng)
+    if cfg.exclude_targets:
+        drop_target_edges(sub, target, batch["src"], batch["dst"])
     emb = model(sub, features.batch(sub.nodes))
     # cosine scores: the temperature then sets the logit scale (InfoNCE convention)
     u = F.normalize(emb[target.src][torch.from_numpy(u_row).to(device)], dim=-1)
@@ -87,6 +89,26 @@ def batch_loss(model, store: ShardStore, features: FeatureStore, target: EdgeTyp
     aux = _aux_loss(emb, sub, seeds, target, cfg, rng, device) if cfg.aux_weight > 0 else None
     loss = link if aux is None else link + cfg.aux_weight * aux
     return loss, {"link": float(link), "aux": float(aux) if aux is not None else 0.0}
+
+
+def drop_target_edges(sub: SampledSubgraph, target: EdgeType, src: np.ndarray, dst: np.ndarray) -> None:
+    """Remove the batch's positive pairs ``(src[b], dst[b])`` from the sampled subgraph, in both
+    directions, so the model must predict a link without seeing it as a message."""
+    n_dst = max(1, int(dst.max()) + 1)
+    positive = np.unique(src * n_dst + dst)
+    for ekey, flip in ((target.key, False), (target.reverse().key, True)):
+        ei = sub.edges.get(ekey)
+        if ei is None or not ei.shape[1]:
+            continue
+        s_ids = sub.nodes[target.dst if flip else target.src][ei[0]]
+        d_ids = sub.nodes[target.src if flip else target.dst][ei[1]]
+        u, i = (d_ids, s_ids) if flip else (s_ids, d_ids)
+        code = np.where(i < n_dst, u * n_dst + i, -1)
+        at = np.minimum(np.searchsorted(positive, code), len(positive) - 1)
+        keep = positive[at] != code
+        sub.edges[ekey] = ei[:, keep]
+        if ekey in sub.edge_ts:
+            sub.edge_ts[ekey] = sub.edge_ts[ekey][keep]
 
 
 def _embed_users(model, store, features, target, users, cfg, rng, device) -> Tensor:

@@ -18,6 +18,7 @@ class HetSGFormerConfig:
     ``beta`` weighs attention against the input in the GAL residual; ``gcn_weight`` weighs
     the GCN branch against the attention branch (SGFormer's g). ``sparse_ids``: the ID table
     gets sparse gradients (rows of the batch only), so a step costs the batch, not ``v_max``.
+    ``attributes`` / ``eal``: ablation switches for IEL's attribute encoders and for EAL.
     """
 
     dim: int = 64
@@ -29,6 +30,8 @@ class HetSGFormerConfig:
     num_heads: int = 2
     dropout: float = 0.1
     sparse_ids: bool = True
+    attributes: bool = True
+    eal: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.dim, int) or self.dim < 1:

@@ -54,7 +54,9 @@ class HetSGFormer(nn.Module):
                 features: dict[str, TypeFeatures] | None = None) -> dict[str, Tensor]:
         x = self.embed_nodes(batch, features or {})                   # {t: [N_t, D]}
         edges = {k: self._tensor(e) for k, e in batch.edges.items()}  # {ekey: [2, E]}
-        z_attn = self.eal(self.global_mix(x), edges)
+        z_attn = self.global_mix(x)
+        if self.cfg.eal:
+            z_attn = self.eal(z_attn, edges)
         h_gcn = self.gcn(x, edges)
         g = self.cfg.gcn_weight
         return {t: g * h_gcn[t] + (1 - g) * z_attn[t] for t in x}

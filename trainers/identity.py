@@ -41,6 +41,7 @@ class IdentityEmbedding(nn.Module):
         self.schema, self.v_max, D = schema, cfg.v_max, cfg.dim
         self.type_index = {n.name: i for i, n in enumerate(schema.node_types)}
         self.disjoint = schema.num_nodes <= cfg.v_max
+        self.use_attributes = cfg.attributes
         self.id_table = nn.Embedding(cfg.v_max, D, sparse=cfg.sparse_ids)
         self.type_emb = nn.Embedding(max(1, len(schema.node_types)), D)
         self.impute = nn.Parameter(torch.randn(D) * 0.02)
@@ -65,7 +66,7 @@ class IdentityEmbedding(nn.Module):
         x = self.id_table(self.rows(ntype, ids))                     # [N, D]
         x = x + self.type_emb.weight[t]
         encoders = self.encoders[t]
-        if len(encoders):
+        if len(encoders) and self.use_attributes:
             x = x + self._attributes(encoders, ids.shape[0], features or {})
         return x
 

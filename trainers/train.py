@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -53,7 +54,8 @@ class TrainConfig:
     type between two different node types). random_negatives: uniform items per batch;
     hard_negatives: per user, drawn among the ``hard_top`` best-scored items of a pool of
     ``hard_pool`` items re-embedded every epoch (0: off). aux_weight: weight of the link
-    loss on the other edge types. valid: a parquet of held-out (src, dst) target pairs,
+    loss on the other edge types. exclude_targets: drop the batch's positive edges from its
+    sampled neighbourhood (no label leakage through message passing). valid: a parquet of held-out (src, dst) target pairs,
     scored every epoch as NDCG@10 over at most ``valid_users`` users (None: no validation).
     Defaults picked on MovieLens-100K validation NDCG@10 (README "Results").
     """
@@ -68,6 +70,7 @@ class TrainConfig:
     hard_top: int = 50
     hard_pool: int = 50_000
     aux_weight: float = 0.1
+    exclude_targets: bool = False
     temperature: float = 0.25
     steps_per_epoch: int | None = None
     use_gpu: bool = False
@@ -152,6 +155,7 @@ def _train_loop(loop: dict) -> None:
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "first_loss": losses[0],
                    "aux_loss": float(np.mean(aux)), "edges_per_s": world * edges / seconds,
                    "epoch_s": seconds, "steps": steps,
+                   "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this worker's peak
                    "valid_ndcg@10": validator.ndcg10(_module(model), features, list(cfg.fanouts))
                    if validator else float("nan")}
         history.append(metrics)

@@ -14,7 +14,7 @@ from graphs.partition import PartitionConfig, partition_graph
 from graphs.shards import ShardStore
 from graphs.store import GraphDir
 from conftest import random_graph
-from trainers.batch_loss import HardPool
+from trainers.batch_loss import HardPool, drop_target_edges
 from trainers.curves import write_metrics
 from trainers.splits import Interactions, load_interactions, random_split
 from trainers.split_graph import write_split_graph
@@ -90,3 +90,19 @@ def test_metrics_csv_and_png(tmp_path):
     assert [float(r["loss"]) for r in got] == [5.0, 4.0, 3.0]
     assert json.loads((tmp_path / "metrics.json").read_text())["final"]["epoch"] == 2
     assert (tmp_path / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_drop_target_edges_removes_batch_pairs_both_ways():
+    from graphs.samplers import SampledSubgraph
+    from graphs.schema import EdgeType
+
+    target = EdgeType("user", "rates", "item", ts=True)
+    sub = SampledSubgraph(
+        nodes={"user": np.array([5, 7]), "item": np.array([2, 3, 9])},
+        edges={"user__rates__item": np.array([[0, 0, 1, 1], [0, 1, 1, 2]]),   # 5-2, 5-3, 7-3, 7-9
+               "item__rev_rates__user": np.array([[0, 1, 2], [0, 1, 1]])},   # 2-5, 3-7, 9-7
+        edge_ts={"user__rates__item": np.array([10, 11, 12, 13])})
+    drop_target_edges(sub, target, src=np.array([5, 7]), dst=np.array([3, 9]))  # positives 5-3 and 7-9
+    assert sub.edges["user__rates__item"].T.tolist() == [[0, 0], [1, 1]]         # 5-2 and 7-3 stay
+    assert sub.edge_ts["user__rates__item"].tolist() == [10, 12]
+    assert sub.edges["item__rev_rates__user"].T.tolist() == [[0, 0], [1, 1]]     # 2-5 and 3-7 stay

@@ -1,0 +1,107 @@
+"""Benchmark: HetSGFormer training throughput (1 and 2 workers) against LightGCN, and memory.
+
+    python benchmarks/train.py                                  # MovieLens-100K + synthetic 1e6/1e7
+    python benchmarks/train.py --memory-sizes 1e6 --epochs 2    # quicker
+
+MovieLens part (random split, seed 0, train interactions only): HetSGFormer with 1 and
+2 Ray Train workers, ``--epochs`` each, edges/s and seconds per epoch (median over the
+epochs after the first, which pays for start-up); LightGCN (the harness's baseline) timed
+over its own epochs in the same run. Ratios are taken within this run.
+
+Memory part: synthetic graphs of ``--memory-sizes`` edges, ``--memory-steps`` steps on 2
+workers with the same model; the peak RSS of each worker (``ru_maxrss``) against the edge
+count shows what grows with the graph (the shard store is memory-mapped; the ID table is
+``v_max`` rows whatever the node count).
+
+Writes ``benchmarks/results/train.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import ray  # noqa: E402
+
+from graphs.synthetic import generate_synthetic  # noqa: E402
+from trainers.baselines import BPRConfig, fit_lightgcn  # noqa: E402
+from trainers.evaluate import make_split  # noqa: E402
+from trainers.split_graph import write_split_graph  # noqa: E402
+from trainers.splits import load_interactions  # noqa: E402
+from trainers.train import TrainConfig, train  # noqa: E402
+
+
+def hetsgformer_epochs(graph: Path, run: Path, workers: int, epochs: int, **kw) -> list[dict]:
+    shutil.rmtree(run, ignore_errors=True)
+    train(graph, run, TrainConfig(workers=workers, epochs=epochs, **kw))
+    return json.loads((run / "metrics.json").read_text())["epochs"]
+
+
+def summarise(rows: list[dict]) -> dict:
+    steady = rows[1:] or rows  # the first epoch pays for start-up (imports, page cache)
+    return {"epoch_s": statistics.median(r["epoch_s"] for r in steady),
+            "edges_per_s": statistics.median(r["edges_per_s"] for r in steady),
+            "max_worker_rss_mb": max(r["max_rss_mb"] for r in rows), "epochs": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--movielens", default="runs/demo/ml-100k", help="MovieLens graph directory (make demo builds it)")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--memory-sizes", default="1e6,1e7")
+    ap.add_argument("--memory-steps", type=int, default=30)
+    ap.add_argument("--work", default="/tmp/hetrec-bench-train")
+    ap.add_argument("--out", default="benchmarks/results/train.json")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    ray.init(log_to_driver=False)
+    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "ray": ray.__version__}}
+
+    inter = load_interactions(args.movielens)
+    split = make_split(inter, "random", 0)
+    graph = write_split_graph(args.movielens, work / "ml-train", split.train, overwrite=True)
+    ml = {"train_edges": len(split.train)}
+    for workers in (1, 2):
+        ml[f"hetsgformer_{workers}w"] = summarise(hetsgformer_epochs(graph, work / f"ml-{workers}w", workers,
+                                                                     args.epochs))
+        print(f"hetsgformer {workers} worker(s): {ml[f'hetsgformer_{workers}w']['edges_per_s']:,.0f} edges/s",
+              flush=True)
+    cfg = BPRConfig(epochs=20, lr=1e-2)  # the harness's LightGCN setting
+    t0 = time.perf_counter()
+    fit_lightgcn(split.train, 0, config=cfg)
+    seconds = (time.perf_counter() - t0) / cfg.epochs
+    ml["lightgcn"] = {"epoch_s": seconds, "edges_per_s": len(split.train) / seconds, "epochs": cfg.epochs}
+    print(f"lightgcn: {ml['lightgcn']['edges_per_s']:,.0f} edges/s", flush=True)
+    ml["ratio_2w_over_1w"] = ml["hetsgformer_2w"]["edges_per_s"] / ml["hetsgformer_1w"]["edges_per_s"]
+    ml["epoch_ratio_2w_over_lightgcn"] = ml["hetsgformer_2w"]["epoch_s"] / seconds
+    result["movielens"] = ml
+
+    memory = {}
+    for size in [int(float(s)) for s in args.memory_sizes.split(",")]:
+        g = work / f"syn-{size}"
+        if not (g / "schema.json").is_file():
+            generate_synthetic(g, size, seed=0, overwrite=True)
+        rows = hetsgformer_epochs(g, work / f"syn-run-{size}", 2, 1, steps_per_epoch=args.memory_steps,
+                                  num_parts=8)
+        memory[str(size)] = summarise(rows)
+        print(f"synthetic {size:.0e} edges: worker peak {memory[str(size)]['max_worker_rss_mb']:,.0f} MB", flush=True)
+    result["memory"] = memory
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
