@@ -14,6 +14,8 @@ import click
 
 from graphs.exceptions import HetrecError
 
+log = logging.getLogger(__name__)
+
 _EXPECTED = (HetrecError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError, OSError)
 
 
@@ -110,19 +112,26 @@ def partition(graph: Path, out: Path, parts: int, address: str | None, bucket_ed
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--workers", type=int, default=2, show_default=True, help="Ray Train workers.")
 @click.option("--epochs", type=int, default=3, show_default=True)
-@click.option("--batch-size", type=int, default=512, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--lr", type=float, default=1e-2, show_default=True)
+@click.option("--hard-negatives", type=int, default=0, show_default=True,
+              help="Hard negatives per user, mined from the current embeddings every epoch.")
+@click.option("--valid", type=click.Path(path_type=Path, dir_okay=False),
+              help="Parquet of held-out (src, dst) pairs: validation NDCG@10 every epoch.")
 @click.option("--use-gpu", is_flag=True, help="One GPU per worker, NCCL.")
 @click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its last checkpoint.")
 @click.option("--no-export", is_flag=True, help="Skip exporting the embeddings after training.")
 @click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
-def train_cmd(graph: Path, run_dir: Path, workers: int, epochs: int, batch_size: int, use_gpu: bool,
-              resume: bool, no_export: bool, address: str | None) -> None:
+def train_cmd(graph: Path, run_dir: Path, workers: int, epochs: int, batch_size: int, lr: float,
+              hard_negatives: int, valid: Path | None, use_gpu: bool, resume: bool, no_export: bool,
+              address: str | None) -> None:
     """Pretrain HetSGFormer on GRAPH (graph directory or partitioned graph) into RUN_DIR."""
     import ray
 
     from trainers.train import TrainConfig, train
 
-    cfg = TrainConfig(workers=workers, epochs=epochs, batch_size=batch_size, use_gpu=use_gpu)
+    cfg = TrainConfig(workers=workers, epochs=epochs, batch_size=batch_size, lr=lr, hard_negatives=hard_negatives,
+                      valid=str(valid.resolve()) if valid else None, use_gpu=use_gpu)
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)
     result = train(graph, run_dir, cfg, resume=resume)
@@ -150,19 +159,30 @@ def export_cmd(run_dir: Path, address: str | None) -> None:
 
 @main.command("eval")
 @click.argument("graph", type=click.Path(path_type=Path))
-@click.option("--models", default="pop,mf,lightgcn", show_default=True,
-              help="Comma-separated: pop, mf, lightgcn (HetSGFormer and HGT to come).")
+@click.option("--models", default="hetsgformer,lightgcn,mf,pop,rgcn", show_default=True,
+              help="Comma-separated: hetsgformer, lightgcn, mf, pop, rgcn, hgt.")
 @click.option("--protocol", type=click.Choice(["random", "temporal"]), default="random", show_default=True)
 @click.option("--seeds", type=int, default=1, show_default=True, help="Seeds 0..N-1; mean ± std over them.")
 @click.option("--etype", default="user__rates__movie", show_default=True, help="The user-item edge type.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON.")
-def eval_cmd(graph: Path, models: str, protocol: str, seeds: int, etype: str, json_out: Path | None) -> None:
+@click.option("--epochs", type=int, default=8, show_default=True, help="HetSGFormer epochs.")
+@click.option("--workers", type=int, default=2, show_default=True, help="HetSGFormer's Ray Train workers.")
+@click.option("--work-dir", type=click.Path(path_type=Path),
+              help="Keep HetSGFormer's split graphs and runs here (default: a temporary folder).")
+def eval_cmd(graph: Path, models: str, protocol: str, seeds: int, etype: str, json_out: Path | None,
+             epochs: int, workers: int, work_dir: Path | None) -> None:
     """Train and score recommendation models on GRAPH with full ranking; print a table."""
+    import ray
+
     from graphs.store import write_json_atomic
     from trainers.evaluate import format_table, run_eval
+    from trainers.train import TrainConfig
 
-    results = run_eval(graph, [m.strip() for m in models.split(",") if m.strip()], protocol=protocol,
-                       seeds=list(range(seeds)), etype=etype)
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if "hetsgformer" in names and not ray.is_initialized():
+        ray.init(log_to_driver=False)
+    results = run_eval(graph, names, protocol=protocol, seeds=list(range(seeds)), etype=etype,
+                       train_cfg=TrainConfig(epochs=epochs, workers=workers), work_dir=work_dir, log=log.info)
     click.echo(format_table(results))
     if json_out is not None:
         write_json_atomic(json_out, {"graph": str(graph), "protocol": protocol, "seeds": seeds,

@@ -1,27 +1,42 @@
-"""Evaluation entry point: split, fit the baselines, score them all with one metric code.
+"""Evaluation entry point: split, fit every model, score them all with one metric code.
 
-    results = run_eval("graphs/ml-100k", models=["pop", "mf", "lightgcn"], protocol="random")
+    results = run_eval("graphs/ml-100k", models=["hetsgformer", "lightgcn", "pop"], protocol="random")
     print(format_table(results))
 
+Every model sees the same training interactions: the split's train part, plus for the
+temporal protocol the cold users' first events (they arrived before scoring time).
+HetSGFormer is trained on Ray Train over a copy of the graph whose user-item edges are
+exactly that part (:func:`trainers.split_graph.write_split_graph`), validated every epoch
+on the split's valid part, exported, and scored from the exported embeddings.
+
 The parts live in :mod:`trainers.splits` (interactions, random/temporal splits),
-:mod:`trainers.metrics` (full-ranking Recall/NDCG/Hit/MRR) and :mod:`trainers.baselines`.
+:mod:`trainers.metrics` (full-ranking Recall/NDCG/Hit/MRR), :mod:`trainers.baselines`
+and :mod:`trainers.hetero_peer` (HGT / R-GCN on the same heterogeneous graph).
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from trainers.baselines import BASELINES
+from trainers.hetero_peer import HETERO_PEERS
 from trainers.metrics import ScoreFn, evaluate_scores
-from trainers.splits import Interactions, Split, load_interactions, random_split, temporal_split
+from trainers.splits import Interactions, Split, concat, load_interactions, random_split, temporal_split
+from trainers.train import TrainConfig
 
 __all__ = ["Interactions", "Split", "ScoreFn", "evaluate_scores", "load_interactions", "random_split",
            "temporal_split", "run_eval", "format_table", "PROTOCOLS"]
 
 PROTOCOLS = ("random", "temporal")
+MODELS = ("hetsgformer", *BASELINES, *HETERO_PEERS)
 
 
 def make_split(inter: Interactions, protocol: str, seed: int) -> Split:
@@ -42,24 +57,65 @@ def score_split(score_fn: ScoreFn, split: Split, ks: Sequence[int]) -> dict[str,
     return metrics
 
 
+def fit_part(split: Split) -> Interactions:
+    """What every model trains on: train, plus the cold users' first events if any."""
+    return split.train if split.cold_events is None else concat(split.train, split.cold_events)
+
+
+def fit_hetsgformer(graph_dir: Path, split: Split, seed: int, etype: str, work_dir: Path,
+                    cfg: TrainConfig) -> ScoreFn:
+    """Train HetSGFormer on the split's graph, export, score users by cosine from the export."""
+    from trainers.export import export_embeddings
+    from trainers.split_graph import write_split_graph
+    from trainers.train import train
+    from trainers.validation import write_pairs
+
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True)
+    graph = write_split_graph(graph_dir, work_dir / "graph", fit_part(split), etype)
+    valid = str(write_pairs(work_dir / "valid.parquet", split.valid)) if len(split.valid) else None
+    train(graph, work_dir / "run", replace(cfg, seed=seed, target=etype, valid=valid))
+    version = export_embeddings(work_dir / "run")
+    src, _, dst = etype.split("__")
+    users = F.normalize(torch.from_numpy(np.load(version / f"{src}.npy")), dim=-1)  # [U, D]
+    items = F.normalize(torch.from_numpy(np.load(version / f"{dst}.npy")), dim=-1)  # [N, D]
+    return lambda u: users[u] @ items.T
+
+
 def run_eval(graph_dir: str | Path, models: Sequence[str] = ("pop", "mf", "lightgcn"), protocol: str = "random",
-             seeds: Sequence[int] = (0,), ks: Sequence[int] = (10, 20),
-             etype: str = "user__rates__movie") -> dict[str, dict[str, dict[str, float]]]:
+             seeds: Sequence[int] = (0,), ks: Sequence[int] = (10, 20), etype: str = "user__rates__movie",
+             train_cfg: TrainConfig | None = None, work_dir: str | Path | None = None,
+             log=None) -> dict[str, dict[str, dict[str, float]]]:
     """Fit and score each model on each seed's split.
 
-    Returns ``{model: {metric: {"mean": m, "std": s}}}`` over ``seeds`` (population std).
+    ``train_cfg`` sets HetSGFormer's training (default :class:`TrainConfig`); its runs go
+    under ``work_dir`` (default: a temporary folder, removed after). ``log``: a callable
+    taking one progress line. Returns ``{model: {metric: {"mean": m, "std": s}}}`` over
+    ``seeds`` (population std).
     """
-    unknown = [m for m in models if m not in BASELINES]
+    unknown = [m for m in models if m not in MODELS]
     if unknown:
-        raise ValueError(f"unknown models {unknown}; known: {sorted(BASELINES)}")
+        raise ValueError(f"unknown models {unknown}; known: {list(MODELS)}")
     if not seeds:
         raise ValueError("seeds must name at least one seed")
+    graph_dir = Path(graph_dir)
     inter = load_interactions(graph_dir, etype)
     per_seed: dict[str, list[dict[str, float]]] = {m: [] for m in models}
-    for seed in seeds:
-        split = make_split(inter, protocol, seed)
-        for name in models:
-            per_seed[name].append(score_split(BASELINES[name](split.train, seed), split, ks))
+    with tempfile.TemporaryDirectory(prefix="hetrec-eval-") as tmp:
+        root = Path(work_dir) if work_dir is not None else Path(tmp)
+        for seed in seeds:
+            split = make_split(inter, protocol, seed)
+            for name in models:
+                if name == "hetsgformer":
+                    score = fit_hetsgformer(graph_dir, split, seed, etype, root / f"hetsgformer-{protocol}-{seed}",
+                                            train_cfg or TrainConfig())
+                elif name in HETERO_PEERS:
+                    score = HETERO_PEERS[name](fit_part(split), seed, graph_dir)
+                else:
+                    score = BASELINES[name](fit_part(split), seed)
+                per_seed[name].append(score_split(score, split, ks))
+                if log:
+                    log(f"{protocol} seed {seed} {name}: ndcg@10 {per_seed[name][-1]['ndcg@10']:.4f}")
     return {name: {metric: {"mean": float(np.mean([r[metric] for r in runs])),
                             "std": float(np.std([r[metric] for r in runs]))}
                    for metric in runs[0]}
