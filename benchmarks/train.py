@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--memory-sizes", default="1e6,1e7")
     ap.add_argument("--memory-steps", type=int, default=30)
+    ap.add_argument("--parts", default="movielens,memory", help="which parts to run")
     ap.add_argument("--work", default="/tmp/hetrec-bench-train")
     ap.add_argument("--out", default="benchmarks/results/train.json")
     args = ap.parse_args()
@@ -68,6 +69,19 @@ def main() -> None:
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "ray": ray.__version__}}
 
+    out = Path(args.out)
+    if out.is_file():  # keep the other part's last figures
+        result = {**json.loads(out.read_text()), **result}
+    if "movielens" in args.parts:
+        result["movielens"] = {**movielens(args, work), "command": result["command"]}
+    if "memory" in args.parts:
+        result["memory"] = {**memory(args, work), "command": result["command"]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
+def movielens(args, work: Path) -> dict:
     inter = load_interactions(args.movielens)
     split = make_split(inter, "random", 0)
     graph = write_split_graph(args.movielens, work / "ml-train", split.train, overwrite=True)
@@ -85,22 +99,23 @@ def main() -> None:
     print(f"lightgcn: {ml['lightgcn']['edges_per_s']:,.0f} edges/s", flush=True)
     ml["ratio_2w_over_1w"] = ml["hetsgformer_2w"]["edges_per_s"] / ml["hetsgformer_1w"]["edges_per_s"]
     ml["epoch_ratio_2w_over_lightgcn"] = ml["hetsgformer_2w"]["epoch_s"] / seconds
-    result["movielens"] = ml
+    return ml
 
-    memory = {}
+
+def memory(args, work: Path) -> dict:
+    found = {}
     for size in [int(float(s)) for s in args.memory_sizes.split(",")]:
         g = work / f"syn-{size}"
         if not (g / "schema.json").is_file():
             generate_synthetic(g, size, seed=0, overwrite=True)
         rows = hetsgformer_epochs(g, work / f"syn-run-{size}", 2, 1, steps_per_epoch=args.memory_steps,
                                   num_parts=8)
-        memory[str(size)] = summarise(rows)
-        print(f"synthetic {size:.0e} edges: worker peak {memory[str(size)]['max_worker_rss_mb']:,.0f} MB", flush=True)
-    result["memory"] = memory
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+        found[str(size)] = {**summarise(rows), "rss_anon_mb": rows[-1].get("rss_anon_mb"),
+                            "rss_file_mb": rows[-1].get("rss_file_mb")}
+        print(f"synthetic {size:.0e} edges: worker peak {found[str(size)]['max_worker_rss_mb']:,.0f} MB, "
+              f"anonymous {found[str(size)]['rss_anon_mb']} MB, file-backed {found[str(size)]['rss_file_mb']} MB",
+              flush=True)
+    return found
 
 
 if __name__ == "__main__":

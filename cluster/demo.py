@@ -4,7 +4,7 @@
 2. partition it with Ray Data and print the partition stats;
 3. train HetSGFormer on 2 Ray Train workers on the random split's train interactions
    (validation NDCG@10 every epoch), export the embeddings, and score the test split
-   against the baselines (popularity, MF-BPR, LightGCN, HGT) in one table.
+   against the baselines (popularity, MF-BPR, LightGCN, R-GCN) in one table.
 
 Output goes to ``$HETREC_DEMO_DIR`` (default ``runs/demo``); ``$HETREC_DEMO_EPOCHS`` sets
 the training epochs (default 4, a few minutes on 2 cores).
@@ -38,7 +38,7 @@ def run_demo(root: Path, num_parts: int = 4, epochs: int = 4) -> dict:
 
     print(f"\n== 3. HetSGFormer: {epochs} epochs on 2 Ray Train workers, export, evaluate (random split)",
           flush=True)
-    results = run_eval(root / "ml-100k", ["hetsgformer", "lightgcn", "mf", "pop", "hgt"], protocol="random",
+    results = run_eval(root / "ml-100k", ["hetsgformer", "lightgcn", "mf", "pop", "rgcn"], protocol="random",
                        train_cfg=TrainConfig(workers=2, epochs=epochs), work_dir=root / "eval",
                        log=lambda line: print(line, flush=True))
     print(format_table({m: {k: v for k, v in r.items() if k in ("ndcg@10", "recall@20", "hit@10", "mrr@10")}

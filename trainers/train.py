@@ -156,6 +156,7 @@ def _train_loop(loop: dict) -> None:
                    "aux_loss": float(np.mean(aux)), "edges_per_s": world * edges / seconds,
                    "epoch_s": seconds, "steps": steps,
                    "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this worker's peak
+                   **_rss_split_mb(),
                    "valid_ndcg@10": validator.ndcg10(_module(model), features, list(cfg.fanouts))
                    if validator else float("nan")}
         history.append(metrics)
@@ -200,6 +201,17 @@ class Optimizers:
                              "(sparse_ids changed since the checkpoint?)")
         for opt, part in zip(self.parts, state["parts"]):
             opt.load_state_dict(part)
+
+
+def _rss_split_mb() -> dict[str, float]:
+    """This worker's resident memory now, anonymous (heap: tensors, arrays) and file-backed
+    (pages of the memory-mapped shard store, reclaimable page cache); Linux only."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+        return {f"{k.lower().replace('rss', 'rss_')}_mb": int(fields[k].split()[0]) / 1024
+                for k in ("RssAnon", "RssFile")}
+    except (OSError, KeyError, ValueError):
+        return {}
 
 
 def _read_history(checkpoint: Path) -> list[dict]:
