@@ -151,9 +151,14 @@ class ShardStore:
             deg[sel] = indptr[rows[sel] + 1] - start[sel]
         return etype, parts, start, deg
 
-    def neighbors(self, ekey: str, ids: np.ndarray) -> Neighbors:
-        """Out-neighbours in edge type ``ekey`` of source nodes ``ids: [B]`` (ids within the src type)."""
-        etype, parts, start, deg = self._rows(ekey, ids)
+    def neighbors(self, ekey: str, ids: np.ndarray, cap: int | None = None) -> Neighbors:
+        """Out-neighbours in edge type ``ekey`` of source nodes ``ids: [B]`` (ids within the src type).
+
+        ``cap``: at most this many per node, evenly spaced over its CSR row (deterministic),
+        so a hub costs ``cap`` reads, not its degree.
+        """
+        etype, parts, start, full = self._rows(ekey, ids)
+        deg = full if cap is None else np.minimum(full, cap)
         ptr = np.zeros(len(deg) + 1, dtype=np.int64)
         np.cumsum(deg, out=ptr[1:])
         out = {"ids": np.empty(ptr[-1], dtype=np.int64)}
@@ -163,8 +168,10 @@ class ShardStore:
             out["weight"] = np.empty(ptr[-1], dtype=np.float32)
         for p in np.unique(parts):
             sel = np.flatnonzero(parts == p)
-            pos, _ = gather_ranges(start[sel], start[sel] + deg[sel])
             dest, _ = gather_ranges(ptr[sel], ptr[sel] + deg[sel])
+            local = dest - np.repeat(ptr[sel], deg[sel])                  # j-th kept of its row
+            pos = np.repeat(start[sel], deg[sel]) + local * np.repeat(full[sel], deg[sel]) \
+                // np.maximum(np.repeat(deg[sel], deg[sel]), 1)           # j * full // kept: identity uncapped
             arrays = self.csr(int(p), ekey)
             out["ids"][dest] = arrays["indices"][pos]
             for col in ("ts", "weight"):

@@ -44,6 +44,26 @@ def _column(values: pa.ChunkedArray, spec: FeatureSpec, count: int) -> np.ndarra
     return out
 
 
+def parse_value(spec: FeatureSpec, value) -> np.ndarray:
+    """One node's value of a column, in :func:`_column`'s row format; None is a null."""
+    where = f"attribute {spec.name!r} ({spec.kind})"
+    try:
+        if spec.kind == "categorical":
+            return np.asarray(-1 if value is None else int(value), np.int64)
+        if spec.kind == "dense":
+            out = np.full(spec.dim, np.nan, np.float32) if value is None else \
+                np.asarray(value, np.float32).reshape(-1)
+            if out.shape != (spec.dim,):
+                raise ValueError(f"expected {spec.dim} value(s)")
+            return out
+        out = np.full(MAX_TOKENS, -1, np.int64)
+        tokens = [int(v) for v in (value or [])][:MAX_TOKENS]
+        out[:len(tokens)] = tokens
+        return out
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: bad value {value!r} ({e})") from None
+
+
 class FeatureStore:
     """Attribute arrays of every node type of a graph directory.
 
@@ -60,6 +80,32 @@ class FeatureStore:
                 continue
             table = gdir.read_nodes(ntype.name, columns=["id"] + [f.name for f in specs])
             self.arrays[ntype.name] = {f.name: _column(table[f.name], f, ntype.count) for f in specs}
+
+    def append(self, ntype: str, count: int, rows: list[dict]) -> None:
+        """Attributes of new nodes of ``ntype`` with ids ``count .. count+len(rows)-1``.
+
+        ``rows[i]``: ``{column: value}``, a missing or None value is a null. Raises
+        ``ValueError`` naming the column and the bad value, before anything is stored.
+        """
+        specs = self.specs.get(ntype, [])
+        names = {f.name for f in specs}
+        new: dict[str, np.ndarray] = {}
+        for row in rows:
+            unknown = sorted(set(row) - names)
+            if unknown:
+                raise ValueError(f"node type {ntype!r}: unknown attribute {unknown[0]!r}; "
+                                 f"known: {sorted(names)}")
+        for spec in specs:
+            new[spec.name] = np.stack([parse_value(spec, row.get(spec.name)) for row in rows]) \
+                if rows else np.zeros((0,) + parse_value(spec, None).shape, parse_value(spec, None).dtype)
+        arrays = self.arrays.setdefault(ntype, {})
+        for spec in specs:
+            have = arrays.get(spec.name)
+            if have is None:
+                have = np.stack([parse_value(spec, None)] * count) if count else new[spec.name][:0]
+            if len(have) != count:
+                raise ValueError(f"node type {ntype!r}: new ids must start at {len(have)}, got {count}")
+            arrays[spec.name] = np.concatenate([have, new[spec.name]])
 
     def gather(self, ntype: str, ids: np.ndarray) -> TypeFeatures:
         out: TypeFeatures = {}

@@ -70,6 +70,17 @@ class IdentityEmbedding(nn.Module):
             x = x + self._attributes(encoders, ids.shape[0], features or {})
         return x
 
+    def inputs(self, ntype: str, n: int, features: TypeFeatures | None = None) -> Tensor:
+        """What IEL knows of ``n`` nodes of ``ntype`` without their ID rows: type embedding
+        plus attributes (imputation token where null), ``[n, D]``. A node that was never
+        trained has this and nothing else; ILLE reconstructs in this space."""
+        t = self.type_index[ntype]
+        x = self.type_emb.weight[t].expand(n, -1)
+        encoders = self.encoders[t]
+        if len(encoders) and self.use_attributes:
+            x = x + self._attributes(encoders, n, features or {})
+        return x
+
     def _attributes(self, encoders: nn.ModuleDict, n: int, features: TypeFeatures) -> Tensor:
         """Mean over columns of the encoded values, the imputation token where null: ``[N, D]``."""
         out = []

@@ -1,0 +1,181 @@
+"""Graph-change events: their format, their validation, and the durable log they go to.
+
+An event is a dict (one row of an events parquet file):
+
+===============  ==========================================================================
+``op``           ``"node"`` (a new node), ``"edge"`` (a new edge), ``"remove_edge"``
+``ntype``        node: its type
+``id``           node: its id, which must be the type's next id (ids stay dense)
+``attrs``        node: ``{column: value}`` or its JSON text; missing columns are nulls
+``etype``        edge: ``src__rel__dst`` of a schema edge type (the reverse is implied)
+``src, dst``     edge: ids within the src / dst types; may name nodes created in the same batch
+``ts, weight``   edge: optional int64 timestamp and float weight
+===============  ==========================================================================
+
+:class:`EventLog` appends accepted events to ``<dir>/<first offset>.jsonl`` segments, one
+per submitted batch, written to a temporary name, fsynced, renamed and the directory
+fsynced: when :meth:`EventLog.append` returns the events survive a crash. Offsets
+number events from 0 in log order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from graphs.schema import GraphSchema
+from trainers.features import parse_value
+
+OPS = ("node", "edge", "remove_edge")
+
+
+class EventError(ValueError):
+    """A rejected event: ``index`` in its batch and what is wrong with it."""
+
+    def __init__(self, index: int, message: str):
+        super().__init__(f"event {index}: {message}")
+        self.index = index
+
+
+def read_events(path: str | Path) -> list[dict]:
+    """Rows of an events parquet file as dicts (see the module doc for the columns)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: events file not found")
+    table = pq.read_table(path)
+    missing = [c for c in ("op",) if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: missing column {missing[0]!r}; columns: {table.column_names}")
+    return table.to_pylist()
+
+
+class EventValidator:
+    """Checks events against the schema and the node counts so far (base + accepted).
+
+    ``check(events) -> (accepted, errors)``: nodes are checked first, so an edge may name
+    a node created anywhere in the same batch; an edge to a node that neither exists nor
+    is created in the batch is rejected. Accepted events are normalised (ints, floats,
+    attrs as a dict); rejected ones are never applied, and do not stop the others.
+    """
+
+    def __init__(self, schema: GraphSchema, counts: dict[str, int]):
+        self.schema = schema
+        self.counts = dict(counts)
+        self.forward = {e.key: e for e in schema.edge_types if not e.rel.startswith("rev_")}
+        self.specs = {n.name: {f.name: f for f in n.features if f.kind != "text"} for n in schema.node_types}
+
+    def check(self, events: list[dict]) -> tuple[list[dict], list[EventError]]:
+        accepted: dict[int, dict] = {}
+        errors: list[EventError] = []
+        counts = dict(self.counts)
+        for i, ev in enumerate(events):
+            if ev.get("op") not in OPS:
+                errors.append(EventError(i, f"field 'op' is {ev.get('op')!r}, expected one of {OPS}"))
+            elif ev["op"] == "node":
+                try:
+                    accepted[i] = self._node(ev, counts)
+                    counts[ev["ntype"]] += 1
+                except ValueError as e:
+                    errors.append(EventError(i, str(e)))
+        for i, ev in enumerate(events):
+            if ev.get("op") in ("edge", "remove_edge"):
+                try:
+                    accepted[i] = self._edge(ev, counts)
+                except ValueError as e:
+                    errors.append(EventError(i, str(e)))
+        self.counts = counts
+        return [accepted[i] for i in sorted(accepted)], sorted(errors, key=lambda e: e.index)
+
+    def _node(self, ev: dict, counts: dict[str, int]) -> dict:
+        ntype = ev.get("ntype")
+        if ntype not in counts:
+            raise ValueError(f"node type {ntype!r} is unknown; known: {sorted(counts)}")
+        nid = _int(ev.get("id"), "id")
+        if nid != counts[ntype]:
+            raise ValueError(f"node id {nid} of type {ntype!r}: expected the next id, {counts[ntype]}")
+        attrs = ev.get("attrs") or {}
+        if isinstance(attrs, str):
+            try:
+                attrs = json.loads(attrs)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"field 'attrs' is not JSON ({e})") from None
+        if not isinstance(attrs, dict):
+            raise ValueError(f"field 'attrs' must be an object, got {attrs!r}")
+        specs = self.specs[ntype]
+        for name, value in attrs.items():
+            if name not in specs:
+                raise ValueError(f"node type {ntype!r} has no attribute {name!r}; known: {sorted(specs)}")
+            parse_value(specs[name], value)
+        return {"op": "node", "ntype": ntype, "id": nid, "attrs": attrs}
+
+    def _edge(self, ev: dict, counts: dict[str, int]) -> dict:
+        etype = self.forward.get(ev.get("etype"))
+        if etype is None:
+            raise ValueError(f"edge type {ev.get('etype')!r} is unknown; known: {sorted(self.forward)}")
+        out = {"op": ev["op"], "etype": etype.key}
+        for field, ntype in (("src", etype.src), ("dst", etype.dst)):
+            nid = _int(ev.get(field), field)
+            if not 0 <= nid < counts[ntype]:
+                raise ValueError(f"field {field!r}: {ntype} {nid} does not exist ({counts[ntype]} {ntype} nodes) "
+                                 "and is not created in this batch")
+            out[field] = nid
+        if ev.get("ts") is not None:
+            out["ts"] = _int(ev["ts"], "ts")
+        if ev.get("weight") is not None:
+            weight = ev["weight"]
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+                raise ValueError(f"field 'weight' must be a finite number, got {weight!r}")
+            out["weight"] = float(weight)
+        return out
+
+
+def _int(value, field: str) -> int:
+    if isinstance(value, bool) or value is None or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"field {field!r} must be an integer, got {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"field {field!r} must be an integer, got {value!r}") from None
+
+
+class EventLog:
+    """Durable, append-only log of accepted events, in segments of one batch each."""
+
+    def __init__(self, folder: str | Path, writer: bool = True):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if writer:                                        # one writer: the pool
+            for stale in self.folder.glob(".*.tmp"):      # a crash mid-append: never acknowledged
+                stale.unlink()
+        self.segments = sorted(int(p.stem) for p in self.folder.glob("*.jsonl"))
+        self.end = self.segments[-1] + len(self.read(self.segments[-1])) if self.segments else 0
+
+    def append(self, events: list[dict]) -> int:
+        """Write ``events`` durably as one segment; returns its first offset."""
+        if not events:
+            raise ValueError("EventLog.append: no events")
+        first = self.end
+        final = self.folder / f"{first:012d}.jsonl"
+        tmp = self.folder / f".{final.name}.tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(ev, separators=(",", ":")) + "\n" for ev in events)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, final)
+        fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.segments.append(first)
+        self.end = first + len(events)
+        return first
+
+    def read(self, first: int) -> list[dict]:
+        """The events of the segment starting at offset ``first``."""
+        with open(self.folder / f"{first:012d}.jsonl") as f:
+            return [json.loads(line) for line in f]

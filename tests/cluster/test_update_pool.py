@@ -1,0 +1,121 @@
+"""The ILLE update pool on a real local Ray: events in, embeddings out, exactly once."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import ray
+
+from cluster.update_pool import UpdatePool
+from graphs.synthetic import generate_synthetic
+from trainers.config import HetSGFormerConfig
+from trainers.export import export_embeddings
+from trainers.train import TrainConfig, train
+
+SMALL = dict(workers=1, batch_size=128, fanouts=(4,), steps_per_epoch=3, random_negatives=32,
+             model=HetSGFormerConfig(dim=16, v_max=20_000, num_heads=2))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, ray_local):
+    root = tmp_path_factory.mktemp("updates")
+    generate_synthetic(root / "g", 20_000, seed=1)
+    train(root / "g", root / "run", TrainConfig(epochs=1, **SMALL))
+    export_embeddings(root / "run", actors=1)
+    return root / "run"
+
+
+def _stream(users: int = 1000, items: int = 400) -> list[list[dict]]:
+    """Three batches: new users and items linked to old ones and to each other."""
+    rng = np.random.default_rng(7)
+    batches = []
+    for b in range(3):
+        u0, i0 = users + 4 * b, items + 2 * b
+        evs = [{"op": "node", "ntype": "user", "id": u0 + j, "attrs": {"age": int(j % 8)}} for j in range(4)]
+        evs += [{"op": "node", "ntype": "item", "id": i0 + j, "attrs": '{"price": 9.5, "tags": [1, 2]}'}
+                for j in range(2)]
+        for j in range(4):
+            for item in rng.choice(items, 3, replace=False):
+                evs.append({"op": "edge", "etype": "user__clicks__item", "src": u0 + j, "dst": int(item),
+                            "ts": 10**9 + b, "weight": 1.0})
+            evs.append({"op": "edge", "etype": "user__clicks__item", "src": u0 + j, "dst": i0 + j % 2})
+        evs.append({"op": "edge", "etype": "item__in_category__category", "src": i0, "dst": 3})
+        evs.append({"op": "edge", "etype": "user__clicks__item", "src": int(rng.integers(users)), "dst": i0 + 1})
+        batches.append(evs)
+    return batches
+
+
+def _cos(a, b):
+    a, b = a / np.linalg.norm(a, axis=-1, keepdims=True), b / np.linalg.norm(b, axis=-1, keepdims=True)
+    return (a * b).sum(-1)
+
+
+def test_events_become_embeddings_and_bad_ones_are_rejected(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("updates"))
+    pool = UpdatePool(copy, actors=2)
+    try:
+        good = _stream()[0]
+        bad = [{"op": "node", "ntype": "planet", "id": 0},
+               {"op": "node", "ntype": "user", "id": 5},
+               {"op": "edge", "etype": "user__clicks__item", "src": 1, "dst": 99_999},
+               {"op": "edge", "etype": "user__buys__item", "src": 1, "dst": 2},
+               {"op": "edge", "etype": "user__clicks__item", "src": 1, "dst": 2, "weight": "heavy"},
+               {"op": "node", "ntype": "user", "id": 1003, "attrs": {"age": "old"}},
+               {"op": "teleport"}]
+        ack = pool.submit(good[:3] + bad + good[3:])
+        assert ack.accepted == len(good) and ack.first == 0
+        assert len(ack.errors) == len(bad)
+        text = "\n".join(ack.errors)
+        for needle in ("event 3: node type 'planet' is unknown", "event 4: node id 5 of type 'user': expected the next id, 1003",
+                       "item 99999 does not exist", "edge type 'user__buys__item' is unknown",
+                       "field 'weight' must be a finite number, got 'heavy'", "attribute 'age' (categorical): bad value 'old'",
+                       "field 'op' is 'teleport'"):
+            assert needle in text, needle
+        (stats,) = pool.apply()
+        assert stats.new_nodes == 6 and stats.unanchored == 0 and stats.status.get("lle", 0) >= 4
+        view = pool.embeddings()
+        assert view.count("user") == 1004 and view.count("item") == 402
+        new_user = view.rows("user", [1000])[0]
+        assert np.abs(new_user).sum() > 0
+        items = [e["dst"] for e in good if e["op"] == "edge" and e["src"] == 1000 and e["dst"] < 400]
+        all_items = view.rows("item", np.arange(400))
+        centre = all_items.mean(0)                       # cosines around the items' mean
+        own = _cos(new_user - centre, view.rows("item", items) - centre).mean()
+        rand = _cos(new_user - centre, all_items - centre).mean()
+        assert own > rand + 0.1, (own, rand)
+        assert pool.pending() == [] and pool.apply() == []          # nothing applied twice
+    finally:
+        pool.close()
+
+
+def test_killed_actor_restarts_and_applies_every_event_once(run, tmp_path):
+    batches = _stream()
+    results = {}
+    for name, kill in (("clean", False), ("killed", True)):
+        copy = tmp_path / name
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("updates"))
+        pool = UpdatePool(copy, actors=2)
+        try:
+            for b, evs in enumerate(batches):
+                assert pool.submit(evs).accepted == len(evs)
+                if kill and b == 1:
+                    victim = pool.actors[1]
+                    first = pool.log.segments[-1]
+                    pending = victim.prepare.remote(first, pool.log.read(first))   # mid-segment
+                    ray.kill(victim, no_restart=False)
+                    assert len(ray.get(pending)["targets"])   # retried on the restarted actor
+                pool.apply()
+            edges = sum(ray.get([a.new_edges.remote() for a in pool.actors]))
+            view = pool.embeddings()
+            results[name] = (edges, view.rows("user", np.arange(1000, 1012)), view.rows("item", np.arange(400, 406)),
+                             sorted(view.applied))
+        finally:
+            pool.close()
+    clicks = sum(1 for evs in batches for e in evs if e["op"] == "edge")
+    assert results["killed"][0] == results["clean"][0] == 2 * clicks   # each half-edge once
+    assert results["killed"][3] == results["clean"][3] == [0, len(batches[0]), len(batches[0]) + len(batches[1])]
+    np.testing.assert_allclose(results["killed"][1], results["clean"][1], atol=1e-6)
+    np.testing.assert_allclose(results["killed"][2], results["clean"][2], atol=1e-6)
