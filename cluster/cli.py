@@ -189,6 +189,53 @@ def eval_cmd(graph: Path, models: str, protocol: str, seeds: int, etype: str, js
                                      "results": results})
 
 
+@main.command("update")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("events", type=click.Path(path_type=Path))
+@click.option("--actors", type=int, default=2, show_default=True, help="ILLE updater actors.")
+@click.option("--batch-size", type=int, default=10_000, show_default=True, help="Events per logged batch.")
+@click.option("--k", type=int, default=8, show_default=True, help="Neighbours per updated node.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the per-batch stats as JSON.")
+@click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
+def update_cmd(run_dir: Path, events: Path, actors: int, batch_size: int, k: int, json_out: Path | None,
+               address: str | None) -> None:
+    """Apply the graph-change EVENTS (parquet) to RUN_DIR's embeddings with ILLE, no retraining.
+
+    Events are validated (bad ones are reported and skipped), logged durably, then applied
+    by the actor pool; each batch becomes a delta under RUN_DIR/updates/. Rerunning after a
+    crash applies what was logged and not yet applied, never twice.
+    """
+    import ray
+
+    from cluster.events import read_events
+    from cluster.update_pool import UpdatePool, stats_json
+    from graphs.store import write_json_atomic
+    from trainers.ille import ILLEConfig
+
+    if batch_size < 1:
+        raise click.BadParameter(f"must be >= 1, got {batch_size}", param_hint="--batch-size")
+    rows = read_events(events)
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False)
+    pool = UpdatePool(run_dir, actors=actors, cfg=ILLEConfig(k=k))
+    try:
+        rejected = 0
+        for lo in range(0, len(rows), batch_size):
+            ack = pool.submit(rows[lo:lo + batch_size])
+            for err in ack.errors:
+                click.echo(f"rejected: {events}: row {lo + err.index}: {err.message}", err=True)
+            rejected += len(ack.errors)
+        stats = pool.apply(log=lambda s: click.echo(
+            f"batch @{s.first}: {s.events} events, {s.new_nodes} new nodes, {s.resolved} re-solved, "
+            f"{s.nodes_per_s:,.0f} nodes/s, cosine to trained {s.cosine_to_base:.3f}"
+            + (" (re-anchoring full retrain advised)" if s.reanchor_advised else "")))
+    finally:
+        pool.close()
+    click.echo(f"applied {len(stats)} batches; {len(rows) - rejected} events accepted, {rejected} rejected")
+    if json_out is not None:
+        write_json_atomic(json_out, {"run": str(run_dir), "events": str(events), "batches": stats_json(stats)})
+
+
 @main.group(cls=_Group)
 def graph() -> None:
     """Inspect graph directories and partitioned graphs."""

@@ -38,7 +38,7 @@ class EventError(ValueError):
 
     def __init__(self, index: int, message: str):
         super().__init__(f"event {index}: {message}")
-        self.index = index
+        self.index, self.message = index, message
 
 
 def read_events(path: str | Path) -> list[dict]:

@@ -42,7 +42,7 @@ class Ack:
 
     first: int | None
     accepted: int
-    errors: list[str] = field(default_factory=list)
+    errors: list[EventError] = field(default_factory=list)   # str(e): "event <i>: <what is wrong>"
 
 
 @dataclass
@@ -52,10 +52,10 @@ class BatchStats:
     first: int
     events: int
     new_nodes: int
-    resolved: int
+    resolved: int           # nodes added earlier or trained ones, re-solved because they changed
     status: dict[str, int]
     unanchored: int
-    moved: float            # mean relative movement of re-solved existing nodes (0 if none)
+    moved: float            # mean relative movement of re-solved trained nodes (0 if none)
     cosine_to_base: float   # their mean cosine to the last full training's rows (1 if none)
     new_fraction: float     # nodes added since the base / base nodes, after this batch
     reanchor_advised: bool
@@ -90,7 +90,7 @@ class UpdatePool:
         """Validate, log durably, acknowledge. Bad events are reported and skipped."""
         accepted, errors = self.validator.check(events)
         first = self.log.append(accepted) if accepted else None
-        return Ack(first, len(accepted), [str(e) for e in errors])
+        return Ack(first, len(accepted), errors)
 
     def pending(self) -> list[int]:
         done = self._committed()
@@ -124,10 +124,15 @@ class UpdatePool:
         ref = ray.put(events)
         parts = ray.get([a.prepare.remote(first, ref) for a in self.actors])
         targets = np.concatenate([p["targets"] for p in parts])
-        index = {int(k): i for i, k in enumerate(targets)}
         offsets = np.cumsum([0] + [len(p["targets"]) for p in parts])
         rows = np.concatenate([p["rows"] + o for p, o in zip(parts, offsets)])
-        cols = np.array([index[int(k)] for p in parts for k in p["cols"]], np.int64)
+        order = np.argsort(targets)
+        cols = np.concatenate([p["cols"] for p in parts])
+        if len(cols):
+            found = order[np.minimum(np.searchsorted(targets, cols, sorter=order), len(targets) - 1)]
+            if (targets[found] != cols).any():
+                raise RuntimeError(f"segment {first}: a neighbour new in the batch is no actor's target")
+            cols = found
         w = np.concatenate([p["w"] for p in parts])
         b = np.concatenate([p["b"] for p in parts]) if len(targets) else np.zeros((0, self.view.dim))
         direct = np.concatenate([p["direct"] for p in parts])
@@ -136,13 +141,14 @@ class UpdatePool:
         ray.get([a.commit.remote(first) for a in self.actors])
         status = np.concatenate([p["status"] for p in parts])
         old = np.concatenate([p["old"] for p in parts]) if len(targets) else np.zeros((0, self.view.dim))
-        existing = ~np.isnan(old).any(1)
-        moved, cosine = _drift(old[existing], Y[existing])
+        trained = ~np.isnan(old).any(1)
+        moved, cosine = _drift(old[trained], Y[trained])
+        created = sum(1 for e in events if e["op"] == "node")
         self.view.refresh()
         added = sum(self.view.count(t) - self.view.base_counts[t] for t in self.types)
         seconds = time.perf_counter() - t0
         return BatchStats(
-            first=first, events=len(events), new_nodes=int((~existing).sum()), resolved=int(existing.sum()),
+            first=first, events=len(events), new_nodes=created, resolved=len(targets) - created,
             status={STATUS_NAMES[s]: int((status == s).sum()) for s in np.unique(status)},
             unanchored=int((~anchored).sum()), moved=moved, cosine_to_base=cosine,
             new_fraction=added / max(1, self.base_nodes),

@@ -110,7 +110,8 @@ class ShardUpdater:
 
     def _targets(self, events: list[dict]) -> tuple[np.ndarray, np.ndarray]:
         """(new-node keys of the whole batch, this actor's targets): its new nodes, then its
-        existing nodes touched by the batch whose changes reached ``change_threshold``."""
+        nodes touched by the batch that were added by earlier batches (few edges: any change
+        matters) or are base nodes whose changes reached ``change_threshold``."""
         new = [(self.types.index(e["ntype"]), e["id"]) for e in events if e["op"] == "node"]
         new_keys = node_key(*np.array(new, np.int64).T) if new else np.zeros(0, np.int64)
         touched = set()
@@ -121,14 +122,20 @@ class ShardUpdater:
         changed = []
         for ntype in self.types:
             ids = np.array(sorted(i for t, i in touched if t == ntype), np.int64)
-            ids = ids[(ids < self.graph.base_counts[ntype]) & self.owns(ntype, ids)]
+            created = set(new_keys[split_key(new_keys)[0] == self.types.index(ntype)].tolist())
+            ids = ids[self.owns(ntype, ids) & ~np.isin(node_key(self.types.index(ntype), ids), list(created))]
             if not len(ids):
                 continue
-            base_deg = sum(self.store.degree(e.key, ids) for e in self.graph.edge_types_from(ntype))
-            ok = self.graph.changed(ntype, ids) >= np.maximum(1, self.cfg.change_threshold * base_deg)
+            base = ids < self.graph.base_counts[ntype]
+            base_deg = np.zeros(len(ids), np.int64)
+            for e in self.graph.edge_types_from(ntype):
+                base_deg[base] += self.store.degree(e.key, ids[base])
+            ok = ~base | (self.graph.changed(ntype, ids) >= np.maximum(1, self.cfg.change_threshold * base_deg))
             changed.append(node_key(self.types.index(ntype), ids[ok]))
         t_new, i_new = split_key(new_keys)
-        mine = np.array([self.owns(self.types[t], [i])[0] for t, i in zip(t_new, i_new)], bool)
+        mine = np.zeros(len(new_keys), bool)
+        for t in np.unique(t_new):
+            mine[t_new == t] = self.owns(self.types[t], i_new[t_new == t])
         targets = np.concatenate([new_keys[mine] if len(new_keys) else new_keys, *changed])
         return new_keys, targets
 
@@ -163,9 +170,9 @@ class ShardUpdater:
         direct = np.bincount(owner_b[known], minlength=B) > 0
         old = np.full((B, self.view.dim), np.nan, np.float32)
         t_idx, ids = split_key(targets)
-        exists = ~np.isin(targets, new_keys)
-        if exists.any():
-            old[exists] = self._rows(targets[exists])
+        trained = np.array([i < self.graph.base_counts[self.types[t]] for t, i in zip(t_idx, ids)], bool)
+        if trained.any():                                     # rows of the last full training
+            old[trained] = self._rows(targets[trained])
         return {"targets": targets, "status": status, "b": b, "direct": direct, "old": old,
                 "rows": owner_b[unknown], "cols": sets.keys[unknown], "w": w_flat[unknown]}
 

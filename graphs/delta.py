@@ -56,6 +56,7 @@ class DeltaGraph:
         self.counts = dict(store.counts)
         self._added: dict[str, _EdgeLog] = {}
         self._removed: dict[str, set[int]] = {}
+        self._removed_src: dict[str, set[int]] = {}
         self.changes: dict[str, dict[int, int]] = {}    # ntype -> {id: half-edges added or removed}
 
     def edge_types_from(self, ntype: str):
@@ -84,6 +85,7 @@ class DeltaGraph:
         """Remove half-edges ``src -> dst`` of ``ekey`` (base or added; all copies)."""
         etype, src, dst = self._check(ekey, src, dst)
         self._removed.setdefault(ekey, set()).update((src * _PAIR + dst).tolist())
+        self._removed_src.setdefault(ekey, set()).update(src.tolist())
         self._count_changes(etype.src, src)
 
     def changed(self, ntype: str, ids: np.ndarray) -> np.ndarray:
@@ -121,21 +123,29 @@ class DeltaGraph:
             gone = np.fromiter(self._removed[ekey], np.int64, len(self._removed[ekey]))
             keep = ~np.isin(ids[owner] * _PAIR + dst, gone)
             owner, dst, ts, weight = owner[keep], dst[keep], ts[keep], weight[keep]
-        order = np.argsort(owner, kind="stable")
         ptr = np.zeros(len(ids) + 1, np.int64)
         np.cumsum(np.bincount(owner, minlength=len(ids)), out=ptr[1:])
-        return Neighbors(ptr, dst[order], ts[order], weight[order])
+        if len(owner) > 1 and (owner[1:] < owner[:-1]).any():        # base then added: regroup
+            order = np.argsort(owner, kind="stable")
+            dst, ts, weight = dst[order], ts[order], weight[order]
+        return Neighbors(ptr, dst, ts, weight)
 
     def degree(self, ekey: str, ids: np.ndarray) -> np.ndarray:
-        """Current out-degree in ``ekey`` of ``ids: [B]`` -> ``[B]``."""
+        """Current out-degree in ``ekey`` of ``ids: [B]`` -> ``[B]``: base indptr plus added
+        half-edges (a binary search), counted exactly only where edges were removed."""
         ids = np.asarray(ids, np.int64)
         etype = self._check(ekey, ids, np.zeros(0, np.int64))[0]
         base = ids < self.base_counts[etype.src]
-        if ekey not in self._added and not self._removed.get(ekey):   # indptr only
-            out = np.zeros(len(ids), np.int64)
-            out[base] = self.store.degree(ekey, ids[base])
-            return out
-        return self.neighbors(ekey, ids).degree
+        out = np.zeros(len(ids), np.int64)
+        out[base] = self.store.degree(ekey, ids[base])
+        if ekey in self._added:
+            a_src = self._added[ekey].columns()[0]
+            out += np.searchsorted(a_src, ids, "right") - np.searchsorted(a_src, ids, "left")
+        if self._removed.get(ekey):
+            hit = np.flatnonzero(np.isin(ids, list(self._removed_src[ekey])))
+            if len(hit):
+                out[hit] = self.neighbors(ekey, ids[hit]).degree
+        return out
 
     def _check(self, ekey: str, src, dst):
         etype = self.edge_types.get(ekey)

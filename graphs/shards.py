@@ -169,9 +169,11 @@ class ShardStore:
         for p in np.unique(parts):
             sel = np.flatnonzero(parts == p)
             dest, _ = gather_ranges(ptr[sel], ptr[sel] + deg[sel])
-            local = dest - np.repeat(ptr[sel], deg[sel])                  # j-th kept of its row
-            pos = np.repeat(start[sel], deg[sel]) + local * np.repeat(full[sel], deg[sel]) \
-                // np.maximum(np.repeat(deg[sel], deg[sel]), 1)           # j * full // kept: identity uncapped
+            if cap is None or not (full[sel] > deg[sel]).any():
+                pos = dest + np.repeat(start[sel] - ptr[sel], deg[sel])
+            else:                                                         # the j-th kept of a row of
+                row = np.repeat(np.arange(len(sel)), deg[sel])            # `full` is at j * full // kept
+                pos = start[sel][row] + (dest - ptr[sel][row]) * full[sel][row] // deg[sel][row]
             arrays = self.csr(int(p), ekey)
             out["ids"][dest] = arrays["indices"][pos]
             for col in ("ts", "weight"):

@@ -35,7 +35,8 @@ class ILLEConfig:
     ``k`` neighbours per node (``adaptive_k``: ``clip(ceil(4 log2(2 + deg)), k_min, k_max)``
     from the node's 1-hop degree instead). ``reg`` is r in ``G + r trace(G) I``.
     ``scan``: neighbours read per node and relation (evenly spaced; bounds the cost of
-    hubs); ``expand``: 1-hop neighbours whose own neighbours are read for the 2-hop ring.
+    hubs); ``expand``: 1-hop neighbours whose own neighbours are read for the 2-hop ring,
+    ``scan2`` of them per relation.
     ``structure_weight`` scales the structural signature against the IEL attributes in x.
     ``change_threshold``: an existing node is re-solved when the half-edges added or
     removed at it reach this fraction of its base degree (and at least one).
@@ -48,11 +49,12 @@ class ILLEConfig:
     reg: float = 1e-3
     scan: int = 32
     expand: int = 8
+    scan2: int = 8
     structure_weight: float = 1.0
     change_threshold: float = 0.25
 
     def __post_init__(self) -> None:
-        for name in ("k", "k_min", "k_max", "scan", "expand"):
+        for name in ("k", "k_min", "k_max", "scan", "expand", "scan2"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ILLEConfig.{name} must be an int >= 1, got {value!r}")

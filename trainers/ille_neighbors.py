@@ -63,23 +63,28 @@ def _ring(graph, types: list[str], owner: np.ndarray, keys: np.ndarray, scan: in
     return tuple(np.concatenate(c) for c in out)
 
 
+def _pair_ids(owner: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """One int64 per (owner, key) pair, equal iff the pairs are: ``owner * M + rank(key)``."""
+    _, rank = np.unique(key, return_inverse=True)
+    return owner.astype(np.int64) * (len(key) + 1) + rank.ravel()
+
+
 def _dedupe(owner, key, weight, ts):
     """One row per (owner, key): the number of rows as paths, max weight, latest ts."""
-    pair, inv, paths = np.unique(np.stack([owner, key]), axis=1, return_inverse=True, return_counts=True)
+    _, first, inv, paths = np.unique(_pair_ids(owner, key), return_index=True, return_inverse=True,
+                                     return_counts=True)
     inv = inv.ravel()
-    w = np.full(pair.shape[1], -np.inf)
+    w = np.full(len(first), -np.inf)
     np.maximum.at(w, inv, weight)
-    t = np.full(pair.shape[1], np.iinfo(np.int64).min)
+    t = np.full(len(first), np.iinfo(np.int64).min)
     np.maximum.at(t, inv, ts)
-    return pair[0], pair[1], paths, w, t
+    return owner[first], key[first], paths, w, t
 
 
 def _pairs_in(o_a, k_a, o_b, k_b) -> np.ndarray:
     """``[len(o_a)]`` bool: is the pair (o_a, k_a) among the pairs (o_b, k_b)?"""
-    _, inv = np.unique(np.stack([np.concatenate([o_a, o_b]), np.concatenate([k_a, k_b])]), axis=1,
-                       return_inverse=True)
-    inv = inv.ravel()
-    return np.isin(inv[:len(o_a)], inv[len(o_a):])
+    ids = _pair_ids(np.concatenate([o_a, o_b]), np.concatenate([k_a, k_b]))
+    return np.isin(ids[:len(o_a)], ids[len(o_a):])
 
 
 def select_neighbors(graph, types: list[str], targets: np.ndarray, cfg: ILLEConfig,
@@ -89,7 +94,7 @@ def select_neighbors(graph, types: list[str], targets: np.ndarray, cfg: ILLEConf
     ``usable(keys [M]) -> [M] bool`` says which nodes may serve as neighbours (have an
     embedding, or are solved in the same batch); None: all. A target is never its own
     neighbour. Cost per target: ``scan`` reads per relation for the 1-hop ring, and
-    ``expand * scan`` per relation for the 2-hop ring, only when the 1-hop ring is short.
+    ``expand * scan2`` per relation for the 2-hop ring, only when the 1-hop ring is short.
     """
     B = len(targets)
     idx = np.arange(B)
@@ -106,7 +111,7 @@ def select_neighbors(graph, types: list[str], targets: np.ndarray, cfg: ILLEConf
     rank1 = np.arange(len(o1)) - np.searchsorted(o1, o1, "left")
     short = degree1 < want
     src = short[o1] & (rank1 < cfg.expand)
-    o2, k2, w2, t2 = _ring(graph, types, o1[src], k1[src], cfg.scan)
+    o2, k2, w2, t2 = _ring(graph, types, o1[src], k1[src], cfg.scan2)
     if len(o2):
         keep = (k2 != targets[o2]) & ~_pairs_in(o2, k2, o1, k1)
         if usable is not None:

@@ -68,7 +68,7 @@ def test_events_become_embeddings_and_bad_ones_are_rejected(run, tmp_path):
         ack = pool.submit(good[:3] + bad + good[3:])
         assert ack.accepted == len(good) and ack.first == 0
         assert len(ack.errors) == len(bad)
-        text = "\n".join(ack.errors)
+        text = "\n".join(map(str, ack.errors))
         for needle in ("event 3: node type 'planet' is unknown", "event 4: node id 5 of type 'user': expected the next id, 1003",
                        "item 99999 does not exist", "edge type 'user__buys__item' is unknown",
                        "field 'weight' must be a finite number, got 'heavy'", "attribute 'age' (categorical): bad value 'old'",
@@ -119,3 +119,34 @@ def test_killed_actor_restarts_and_applies_every_event_once(run, tmp_path):
     assert results["killed"][3] == results["clean"][3] == [0, len(batches[0]), len(batches[0]) + len(batches[1])]
     np.testing.assert_allclose(results["killed"][1], results["clean"][1], atol=1e-6)
     np.testing.assert_allclose(results["killed"][2], results["clean"][2], atol=1e-6)
+
+
+def test_update_cli_applies_a_parquet_and_reports_bad_rows(run, tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from cluster.cli import main
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("updates"))
+    events = [{"op": "node", "ntype": "user", "id": 1000, "attrs": '{"age": 3}'},
+              {"op": "edge", "etype": "user__clicks__item", "src": 1000, "dst": 5, "ts": 7},
+              {"op": "edge", "etype": "user__clicks__item", "src": 1000, "dst": 12, "ts": 8},
+              {"op": "edge", "etype": "user__clicks__item", "src": 1001, "dst": 12, "ts": 9}]
+    columns = ("op", "ntype", "id", "attrs", "etype", "src", "dst", "ts")
+    pq.write_table(pa.Table.from_pylist([{c: e.get(c) for c in columns} for e in events]),
+                   tmp_path / "events.parquet")
+    out = tmp_path / "stats.json"
+    result = CliRunner().invoke(main, ["update", str(copy), str(tmp_path / "events.parquet"), "--actors", "1",
+                                       "--batch-size", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "row 3: field 'src': user 1001 does not exist" in result.output
+    assert "applied 2 batches; 3 events accepted, 1 rejected" in result.output
+    batches = json.loads(out.read_text())["batches"]
+    assert [b["new_nodes"] for b in batches] == [1, 0] and batches[1]["resolved"] == 1   # re-solved on its 2nd edge
+    pq.write_table(pa.table({"kind": ["node"]}), tmp_path / "bad.parquet")
+    result = CliRunner().invoke(main, ["update", str(copy), str(tmp_path / "bad.parquet")])
+    assert result.exit_code == 1 and "bad.parquet: missing column 'op'" in result.output
