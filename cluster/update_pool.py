@@ -29,7 +29,7 @@ from cluster.updater import ShardUpdater, update_dir
 from graphs.shards import ShardStore
 from trainers.embedding_view import EmbeddingView
 from trainers.ille import STATUS_NAMES, ILLEConfig, solve_joint
-from trainers.ille_neighbors import split_key
+from graphs.samplers import split_key
 
 # Re-anchoring advice: retrain from scratch when updates have drifted this far.
 REANCHOR_MIN_COSINE = 0.8       # mean cosine of re-solved existing nodes to their trained rows

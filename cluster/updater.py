@@ -34,7 +34,7 @@ from trainers.features import FeatureStore
 from trainers.identity import IdentityEmbedding
 from trainers.ille import ILLEConfig, lle_weights
 from trainers.ille_inputs import InputSpace
-from trainers.ille_neighbors import node_key, select_neighbors, split_key
+from graphs.samplers import node_key, select_neighbors, split_key
 from trainers.train import TrainConfig
 
 
@@ -149,7 +149,9 @@ class ShardUpdater:
         """
         self._apply_events(first, events)
         new_keys, targets = self._targets(events)
-        sets = select_neighbors(self.graph, self.types, targets, self.cfg)
+        cfg = self.cfg
+        sets = select_neighbors(self.graph, self.types, targets, cfg.k_for if cfg.adaptive_k else cfg.k,
+                                cfg.scan, cfg.expand, cfg.scan2)
         B, deg = len(targets), np.diff(sets.ptr)
         K = int(deg.max()) if B else 0
         owner_b = np.repeat(np.arange(B), deg)

@@ -1,4 +1,4 @@
-"""Samplers over the shard store: fan-out mini-batches for training, k-nearest BFS for ILLE.
+"""Samplers over the shard store: fan-out mini-batches for training, k-neighbour rings for ILLE.
 
 Both read only the CSR rows of the nodes they touch (memory-mapped), so their cost is
 set by the batch and the fan-out, never by the graph.
@@ -140,116 +140,135 @@ def _choose(degree: np.ndarray, fanout: int, rng: np.random.Generator) -> np.nda
     return np.sort(np.concatenate([keep_all, cand[order][rank < fanout]]))
 
 
+# ILLE neighbour rings. A node is named by a key ``type_index << 40 | id``, so neighbours of
+# every type sit in one array.
+_SHIFT = 40
+_ID_MASK = (np.int64(1) << _SHIFT) - 1
+
+
+def node_key(type_index: np.ndarray | int, ids: np.ndarray) -> np.ndarray:
+    """``[N]`` keys naming (type, id) pairs; ids below 2**40."""
+    return (np.asarray(type_index, np.int64) << _SHIFT) | np.asarray(ids, np.int64)
+
+
+def split_key(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`node_key`: ``(type_index [N], ids [N])``."""
+    keys = np.asarray(keys, np.int64)
+    return keys >> _SHIFT, keys & _ID_MASK
+
+
 @dataclass
-class KNeighbors:
-    """Up to k neighbours of one node for ILLE, best first.
+class NeighborSets:
+    """CSR of chosen neighbours: node b's are ``keys[ptr[b]:ptr[b+1]]``, best first.
 
-    ``types: [k']`` node type names, ``ids: [k']`` ids within their type, ``hops: [k']``
-    1 or 2, ``weight``/``ts: [k']`` of the connecting edge (1.0 / 0 where absent; for a
-    2-hop neighbour, of its best path), ``paths: [k']`` how many paths reach it.
+    ``hop``: 1 or 2 per neighbour; ``degree1: [B]`` distinct 1-hop neighbours found.
     """
 
-    types: list[str]
-    ids: np.ndarray
-    hops: np.ndarray
-    weight: np.ndarray
-    ts: np.ndarray
-    paths: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.ids)
+    ptr: np.ndarray
+    keys: np.ndarray
+    hop: np.ndarray
+    degree1: np.ndarray
 
 
-def _one_hop(store: ShardStore, ntype: str, ids: np.ndarray):
-    """All out-neighbours of ``ids`` over every edge type from ``ntype``, as flat arrays."""
-    types, nbrs, weights, times, origin = [], [], [], [], []
-    for etype in store.edge_types_from(ntype):
-        nb = store.neighbors(etype.key, ids)
-        if nb.ids.size == 0:
-            continue
-        types += [etype.dst] * nb.ids.size
-        nbrs.append(nb.ids)
-        weights.append(nb.weight if nb.weight is not None else np.ones(nb.ids.size, np.float32))
-        times.append(nb.ts if nb.ts is not None else np.zeros(nb.ids.size, np.int64))
-        origin.append(np.repeat(np.arange(len(ids)), nb.degree))
-    if not nbrs:
-        e = np.empty(0, np.int64)
-        return [], e, np.empty(0, np.float32), e, e
-    return types, np.concatenate(nbrs), np.concatenate(weights), np.concatenate(times), np.concatenate(origin)
+def _ring(graph, types: list[str], owner: np.ndarray, keys: np.ndarray, scan: int):
+    """All neighbours of the nodes ``keys [N]`` (each belonging to batch node ``owner[n]``).
 
-
-def _rank(types: list[str], ids: np.ndarray, weight: np.ndarray, ts: np.ndarray,
-          exclude: set[tuple[str, int]]) -> tuple[list[tuple[str, int]], dict]:
-    """Unique candidates ranked by (paths, weight, recency), best first; excluded ones dropped."""
-    best: dict[tuple[str, int], list] = {}
-    for t, i, w, s in zip(types, ids.tolist(), weight.tolist(), ts.tolist()):
-        key = (t, i)
-        if key in exclude:
-            continue
-        cur = best.get(key)
-        if cur is None:
-            best[key] = [1, w, s]
-        else:
-            cur[0] += 1
-            if (w, s) > (cur[1], cur[2]):
-                cur[1], cur[2] = w, s
-    order = sorted(best, key=lambda k: (-best[k][0], -best[k][1], -best[k][2], k))
-    return order, best
-
-
-def k_hop_neighbors(store: ShardStore, ntype: str, node: int, k: int = 8,
-                    has_embedding: Callable[[str, np.ndarray], np.ndarray] | None = None) -> KNeighbors:
-    """BFS for ILLE: 1-hop neighbours first, then 2-hop, until ``k`` are found.
-
-    Within a hop, candidates rank by the number of paths reaching them, then edge weight,
-    then recency (ts). ``has_embedding(ntype, ids) -> bool [len(ids)]`` filters out nodes
-    without an embedding (new nodes). The node itself is never its own neighbour.
+    Returns ``(owner [M], key [M], weight [M], ts [M])`` over every relation out of each
+    node's type, at most ``scan`` per node and relation.
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    chosen: list[tuple[str, int, int, float, int, int]] = []
-    exclude = {(ntype, int(node))}
-    frontier_types, f_ids, f_w, f_ts, _ = _one_hop(store, ntype, np.array([node], dtype=np.int64))
-    hop_sets = [(frontier_types, f_ids, f_w, f_ts)]
-    for hop in (1, 2):
-        types, ids, w, ts = hop_sets[hop - 1]
-        order, info = _rank(types, ids, w, ts, exclude)
-        order = _filter_embedded(order, has_embedding)
-        for key in order[: k - len(chosen)]:
-            paths, wt, tt = info[key]
-            chosen.append((key[0], key[1], hop, wt, tt, paths))
-        if len(chosen) >= k or hop == 2:
-            break
-        exclude |= {(t, int(i)) for t, i in zip(types, ids.tolist())}
-        # 2-hop: neighbours of every 1-hop neighbour, grouped by type for vectorised reads
-        second = ([], [], [], [])
-        for t in sorted(set(types)):
-            sel = np.array([x == t for x in types])
-            uniq = np.unique(ids[sel])
-            t2, i2, w2, s2, _ = _one_hop(store, t, uniq)
-            for acc, part in zip(second, (t2, i2, w2, s2)):
-                acc.append(part)
-        hop_sets.append((sum(second[0], []),
-                         np.concatenate(second[1]) if second[1] else np.empty(0, np.int64),
-                         np.concatenate(second[2]) if second[2] else np.empty(0, np.float32),
-                         np.concatenate(second[3]) if second[3] else np.empty(0, np.int64)))
-    return KNeighbors([c[0] for c in chosen], np.array([c[1] for c in chosen], dtype=np.int64),
-                      np.array([c[2] for c in chosen], dtype=np.int64),
-                      np.array([c[3] for c in chosen], dtype=np.float32),
-                      np.array([c[4] for c in chosen], dtype=np.int64),
-                      np.array([c[5] for c in chosen], dtype=np.int64))
+    t_idx, ids = split_key(keys)
+    out = [[], [], [], []]
+    for t in np.unique(t_idx):
+        sel = np.flatnonzero(t_idx == t)
+        for etype in graph.edge_types_from(types[t]):
+            nb = graph.neighbors(etype.key, ids[sel], cap=scan)
+            out[0].append(np.repeat(owner[sel], nb.degree))
+            out[1].append(node_key(types.index(etype.dst), nb.ids))
+            out[2].append(nb.weight if nb.weight is not None else np.ones(len(nb.ids), np.float32))
+            out[3].append(nb.ts if nb.ts is not None else np.zeros(len(nb.ids), np.int64))
+    if not out[0]:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    return tuple(np.concatenate(c) for c in out)
 
 
-def _filter_embedded(order: list[tuple[str, int]], has_embedding) -> list[tuple[str, int]]:
-    if has_embedding is None or not order:
-        return order
-    keep = []
-    for t in sorted({t for t, _ in order}):
-        group = [key for key in order if key[0] == t]
-        mask = has_embedding(t, np.array([i for _, i in group], dtype=np.int64))
-        keep += [key for key, m in zip(group, mask) if m]
-    rank = {key: i for i, key in enumerate(order)}
-    return sorted(keep, key=rank.__getitem__)
+def _pair_ids(owner: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """One int64 per (owner, key) pair, equal iff the pairs are: ``owner * M + rank(key)``."""
+    _, rank = np.unique(key, return_inverse=True)
+    return owner.astype(np.int64) * (len(key) + 1) + rank.ravel()
+
+
+def _dedupe(owner, key, weight, ts):
+    """One row per (owner, key): the number of rows as paths, max weight, latest ts."""
+    _, first, inv, paths = np.unique(_pair_ids(owner, key), return_index=True, return_inverse=True,
+                                     return_counts=True)
+    inv = inv.ravel()
+    w = np.full(len(first), -np.inf)
+    np.maximum.at(w, inv, weight)
+    t = np.full(len(first), np.iinfo(np.int64).min)
+    np.maximum.at(t, inv, ts)
+    return owner[first], key[first], paths, w, t
+
+
+def _pairs_in(o_a, k_a, o_b, k_b) -> np.ndarray:
+    """``[len(o_a)]`` bool: is the pair (o_a, k_a) among the pairs (o_b, k_b)?"""
+    ids = _pair_ids(np.concatenate([o_a, o_b]), np.concatenate([k_a, k_b]))
+    return np.isin(ids[:len(o_a)], ids[len(o_a):])
+
+
+def select_neighbors(graph, types: list[str], targets: np.ndarray, k: int | Callable = 8, scan: int = 32,
+                     expand: int = 8, scan2: int = 8, usable=None) -> NeighborSets:
+    """BFS for ILLE: ``k`` neighbours of each of ``targets: [B]`` (node keys), 1-hop first,
+    then 2-hop, vectorised over the batch.
+
+    ``graph``: a :class:`ShardStore` or :class:`~graphs.delta.DeltaGraph`. Ranking, best
+    first: hop; for 2-hop nodes the number of paths through the 1-hop ring (shared
+    neighbours); then edge weight; then recency (ts). ``k``: an int, or a function of the
+    distinct 1-hop degree ``[B] -> [B]`` (adaptive k). ``usable(keys [M]) -> [M] bool``
+    says which nodes may serve as neighbours (have an embedding, or are solved in the same
+    batch); None: all. A target is never its own neighbour. Cost per target: ``scan``
+    reads per relation for the 1-hop ring, and ``expand * scan2`` per relation for the
+    2-hop ring, read only when the 1-hop ring is short of k.
+    """
+    B = len(targets)
+    idx = np.arange(B)
+    o1, k1, w1, t1 = _ring(graph, types, idx, targets, scan)
+    keep = k1 != targets[o1]
+    if usable is not None:
+        keep &= usable(k1)
+    o1, k1, p1, w1, t1 = _dedupe(o1[keep], k1[keep], w1[keep], t1[keep])
+    degree1 = np.bincount(o1, minlength=B)
+    want = k(degree1) if callable(k) else np.full(B, k, np.int64)
+    if (want < 1).any():
+        raise ValueError(f"k must be >= 1, got {k if not callable(k) else int(want.min())}")
+    # 2-hop ring, from the best `expand` 1-hop neighbours of the targets still short of k.
+    order = np.lexsort((-t1, -w1, o1))
+    o1, k1, p1, w1, t1 = o1[order], k1[order], p1[order], w1[order], t1[order]
+    rank1 = np.arange(len(o1)) - np.searchsorted(o1, o1, "left")
+    short = degree1 < want
+    src = short[o1] & (rank1 < expand)
+    o2, k2, w2, t2 = _ring(graph, types, o1[src], k1[src], scan2)
+    if len(o2):
+        keep = (k2 != targets[o2]) & ~_pairs_in(o2, k2, o1, k1)
+        if usable is not None:
+            keep &= usable(k2)
+        o2, k2, p2, w2, t2 = _dedupe(o2[keep], k2[keep], w2[keep], t2[keep])
+    else:
+        p2 = np.zeros(0, np.int64)
+        w2 = w2.astype(np.float64)
+    owner = np.concatenate([o1, o2])
+    keys = np.concatenate([k1, k2])
+    hop = np.concatenate([np.ones(len(o1), np.int8), np.full(len(o2), 2, np.int8)])
+    paths = np.concatenate([np.zeros(len(o1)), p2])              # paths rank only 2-hop nodes
+    weight = np.concatenate([w1, w2])
+    ts = np.concatenate([t1, t2])
+    order = np.lexsort((-ts, -weight, -paths, hop, owner))
+    owner, keys, hop = owner[order], keys[order], hop[order]
+    rank = np.arange(len(owner)) - np.searchsorted(owner, owner, "left")
+    take = rank < want[owner]
+    owner, keys, hop = owner[take], keys[take], hop[take]
+    ptr = np.zeros(B + 1, np.int64)
+    np.cumsum(np.bincount(owner, minlength=B), out=ptr[1:])
+    return NeighborSets(ptr, keys, hop, degree1)
 
 
 def iter_seed_edges(store: ShardStore, ekey: str, parts: list[int], batch_size: int,

@@ -17,7 +17,7 @@ import torch
 from graphs.delta import DeltaGraph
 from trainers.features import FeatureStore
 from trainers.identity import IdentityEmbedding
-from trainers.ille_neighbors import split_key
+from graphs.samplers import split_key
 
 
 class InputSpace:

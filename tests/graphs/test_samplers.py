@@ -7,7 +7,7 @@ import pytest
 
 from conftest import random_graph
 from graphs.partition import PartitionConfig, partition_graph
-from graphs.samplers import iter_seed_edges, k_hop_neighbors, sample_fanout
+from graphs.samplers import iter_seed_edges, node_key, sample_fanout, select_neighbors, split_key
 from graphs.schema import EdgeType, GraphSchema, NodeType
 from graphs.shards import ShardStore
 from graphs.store import GraphWriter
@@ -77,27 +77,33 @@ def hand_store(tmp_path_factory, ray_local):
     return ShardStore(root / "p")
 
 
+def _rings(store, user, k, usable=None):
+    sets = select_neighbors(store, ["user", "item"], node_key(0, np.atleast_1d(user)), k=k, usable=usable)
+    t, ids = split_key(sets.keys)
+    return [("user", "item")[i] for i in t], ids.tolist(), sets.hop.tolist()
+
+
 def test_k_hop_prefers_weight_then_recency(hand_store):
-    got = k_hop_neighbors(hand_store, "user", 0, k=2)
-    assert list(zip(got.types, got.ids.tolist(), got.hops.tolist())) == [("item", 2, 1), ("item", 1, 1)]
+    types, ids, hops = _rings(hand_store, 0, k=2)
+    assert list(zip(types, ids, hops)) == [("item", 2, 1), ("item", 1, 1)]
 
 
 def test_k_hop_fills_from_second_hop_by_path_count(hand_store):
-    got = k_hop_neighbors(hand_store, "user", 0, k=5)
-    assert got.hops.tolist() == [1, 1, 1, 2, 2]
+    types, ids, hops = _rings(hand_store, 0, k=5)
+    assert hops == [1, 1, 1, 2, 2]
     # u2 shares two items with u0 (two paths), u1 one; u0 itself never appears
-    assert got.types[3:] == ["user", "user"] and got.ids[3:].tolist() == [2, 1]
-    assert got.paths[3:].tolist() == [2, 1]
+    assert types[3:] == ["user", "user"] and ids[3:] == [2, 1]
 
 
-def test_k_hop_skips_nodes_without_embeddings_and_handles_isolated(hand_store):
-    got = k_hop_neighbors(hand_store, "user", 0, k=3,
-                          has_embedding=lambda t, ids: ~((t == "item") & (ids == 2)))
-    assert ("item", 2) not in set(zip(got.types, got.ids.tolist()))
-    assert len(got) == 3 and got.hops.tolist() == [1, 1, 2]
-    assert len(k_hop_neighbors(hand_store, "user", 3, k=8)) == 0  # user d has no edges
+def test_k_hop_batches_skip_unusable_nodes_and_handle_isolated(hand_store):
+    no_i2 = lambda keys: keys != node_key(1, 2)  # noqa: E731
+    types, ids, hops = _rings(hand_store, 0, k=3, usable=no_i2)
+    assert ("item", 2) not in set(zip(types, ids))
+    assert len(ids) == 3 and hops == [1, 1, 2]
+    sets = select_neighbors(hand_store, ["user", "item"], node_key(0, [0, 3, 1]), k=8)
+    assert list(np.diff(sets.ptr)) == [5, 0, 3] and sets.degree1.tolist() == [3, 0, 1]  # user d: no edges
     with pytest.raises(ValueError, match="k must be >= 1"):
-        k_hop_neighbors(hand_store, "user", 0, k=0)
+        _rings(hand_store, 0, k=0)
 
 
 def test_seed_edges_partition_the_edges_across_workers(random_store):

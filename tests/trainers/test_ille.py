@@ -10,7 +10,7 @@ from graphs.delta import DeltaGraph
 from graphs.partition import PartitionConfig, partition_graph
 from graphs.shards import ShardStore
 from trainers.ille import DEGREE_FALLBACK, ISOLATED, LLE, SINGLE, ILLEConfig, lle_weights, solve_joint
-from trainers.ille_neighbors import node_key, select_neighbors, split_key
+from graphs.samplers import node_key, select_neighbors, split_key
 
 
 def test_convex_combination_gives_back_its_weights():
@@ -72,7 +72,7 @@ def test_rings_rank_one_hop_first_then_shared_neighbours(delta):
     (u,) = g.add_nodes("user", 1)
     g.add_edges("user__rates__item", [u, u], [3, 7], ts=[5, 9])
     g.add_edges("item__rev_rates__user", [3, 7], [u, u], ts=[5, 9])
-    sets = select_neighbors(g, types, node_key(0, [u]), ILLEConfig(k=8))
+    sets = select_neighbors(g, types, node_key(0, [u]), k=8)
     t, ids = split_key(sets.keys)
     assert sets.degree1[0] == 2 and list(sets.hop[:2]) == [1, 1]
     assert list(zip(t[:2], ids[:2])) == [(1, 7), (1, 3)]       # by recency: ts 9 first
@@ -84,5 +84,5 @@ def test_rings_rank_one_hop_first_then_shared_neighbours(delta):
         assert ids[2] in both
     # Removing an edge drops that neighbour; adaptive k follows the degree.
     g.remove_edges("user__rates__item", [u], [7])
-    sets = select_neighbors(g, types, node_key(0, [u]), ILLEConfig(adaptive_k=True, k_min=3, k_max=5))
+    sets = select_neighbors(g, types, node_key(0, [u]), ILLEConfig(adaptive_k=True, k_min=3, k_max=5).k_for)
     assert split_key(sets.keys)[1][0] == 3 and len(sets.keys) == 5   # ceil(4 log2 3) = 7 -> k_max 5
