@@ -95,8 +95,7 @@ def main() -> None:
     for actors in [int(a) for a in args.actors.split(",")]:
         shutil.rmtree(run / "updates", ignore_errors=True)
         t0 = time.perf_counter()
-        pool = UpdatePool(run, actors=actors)
-        ray.get([a.new_edges.remote() for a in pool.actors])          # actors up
+        pool = UpdatePool(run, actors=actors)                          # returns with the actors ready
         start_s = time.perf_counter() - t0
         stats = []
         try:

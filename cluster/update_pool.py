@@ -85,6 +85,7 @@ class UpdatePool:
             ray.init(log_to_driver=False)
         actor = ray.remote(ShardUpdater).options(num_cpus=num_cpus, max_restarts=3, max_task_retries=3)
         self.actors = [actor.remote(str(self.run_dir), i, actors, self.cfg) for i in range(actors)]
+        ray.get([a.new_edges.remote() for a in self.actors])      # constructed: state rebuilt, ready
 
     def submit(self, events: list[dict]) -> Ack:
         """Validate, log durably, acknowledge. Bad events are reported and skipped."""

@@ -33,11 +33,17 @@ class ILLEConfig:
     """ILLE settings.
 
     ``k`` neighbours per node (``adaptive_k``: ``clip(ceil(4 log2(2 + deg)), k_min, k_max)``
-    from the node's 1-hop degree instead). ``reg`` is r in ``G + r trace(G) I``.
+    from the node's 1-hop degree instead). ``reg`` is r in ``G + r trace(G) I``: Roweis and
+    Saul use about 1e-3; the default 0.3 pulls the weights towards uniform, which won on a
+    held-out validation run (MovieLens cold start, seed-1 holdout: NDCG@20 0.152-0.174
+    at 1e-3 against 0.215-0.236 at 0.3, with structure_weight 0.1), because the input space
+    (no ID rows) is only a rough proxy for the learned embedding space.
     ``scan``: neighbours read per node and relation (evenly spaced; bounds the cost of
     hubs); ``expand``: 1-hop neighbours whose own neighbours are read for the 2-hop ring,
     ``scan2`` of them per relation.
-    ``structure_weight`` scales the structural signature against the IEL attributes in x.
+    ``structure_weight`` scales the structural signature against the IEL attributes in x;
+    at 1.0 it made reconstructions extrapolate (a new node's degree lies outside its
+    neighbours'), so the default is 0.1 (same validation run).
     ``change_threshold``: an existing node is re-solved when the half-edges added or
     removed at it reach this fraction of its base degree (and at least one).
     """
@@ -46,11 +52,11 @@ class ILLEConfig:
     adaptive_k: bool = False
     k_min: int = 4
     k_max: int = 32
-    reg: float = 1e-3
+    reg: float = 0.3
     scan: int = 32
     expand: int = 8
     scan2: int = 8
-    structure_weight: float = 1.0
+    structure_weight: float = 0.1
     change_threshold: float = 0.25
 
     def __post_init__(self) -> None:

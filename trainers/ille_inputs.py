@@ -24,7 +24,7 @@ class InputSpace:
     """``x(keys [M]) -> [M, D + R]`` float64 (D: model dim, R: relations of the schema)."""
 
     def __init__(self, iel: IdentityEmbedding, features: FeatureStore, graph: DeltaGraph,
-                 types: list[str], structure_weight: float = 1.0):
+                 types: list[str], structure_weight: float = 0.1):
         self.iel, self.features, self.graph, self.types = iel, features, graph, types
         self.relations = [e.key for e in graph.schema.edge_types]
         self.structure_weight = structure_weight
