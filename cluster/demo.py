@@ -66,8 +66,9 @@ def cold_start_step(run: Path, liked: tuple[str, ...] = ("Star Wars", "Empire St
 
     graph = GraphDir(json.loads((run / "config.json").read_text())["graph"], validate="none")
     titles = graph.read_nodes("movie", columns=["id", "title"])["title"].to_pylist()
-    picks = [next(i for i, t in enumerate(titles) if t and t.startswith(name)) for name in liked]
     popular = np.bincount(graph.read_edges(etype)["dst"], minlength=len(titles)).astype(np.float64)
+    picks = [i for name in liked for i in [next((i for i, t in enumerate(titles) if t and t.startswith(name)), None)]
+             if i is not None] or list(np.argsort(-popular)[:3])          # not in this graph: 3 popular ones
     pool = UpdatePool(run, actors=2)
     try:
         user = pool.embeddings().count("user")
