@@ -20,6 +20,16 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def ml100k(tmp_path_factory):
+    """The real MovieLens-100K graph directory (from the recbole wheel), built once per session."""
+    from graphs.movielens import build_movielens
+
+    out = tmp_path_factory.mktemp("ml100k") / "graph"
+    build_movielens(out)
+    return out
+
+
 def random_graph(path, seed: int, counts: dict[str, int], edges: dict[tuple, int]):
     """Write a random graph; ``edges`` maps ``(src, rel, dst, ts, weight) -> count``.
 

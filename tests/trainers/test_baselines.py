@@ -7,17 +7,9 @@ import pytest
 import torch
 from torch_geometric.nn import LightGCN
 
-from graphs.movielens import build_movielens
 from trainers.baselines import bipartite_adjacency, fit_lightgcn, fit_mf_bpr, fit_popularity
 from trainers.evaluate import evaluate_scores, format_table, load_interactions, random_split, run_eval
 from trainers.splits import Interactions
-
-
-@pytest.fixture(scope="module")
-def ml100k(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ml100k") / "graph"
-    build_movielens(out)
-    return out
 
 
 @pytest.fixture(scope="module")

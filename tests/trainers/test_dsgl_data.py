@@ -26,8 +26,8 @@ def test_hand_made_sequences_cut_at_every_hop():
 
 
 @pytest.fixture(scope="module")
-def movielens():
-    return load_interactions("runs/demo/ml-100k")
+def movielens(ml100k):
+    return load_interactions(ml100k)
 
 
 def test_no_leakage_on_movielens(movielens):

@@ -10,17 +10,9 @@ import math
 import numpy as np
 import pytest
 
-from graphs.movielens import build_movielens
 from trainers.evaluate import run_eval
 from trainers.splits import load_interactions
 from trainers.train import TrainConfig
-
-
-@pytest.fixture(scope="module")
-def ml100k(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ml100k-eval") / "graph"
-    build_movielens(out)
-    return out
 
 
 def test_short_training_beats_popularity(ml100k, tmp_path, ray_local):

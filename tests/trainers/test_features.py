@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from graphs.movielens import build_movielens
 from graphs.partition import PartitionConfig, partition_graph
 from graphs.samplers import sample_fanout
 from graphs.shards import ShardStore
@@ -18,11 +17,10 @@ from trainers.train import Optimizers
 
 
 @pytest.fixture(scope="module")
-def movielens(tmp_path_factory, ray_local):
+def movielens(ml100k, tmp_path_factory, ray_local):
     root = tmp_path_factory.mktemp("ml")
-    build_movielens(root / "g")
-    partition_graph(root / "g", root / "p", PartitionConfig(num_parts=2))
-    gdir = GraphDir(root / "g")
+    partition_graph(ml100k, root / "p", PartitionConfig(num_parts=2))
+    gdir = GraphDir(ml100k)
     return gdir, ShardStore(root / "p"), FeatureStore(gdir)
 
 
