@@ -7,6 +7,7 @@ An event is a dict (one row of an events parquet file):
 ``ntype``        node: its type
 ``id``           node: its id, which must be the type's next id (ids stay dense)
 ``attrs``        node: ``{column: value}`` or its JSON text; missing columns are nulls
+``raw_id``       node, optional: its id in the source data (kept in the log for serving)
 ``etype``        edge: ``src__rel__dst`` of a schema edge type (the reverse is implied)
 ``src, dst``     edge: ids within the src / dst types; may name nodes created in the same batch
 ``ts, weight``   edge: optional int64 timestamp and float weight
@@ -110,7 +111,10 @@ class EventValidator:
             if name not in specs:
                 raise ValueError(f"node type {ntype!r} has no attribute {name!r}; known: {sorted(specs)}")
             parse_value(specs[name], value)
-        return {"op": "node", "ntype": ntype, "id": nid, "attrs": attrs}
+        out = {"op": "node", "ntype": ntype, "id": nid, "attrs": attrs}
+        if ev.get("raw_id") is not None:
+            out["raw_id"] = str(ev["raw_id"])
+        return out
 
     def _edge(self, ev: dict, counts: dict[str, int]) -> dict:
         etype = self.forward.get(ev.get("etype"))
@@ -174,6 +178,16 @@ class EventLog:
         self.segments.append(first)
         self.end = first + len(events)
         return first
+
+    def tail(self, offset: int) -> tuple[int, list[dict]]:
+        """A reader's catch-up: the events of the segments from ``offset`` on, and the offset
+        after them. Segments are contiguous, so with nothing new this costs one ``stat``."""
+        events: list[dict] = []
+        while (self.folder / f"{offset:012d}.jsonl").is_file():
+            segment = self.read(offset)
+            events.extend(segment)
+            offset += len(segment)
+        return offset, events
 
     def read(self, first: int) -> list[dict]:
         """The events of the segment starting at offset ``first``."""

@@ -51,8 +51,10 @@ class DSGLConfig:
 class _Aggregate(nn.Module):
     """One side's sequence encoder and second-order attention.
 
-    ``center: [N, D]``, ``parent: [N, D]``, ``seq: [N, L, D]``, ``gap: [N, L]`` buckets,
-    ``mask: [N, L]`` -> ``[N, D]``; a node with an empty sequence keeps ``center``.
+    ``encode(seq [N, L, D], gap [N, L] buckets, mask [N, L]) -> h [N, L, D]``;
+    ``attend(center [M, D], parent [M, D], h [M, L, D], mask [M, L]) -> [M, D]``, a node
+    with an empty sequence keeps ``center``. Split in two so a sequence shared by many
+    queries (one user, many candidates) is encoded once.
     """
 
     def __init__(self, cfg: DSGLConfig):
@@ -65,12 +67,14 @@ class _Aggregate(nn.Module):
         self.attn = nn.MultiheadAttention(D, cfg.heads, dropout=cfg.dropout, batch_first=True)
         self.out = nn.Linear(2 * D, D)
 
-    def forward(self, center: Tensor, parent: Tensor, seq: Tensor, gap: Tensor, mask: Tensor) -> Tensor:
+    def encode(self, seq: Tensor, gap: Tensor, mask: Tensor) -> Tensor:
         steps = torch.cat([seq, self.time(gap)], -1) if self.time is not None else seq
         steps = steps * mask[..., None]               # padding (at the front) carries nothing
-        h, _ = self.lstm(steps)                                            # [N, L, D]
+        return self.lstm(steps)[0]
+
+    def attend(self, center: Tensor, parent: Tensor, h: Tensor, mask: Tensor) -> Tensor:
         q = self.query(torch.cat([center, parent], -1) if self.cfg.second_order else center)
-        empty = ~mask.any(1)                                               # [N]
+        empty = ~mask.any(1)                                               # [M]
         keep = mask | empty[:, None]                                       # no all-masked rows
         att, _ = self.attn(q[:, None], h, h, key_padding_mask=~keep, need_weights=False)
         new = torch.tanh(self.out(torch.cat([center, att[:, 0]], -1)))
@@ -92,9 +96,11 @@ class DSGL(nn.Module):
         super().__init__()
         self.cfg = cfg
         D = cfg.dim
-        self.user_emb, self.item_emb = nn.Embedding(num_users, D), nn.Embedding(num_items, D)
-        self.register_buffer("user_fields", user_fields if user_fields is not None else torch.empty(num_users, 0).long())
-        self.register_buffer("item_fields", item_fields if item_fields is not None else torch.empty(num_items, 0).long())
+        self.num_users, self.num_items = num_users, num_items
+        # one extra row per side: the unknown node (ids >= num_*, e.g. created after training)
+        self.user_emb, self.item_emb = nn.Embedding(num_users + 1, D), nn.Embedding(num_items + 1, D)
+        self.register_buffer("user_fields", _with_null_row(user_fields, num_users))
+        self.register_buffer("item_fields", _with_null_row(item_fields, num_items))
         self.user_field_emb = nn.ModuleList(nn.Embedding(c, D) for c in user_cards)
         self.item_field_emb = nn.ModuleList(nn.Embedding(c, D) for c in item_cards)
         self.on_user = _Aggregate(cfg)      # user nodes, whose sequences hold items
@@ -105,44 +111,73 @@ class DSGL(nn.Module):
             nn.init.normal_(emb.weight, std=0.05)
 
     def embed(self, is_user: bool, ids: Tensor) -> Tensor:
-        """Id plus attribute-field embeddings: ``ids: [...]`` -> ``[..., D]``."""
+        """Id plus attribute-field embeddings: ``ids: [...]`` -> ``[..., D]``; an id past the
+        trained range (a node created later) reads the unknown row and null fields."""
         emb, fields, field_emb = ((self.user_emb, self.user_fields, self.user_field_emb) if is_user
                                   else (self.item_emb, self.item_fields, self.item_field_emb))
+        ids = ids.clamp(max=emb.num_embeddings - 1)
         x = emb(ids)
         for f, table in enumerate(field_emb):
             value = fields[ids, f]
             x = x + table(value.clamp(min=0)) * (value >= 0)[..., None]
         return x
 
-    def _side(self, root: Tensor, other_root: Tensor, hops: list[dict], root_is_user: bool) -> list[Tensor]:
-        """Root representations after each layer: ``depth`` of ``[B, D]``."""
+    def _side(self, root: Tensor, other_root: Tensor, hops: list[dict], root_is_user: bool,
+              pair: Tensor) -> list[Tensor]:
+        """Root representations after each layer: ``depth`` of ``[B, D]``.
+
+        ``root: [R]`` with hops of batch R; ``other_root: [B, D]``; ``pair: [B]`` row of
+        ``root`` for each pair. Layer l updates the levels above ``len(hops) - l``; only
+        the root's update sees the other root (the candidate), so every deeper level is
+        computed once per root, not once per pair. A level-1 node's parent in its query is
+        the root's input embedding (the root's updates depend on the candidate).
+        """
+        D = self.cfg.dim
         kinds = [root_is_user ^ (h % 2 == 1) for h in range(len(hops) + 1)]   # is hop h a user hop
         xs = [self.embed(kinds[0], root)] + [self.embed(kinds[h + 1], hop["ids"]) for h, hop in enumerate(hops)]
+        root_input, root_x = xs[0], xs[0][pair]                             # [R, D], [B, D]
         outs = []
-        for _ in range(len(hops)):
+        for layer in range(len(hops)):
             new = []
-            for h in range(len(xs) - 1):                   # nodes with children one hop below
-                center = xs[h]
-                parent = other_root if h == 0 else xs[h - 1][..., None, :].expand_as(center)
+            for h in range(len(hops) - layer):                 # levels whose children still matter
                 seq, hop = xs[h + 1], hops[h]
-                N, L = center.numel() // self.cfg.dim, seq.shape[-2]
+                L = seq.shape[-2]
+                N = seq.numel() // (L * D)
                 agg = self.on_user if kinds[h] else self.on_item
-                new.append(agg(center.reshape(N, -1), parent.reshape(N, -1), seq.reshape(N, L, -1),
-                               hop["gap"].reshape(N, L), hop["mask"].reshape(N, L)).reshape(center.shape))
-            xs = new + xs[len(new):]
-            outs.append(xs[0])
-        return outs or [xs[0]]
+                mask = hop["mask"].reshape(N, L)
+                enc = agg.encode(seq.reshape(N, L, D), hop["gap"].reshape(N, L), mask)
+                if h == 0:
+                    root_new = agg.attend(root_x, other_root, enc[pair], mask[pair])
+                else:
+                    center = xs[h]
+                    parent = (root_input if h == 1 else xs[h - 1])[..., None, :].expand_as(center)
+                    new.append(agg.attend(center.reshape(N, D), parent.reshape(N, D), enc,
+                                          mask).reshape(center.shape))
+            root_x = root_new
+            xs = xs[:1] + new + xs[1 + len(new):]
+            outs.append(root_x)
+        return outs or [root_x]
 
-    def forward(self, users: Tensor, items: Tensor, user_hops: list[dict], item_hops: list[dict]) -> Tensor:
-        e_u, e_i = self.embed(True, users), self.embed(False, items)
-        side_u = self._side(users, e_i, user_hops, True)
-        side_i = self._side(items, e_u, item_hops, False)
+    def forward(self, users: Tensor, items: Tensor, user_hops: list[dict], item_hops: list[dict],
+                pair: Tensor | None = None) -> Tensor:
+        """``users: [U]`` with ``user_hops`` of batch U, ``items: [B]`` with ``item_hops`` of
+        batch B; ``pair: [B]`` the user row of each item (default: ``U == B``, row b)."""
+        pair = torch.arange(len(items), device=items.device) if pair is None else pair
+        e_u, e_i = self.embed(True, users)[pair], self.embed(False, items)
+        side_u = self._side(users, e_i, user_hops, True, pair)
+        side_i = self._side(items, e_u, item_hops, False, torch.arange(len(items), device=items.device))
         pick = (lambda xs: torch.stack(xs).mean(0)) if self.cfg.layer_combination else (lambda xs: xs[-1])
         return self.mlp(torch.cat([e_u, e_i, pick(side_u), pick(side_i)], -1)).squeeze(-1)
 
     @staticmethod
     def loss(logits: Tensor, labels: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(logits, labels.float())
+
+
+def _with_null_row(fields: Tensor | None, count: int) -> Tensor:
+    """``[count, F]`` attribute codes plus one all-null row for the unknown node."""
+    fields = fields if fields is not None else torch.empty(count, 0, dtype=torch.long)
+    return torch.cat([fields.long(), torch.full((1, fields.shape[1]), -1, dtype=torch.long)])
 
 
 def hops_to_tensors(hops, device: str | torch.device = "cpu") -> list[dict]:

@@ -107,5 +107,12 @@ class SequenceGraphs:
         return out
 
     def batch(self, users: np.ndarray, items: np.ndarray, t: np.ndarray) -> tuple[list[Hop], list[Hop]]:
-        users, items, t = (np.asarray(a, np.int64) for a in (users, items, t))
-        return (self._expand(users, t, self.depth, True), self._expand(items, t, self.depth - 1, False))
+        return self.user_side(users, t), self.item_side(items, t)
+
+    def user_side(self, users: np.ndarray, t: np.ndarray) -> list[Hop]:
+        """The users' graphs alone (``depth`` hops), e.g. one per user for many candidates."""
+        return self._expand(np.asarray(users, np.int64), np.asarray(t, np.int64), self.depth, True)
+
+    def item_side(self, items: np.ndarray, t: np.ndarray) -> list[Hop]:
+        """The items' graphs alone (``depth - 1`` hops)."""
+        return self._expand(np.asarray(items, np.int64), np.asarray(t, np.int64), self.depth - 1, False)

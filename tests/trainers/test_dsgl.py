@@ -52,3 +52,22 @@ def test_ablations_change_the_model():
     assert sum(p.numel() for p in DSGL(5, 5, DSGLConfig(dim=8, second_order=False)).parameters()) < base
     with pytest.raises(ValueError, match="heads \\(3\\) must divide dim \\(8\\)"):
         DSGLConfig(dim=8, heads=3)
+
+
+def test_one_user_many_candidates_equals_pairwise():
+    rng = np.random.default_rng(1)
+    inter = Interactions(rng.integers(0, 20, 400), rng.integers(0, 30, 400), rng.integers(0, 1000, 400), 20, 30)
+    graphs = SequenceGraphs(inter, length=4, depth=3)
+    torch.manual_seed(0)
+    model = DSGL(20, 30, DSGLConfig(dim=8, heads=2, depth=3, dropout=0.0)).eval()
+    users, items, t = np.array([3, 3, 3, 7, 7]), np.array([1, 2, 5, 1, 9]), np.full(5, 800)
+    u_hops, i_hops = graphs.batch(users, items, t)
+    pairwise = model(torch.as_tensor(users), torch.as_tensor(items), hops_to_tensors(u_hops), hops_to_tensors(i_hops))
+    one_u, _ = graphs.batch(np.array([3, 7]), np.array([0, 0]), np.full(2, 800))
+    shared = model(torch.tensor([3, 7]), torch.as_tensor(items), hops_to_tensors(one_u), hops_to_tensors(i_hops),
+                   pair=torch.tensor([0, 0, 0, 1, 1]))
+    torch.testing.assert_close(shared, pairwise)
+    # a user created after training (id 25 >= 20) reads the unknown row instead of failing
+    unknown = model(torch.tensor([25, 7]), torch.as_tensor(items), hops_to_tensors(one_u), hops_to_tensors(i_hops),
+                    pair=torch.tensor([0, 0, 0, 1, 1]))
+    assert torch.isfinite(unknown).all() and not torch.allclose(unknown[:3], shared[:3])

@@ -1,0 +1,163 @@
+"""The hetrec HTTP service on Ray Serve: retrieval + ranking, live updates, health, metrics.
+
+    hetrec serve RUN_DIR --port 8000          # or: serve run serve/serve_config.yaml
+
+Routes (OpenAPI docs at ``/docs``):
+
+* ``GET /recommend?user_id=RAW_ID&k=10``: the user's history is excluded, N candidates
+  come from the faiss retriever, DSGL ranks them, the top k are returned with the
+  embeddings version used. A user without an embedding yet (unknown, or new and not yet
+  updated) gets the most popular items outside their history, with ``"fallback": true``.
+* ``POST /events`` ``{"events": [{"user_id", "item_id", "ts"}, ...]}``: unknown raw ids
+  create nodes; the response returns once the events are durable in the log; ILLE
+  applies them in the background (a new user is personalised within about a second).
+* ``GET /healthz``; ``GET /stats`` (this replica's request counts and latency percentiles).
+  Counters and latency histograms also go to Ray's metrics (Prometheus export of the Ray
+  metrics agent): ``hetrec_requests_total``, ``hetrec_request_ms``.
+
+Scoring time is just after the newest interaction the service has seen, so sequences
+and time gaps are those of "now" in the data's own clock.
+"""
+
+# no `from __future__ import annotations`: FastAPI reads these annotations at runtime
+
+import time
+from collections import deque
+
+import numpy as np
+from fastapi import FastAPI, Query
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, StrictInt, StrictStr
+from ray import serve
+from ray.serve import Application
+from ray.util import metrics
+
+from serve.config import ServeConfig
+from serve.deployments import Ranker, Retriever, Updater
+from serve.live import LiveCatalog
+
+api = FastAPI(title="hetrec", description="Heterogeneous-graph recommendations: retrieval, ranking, live updates.")
+
+
+class Event(BaseModel):
+    user_id: StrictStr | StrictInt = Field(description="raw user id, as in the source data")
+    item_id: StrictStr | StrictInt = Field(description="raw item id")
+    ts: int = Field(ge=0, description="seconds since the epoch")
+
+
+class EventsIn(BaseModel):
+    events: list[Event] = Field(min_length=1)
+
+
+class Item(BaseModel):
+    item_id: str
+    score: float
+
+
+class Recommendation(BaseModel):
+    user_id: str
+    items: list[Item]
+    version: str
+    fallback: bool
+
+
+def _invalid(loc: tuple, msg: str, value) -> RequestValidationError:
+    return RequestValidationError([{"loc": loc, "msg": msg, "type": "value_error", "input": value}])
+
+
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, retriever, ranker, updater, cfg: ServeConfig):
+        self.retriever, self.ranker, self.updater, self.cfg = retriever, ranker, updater, cfg
+        self.catalog = LiveCatalog(cfg.run_dir, cfg.etype)
+        self.counts: dict[str, int] = {}
+        self.latency: dict[str, deque] = {}
+        self.requests = metrics.Counter("hetrec_requests", "requests by route and outcome", ("route", "outcome"))
+        self.ms = metrics.Histogram("hetrec_request_ms", "request latency (ms)",
+                                    [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000], ("route",))
+
+    def _record(self, route: str, outcome: str, t0: float) -> None:
+        ms = (time.perf_counter() - t0) * 1000
+        self.counts[f"{route}:{outcome}"] = self.counts.get(f"{route}:{outcome}", 0) + 1
+        self.latency.setdefault(route, deque(maxlen=10_000)).append(ms)
+        self.requests.inc(tags={"route": route, "outcome": outcome})
+        self.ms.observe(ms, tags={"route": route})
+
+    @api.get("/recommend", response_model=Recommendation)
+    async def recommend(self, user_id: str = Query(min_length=1, max_length=256, description="raw user id"),
+                        k: int | None = Query(None, ge=1, description="items to return (capped by max_k)")) -> dict:
+        t0 = time.perf_counter()
+        k = self.cfg.default_k if k is None else k
+        if k > self.cfg.max_k:
+            raise _invalid(("query", "k"), f"k must be <= {self.cfg.max_k}", k)
+        self.catalog.follow()
+        c = self.catalog
+        uid = c.lookup(c.user_type, user_id)
+        seen = c.history(uid) if uid is not None else np.zeros(0, np.int64)
+        version, ids, scores = None, None, None
+        if uid is not None:
+            got = await self.retriever.retrieve.remote(uid, self.cfg.candidates, seen.tolist())
+            version = got["version"]
+            if got["known"] and got["ids"]:
+                logits = await self.ranker.rank.remote((uid, got["ids"], c.latest + 1))
+                order = np.argsort(-np.asarray(logits), kind="stable")[:k]
+                ids = np.asarray(got["ids"])[order]
+                scores = 1 / (1 + np.exp(-np.asarray(logits)[order]))
+        fallback = ids is None
+        if fallback:
+            ids, scores = c.popular(k, seen)
+            version = version or await self.retriever.version.remote()
+        raw = c.ids[c.item_type].to_raw(ids)
+        self._record("recommend", "fallback" if fallback else "ok", t0)
+        return {"user_id": user_id, "items": [{"item_id": r, "score": float(s)} for r, s in zip(raw, scores)],
+                "version": version, "fallback": fallback}
+
+    @api.post("/events")
+    async def events(self, body: EventsIn) -> dict:
+        t0 = time.perf_counter()
+        if len(body.events) > self.cfg.max_events:
+            raise _invalid(("body", "events"), f"at most {self.cfg.max_events} events per request", len(body.events))
+        ack = await self.updater.submit.remote([e.model_dump() for e in body.events])
+        if not ack["accepted"]:
+            self._record("events", "rejected", t0)
+            raise _invalid(("body", "events"), "; ".join(f"event {e['index']}: {e['message']}" for e in ack["errors"]),
+                           len(body.events))
+        self._record("events", "ok", t0)
+        return ack
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "version": await self.retriever.version.remote(),
+                "updates": await self.updater.status.remote()}
+
+    @api.get("/stats")
+    async def stats(self) -> dict:
+        return {"counts": self.counts,
+                "latency_ms": {route: {f"p{q}": float(np.percentile(list(v), q)) for q in (50, 95, 99)}
+                               for route, v in self.latency.items() if v}}
+
+
+def build_app(cfg: ServeConfig) -> Application:
+    """The application graph: Ingress -> (Retriever, Ranker, Updater)."""
+    def options(cpus: float, max_replicas: int) -> dict:
+        return {"ray_actor_options": {"num_cpus": cpus},
+                "autoscaling_config": {"min_replicas": 1, "max_replicas": max_replicas,
+                                       "target_ongoing_requests": cfg.target_ongoing_requests}}
+
+    retriever = serve.deployment(Retriever, name="Retriever", **options(cfg.retriever_cpus, cfg.max_replicas))
+    ranker = serve.deployment(Ranker, name="Ranker", **options(cfg.ranker_cpus, cfg.max_replicas))
+    # one replica: the Updater is the event log's single writer
+    updater = serve.deployment(Updater, name="Updater", **options(cfg.updater_cpus, 1))
+    ingress = serve.deployment(Ingress, name="Ingress", **options(cfg.ingress_cpus, cfg.max_replicas))
+    return ingress.bind(retriever.bind(cfg), ranker.bind(cfg, max(1, int(cfg.ranker_cpus))), updater.bind(cfg), cfg)
+
+
+def app_builder(args: dict) -> Application:
+    """Entry point of a Serve config file (``import_path: serve.app:app_builder``)."""
+    return build_app(ServeConfig.from_args(args))
+
+
+def start(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, name: str = "hetrec"):
+    """Start Serve's HTTP proxy on ``host:port`` and deploy the application; returns its handle."""
+    serve.start(http_options={"host": host, "port": port})
+    return serve.run(build_app(cfg), name=name, route_prefix="/")

@@ -1,0 +1,62 @@
+"""Settings of the Serve application: one small dataclass, readable from a Serve config's args."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from serve.index import IndexConfig
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """``run_dir``: a training run with exported embeddings and a trained ranker
+    (``<run>/ranker``, from ``hetrec rank``). ``candidates``: N items retrieved and ranked
+    per request; ``max_k`` caps ``k``; ``max_events`` caps one ``POST /events`` body.
+    ``*_cpus``: each deployment's ``num_cpus`` (Ray sets a replica's thread count from it);
+    ``ille_actors``/``ille_cpus``: the update pool's actors. ``max_replicas``: autoscaling
+    bound of the retriever, ranker and ingress (each starts with one replica)."""
+
+    run_dir: str
+    etype: str = "user__rates__movie"
+    candidates: int = 200
+    default_k: int = 10
+    max_k: int = 100
+    max_events: int = 1000
+    ingress_cpus: float = 0.25
+    retriever_cpus: float = 0.25
+    ranker_cpus: float = 0.5
+    updater_cpus: float = 0.25
+    ille_actors: int = 1
+    ille_cpus: float = 0.5
+    max_replicas: int = 2
+    target_ongoing_requests: int = 8
+    batch_size: int = 8
+    batch_wait_s: float = 0.002
+    index: IndexConfig = field(default_factory=IndexConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("candidates", "default_k", "max_k", "max_events", "ille_actors", "max_replicas",
+                     "target_ongoing_requests", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ServeConfig.{name} must be an int >= 1, got {value!r}")
+        for name in ("ingress_cpus", "retriever_cpus", "ranker_cpus", "updater_cpus", "ille_cpus"):
+            if not 0 < getattr(self, name) <= 64:
+                raise ValueError(f"ServeConfig.{name} must be in (0, 64], got {getattr(self, name)!r}")
+        if self.default_k > self.max_k:
+            raise ValueError(f"ServeConfig.default_k ({self.default_k}) must be <= max_k ({self.max_k})")
+
+    @classmethod
+    def from_args(cls, args: dict) -> ServeConfig:
+        """From a Serve config file's ``args`` (unknown keys are an error naming them)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise ValueError(f"unknown serve args {unknown}; known: {sorted(known)}")
+        args = dict(args)
+        if isinstance(args.get("index"), dict):
+            args["index"] = IndexConfig(**args["index"])
+        return cls(**args)
+
+    def to_args(self) -> dict:
+        return asdict(self)

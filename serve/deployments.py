@@ -1,0 +1,167 @@
+"""The back-end deployments of the Serve application: retrieval, ranking, updates.
+
+* :class:`Retriever`: the faiss :class:`~serve.index.ItemIndex` over item embeddings, which
+  follows ILLE's deltas (new and changed items, without a restart); user vectors from the
+  same :class:`~trainers.embedding_view.EmbeddingView`.
+* :class:`Ranker`: the trained DSGL (or baseline) ranker scoring one user's N candidates,
+  requests grouped by ``@serve.batch``; sequences from the :class:`~serve.live.LiveCatalog`,
+  so a new user's posted events are in its next ranking.
+* :class:`Updater`: the single writer of the event log. Turns raw-id events into graph
+  events (an unknown raw id creates its node), submits them to the
+  :class:`~cluster.update_pool.UpdatePool` (durable before it returns), and applies them
+  with ILLE in a background thread, so a response never waits for the solve.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ray import serve
+
+from cluster.update_pool import UpdatePool, stats_json
+from serve.config import ServeConfig
+from serve.index import ItemIndex
+from serve.live import LiveCatalog
+from trainers.dsgl import hops_to_tensors
+from trainers.dsgl_data import SequenceGraphs
+from trainers.embedding_view import EmbeddingView
+from trainers.ranker_train import load_ranker
+
+log = logging.getLogger("ray.serve")
+
+FOLLOW_EVERY_S = 0.05    # how often a replica looks for new embedding deltas
+
+
+class Retriever:
+    """``retrieve(user, n, exclude) -> {"ids", "scores", "version", "known"}``."""
+
+    def __init__(self, cfg: ServeConfig):
+        self.user_type, self.item_type = LiveCatalog.types(cfg.run_dir, cfg.etype)
+        self.view = EmbeddingView(cfg.run_dir)
+        self.index = ItemIndex.from_view(self.view, self.item_type, cfg.index)
+        self.last_follow = time.monotonic()
+
+    def _follow(self) -> None:
+        if time.monotonic() - self.last_follow >= FOLLOW_EVERY_S:
+            self.index.follow(self.view, self.item_type)          # refreshes the view too
+            self.last_follow = time.monotonic()
+
+    def retrieve(self, user: int, n: int, exclude: list[int]) -> dict:
+        self._follow()
+        if not self.view.has(self.user_type, np.array([user]))[0]:
+            return {"ids": [], "scores": [], "version": self.index.version, "known": False}
+        query = self.view.rows(self.user_type, np.array([user]))
+        ids, scores = self.index.search(query, n, [set(exclude)])
+        keep = ids[0] >= 0
+        return {"ids": ids[0][keep].tolist(), "scores": scores[0][keep].tolist(), "version": self.index.version,
+                "known": True}
+
+    def version(self) -> str:
+        self._follow()
+        return self.index.version
+
+
+class Ranker:
+    """``rank(user, items, t) -> scores`` (logits), one call per request, batched inside."""
+
+    def __init__(self, cfg: ServeConfig, threads: int = 1):
+        torch.set_num_threads(max(1, threads))
+        self.model, self.rcfg, _ = load_ranker(Path(cfg.run_dir) / "ranker")
+        self.catalog = LiveCatalog(cfg.run_dir, cfg.etype)
+        self.graphs = self._build()
+        self.rank.set_max_batch_size(cfg.batch_size)
+        self.rank.set_batch_wait_timeout_s(cfg.batch_wait_s)
+
+    def _build(self) -> SequenceGraphs:
+        d = self.rcfg.dsgl
+        return SequenceGraphs(self.catalog.interactions(), self.rcfg.length, d.depth, num_buckets=d.num_buckets)
+
+    def _current(self) -> SequenceGraphs:
+        if self.catalog.follow():
+            # New interactions since the last request: rebuilt from the catalogue (a sort of
+            # the domain's interactions, ~20 ms for MovieLens-100K).
+            self.graphs = self._build()
+        return self.graphs
+
+    @torch.no_grad()
+    def score(self, requests: list[tuple[int, list[int], int]]) -> list[list[float]]:
+        """Each request ``(user, candidate items, scoring time)``; one model call for all."""
+        graphs = self._current()
+        users = np.array([r[0] for r in requests], np.int64)
+        t_user = np.array([r[2] for r in requests], np.int64)
+        items = np.concatenate([np.asarray(r[1], np.int64) for r in requests])
+        sizes = [len(r[1]) for r in requests]
+        pair = np.repeat(np.arange(len(requests)), sizes)
+        t_item = t_user[pair]
+        logits = self.model(torch.from_numpy(users), torch.from_numpy(items),
+                            hops_to_tensors(graphs.user_side(users, t_user)),
+                            hops_to_tensors(graphs.item_side(items, t_item)), pair=torch.from_numpy(pair))
+        return [part.tolist() for part in torch.split(logits, sizes)]
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+    async def rank(self, requests: list[tuple[int, list[int], int]]) -> list[list[float]]:
+        return self.score(requests)
+
+
+class Updater:
+    """``submit(events)``: raw-id interactions in, durable ack out; ILLE in the background."""
+
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        self.pool = UpdatePool(cfg.run_dir, actors=cfg.ille_actors, num_cpus=cfg.ille_cpus)
+        self.catalog = LiveCatalog(cfg.run_dir, cfg.etype)
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.applied: list[dict] = []
+        self.failures = 0
+        self.wake.set()                                   # apply whatever an earlier run left logged
+        threading.Thread(target=self._apply_loop, daemon=True, name="ille-apply").start()
+
+    def submit(self, events: list[dict]) -> dict:
+        """``events[j]``: ``{"user_id", "item_id", "ts"}`` (raw ids); returns the ack."""
+        with self.lock:
+            self.catalog.follow()
+            c = self.catalog
+            created: dict[tuple[str, str], int] = {}
+            nodes, edges = [], []
+
+            def node_id(ntype: str, raw: str) -> int:
+                nid = c.lookup(ntype, raw)
+                if nid is None:
+                    nid = created.get((ntype, raw))
+                if nid is None:
+                    nid = len(c.ids[ntype]) + sum(1 for t, _ in created if t == ntype)
+                    created[(ntype, raw)] = nid
+                    nodes.append({"op": "node", "ntype": ntype, "id": nid, "raw_id": raw})
+                return nid
+
+            for ev in events:
+                edges.append({"op": "edge", "etype": c.etype, "src": node_id(c.user_type, str(ev["user_id"])),
+                              "dst": node_id(c.item_type, str(ev["item_id"])), "ts": ev["ts"]})
+            ack = self.pool.submit(nodes + edges)
+            self.catalog.follow()                          # its own writes, so ids stay in step
+        self.wake.set()
+        return {"accepted": ack.accepted, "offset": ack.first, "created_nodes": len(nodes),
+                "errors": [{"index": e.index - len(nodes), "message": e.message} for e in ack.errors]}
+
+    def _apply_loop(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            try:
+                stats = self.pool.apply()
+                self.applied.extend(stats_json(stats))
+            except Exception:                               # keep serving; the log still holds the events
+                self.failures += 1
+                log.exception("ILLE apply failed; retrying on the next submit")
+                time.sleep(1.0)
+                self.wake.set()
+
+    def status(self) -> dict:
+        return {"pending": len(self.pool.pending()), "applied_batches": len(self.applied), "failures": self.failures,
+                "last": self.applied[-1] if self.applied else None}

@@ -1,0 +1,142 @@
+"""What the serving layer knows of users and items right now: the graph plus the event log.
+
+:class:`LiveCatalog` maps raw ids (as in the source data) to node ids and back, and keeps
+the user-item interactions, for the base graph and for every event the update stage has
+logged since (``updates/<base version>/log``, DESIGN.md's event log). The log is the
+source of truth: any replica catches up with :meth:`LiveCatalog.follow`, which reads only
+the segments it has not seen (one ``stat`` when there are none).
+
+Memory: the raw ids of the two served types (sorted, searched with ``searchsorted``), the
+interactions as CSR by user, and the new nodes and edges since the base. That is the
+catalogue of one recommendation domain; the graph's other types are never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from cluster.events import EventLog
+from graphs.store import GraphDir
+from trainers.embedding_view import base_version
+from trainers.splits import Interactions, load_interactions
+
+
+class RawIds:
+    """Raw id <-> node id of one node type; new nodes are appended in id order."""
+
+    def __init__(self, raw: np.ndarray):
+        self.raw = raw.astype(str)
+        self.order = np.argsort(self.raw, kind="stable")
+        self.sorted = self.raw[self.order]
+        self.new: dict[str, int] = {}
+        self.new_raw: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.raw) + len(self.new_raw)
+
+    def lookup(self, raw_id: str) -> int | None:
+        raw_id = str(raw_id)
+        pos = int(np.searchsorted(self.sorted, raw_id))
+        if pos < len(self.sorted) and self.sorted[pos] == raw_id:
+            return int(self.order[pos])
+        return self.new.get(raw_id)
+
+    def add(self, node_id: int, raw_id: str) -> None:
+        if node_id != len(self):
+            raise ValueError(f"new node id {node_id} out of order: expected {len(self)}")
+        self.new[str(raw_id)] = node_id
+        self.new_raw.append(str(raw_id))
+
+    def to_raw(self, ids: np.ndarray) -> list[str]:
+        base = len(self.raw)
+        return [self.raw[i] if i < base else self.new_raw[i - base] for i in np.asarray(ids).tolist()]
+
+
+class LiveCatalog:
+    """Raw ids, histories and popularity of the run's user and item types (see module doc)."""
+
+    def __init__(self, run_dir: str | Path, etype: str = "user__rates__movie"):
+        self.run_dir = Path(run_dir)
+        graph = json.loads((self.run_dir / "config.json").read_text())["graph"]
+        gdir = GraphDir(graph, validate="none")
+        et = gdir.schema.edge_type(etype)
+        self.etype, self.user_type, self.item_type = etype, et.src, et.dst
+        self.ids = {t: RawIds(gdir.read_nodes(t, columns=["id", "raw_id"])["raw_id"].to_numpy(zero_copy_only=False))
+                    for t in (et.src, et.dst)}
+        base = load_interactions(graph, etype)
+        order = np.lexsort((base.ts, base.user))
+        self.items, self.ts = base.item[order], base.ts[order]
+        self.ptr = np.zeros(base.num_users + 1, np.int64)
+        np.cumsum(np.bincount(base.user, minlength=base.num_users), out=self.ptr[1:])
+        self.base = base
+        self.new_edges: list[tuple[int, int, int]] = []         # (user, item, ts) since the base
+        self.new_by_user: dict[int, list[int]] = {}
+        self.popularity = np.bincount(base.item, minlength=base.num_items).astype(np.int64)
+        self.latest = int(base.ts.max()) if len(base) else 0
+        self.log = EventLog(self.run_dir / "updates" / base_version(self.run_dir).name / "log", writer=False)
+        self.offset, self.changes = 0, 0
+        self._lock = threading.Lock()
+        self.follow()
+
+    @staticmethod
+    def types(run_dir: str | Path, etype: str) -> tuple[str, str]:
+        """The (user, item) node types of ``etype`` in the run's graph."""
+        graph = json.loads((Path(run_dir) / "config.json").read_text())["graph"]
+        et = GraphDir(graph, validate="none").schema.edge_type(etype)
+        return et.src, et.dst
+
+    def follow(self) -> bool:
+        """Read the log segments written since the last call; True if anything changed."""
+        with self._lock:
+            self.offset, events = self.log.tail(self.offset)
+            changed = False
+            for ev in events:
+                changed |= self._apply(ev)
+            self.changes += changed
+            return changed
+
+    def _apply(self, ev: dict) -> bool:
+        if ev["op"] == "node" and ev["ntype"] in self.ids:
+            self.ids[ev["ntype"]].add(ev["id"], ev.get("raw_id", f"~{ev['id']}"))
+            if ev["ntype"] == self.item_type:
+                self.popularity = np.append(self.popularity, 0)
+            return True
+        if ev["op"] == "edge" and ev["etype"] == self.etype:
+            ts = int(ev.get("ts", self.latest))
+            self.new_edges.append((ev["src"], ev["dst"], ts))
+            self.new_by_user.setdefault(ev["src"], []).append(ev["dst"])
+            self.popularity[ev["dst"]] += 1
+            self.latest = max(self.latest, ts)
+            return True
+        return False
+
+    def lookup(self, ntype: str, raw_id: str) -> int | None:
+        return self.ids[ntype].lookup(raw_id)
+
+    def history(self, user: int) -> np.ndarray:
+        """Items the user has interacted with, base then new: ``[n]`` int64."""
+        base = self.items[self.ptr[user]:self.ptr[user + 1]] if user < len(self.ptr) - 1 else np.zeros(0, np.int64)
+        extra = self.new_by_user.get(user)
+        return np.concatenate([base, np.asarray(extra, np.int64)]) if extra else base
+
+    def interactions(self) -> Interactions:
+        """Base plus new interactions over the current id spaces."""
+        if not self.new_edges:
+            return Interactions(self.base.user, self.base.item, self.base.ts, len(self.ids[self.user_type]),
+                                len(self.ids[self.item_type]))
+        u, i, t = (np.asarray(c, np.int64) for c in zip(*self.new_edges))
+        return Interactions(np.concatenate([self.base.user, u]), np.concatenate([self.base.item, i]),
+                            np.concatenate([self.base.ts, t]), len(self.ids[self.user_type]),
+                            len(self.ids[self.item_type]))
+
+    def popular(self, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most interacted items not in ``exclude``: ids and shares of interactions."""
+        counts = self.popularity.astype(np.float64)
+        counts[exclude] = -1
+        top = np.argsort(-counts, kind="stable")[:k]
+        top = top[counts[top] >= 0]
+        return top, counts[top] / max(1.0, float(self.popularity.sum()))
