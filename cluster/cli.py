@@ -236,6 +236,67 @@ def update_cmd(run_dir: Path, events: Path, actors: int, batch_size: int, k: int
         write_json_atomic(json_out, {"run": str(run_dir), "events": str(events), "batches": stats_json(stats)})
 
 
+@main.command("rank")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--model", type=click.Choice(["dsgl", "din", "mlp"]), default="dsgl", show_default=True)
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Ray Train workers.")
+@click.option("--steps", type=int, default=None, help="Cap on the steps of an epoch (default: all samples).")
+@click.option("--use-gpu", is_flag=True, help="One GPU per worker, NCCL.")
+@click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
+def rank_cmd(run_dir: Path, model: str, epochs: int, workers: int, steps: int | None, use_gpu: bool,
+             address: str | None) -> None:
+    """Train the ranker of RUN_DIR's graph into RUN_DIR/ranker (temporal protocol) and
+    print its test and cold-user AUC / log loss. ``mlp`` reads RUN_DIR's embeddings."""
+    import json
+
+    import ray
+
+    from trainers.ranker_train import RankerConfig, train_ranker
+
+    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else None
+    if config is None:
+        raise click.BadParameter(f"{run_dir} holds no training run (config.json missing)", param_hint="RUN_DIR")
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False)
+    cfg = RankerConfig(model=model, epochs=epochs, workers=workers, use_gpu=use_gpu, steps_per_epoch=steps,
+                       embeddings=str(run_dir.resolve()) if model == "mlp" else None)
+    meta = train_ranker(config["graph"], run_dir / "ranker", cfg)
+    for name, value in meta["final"].items():
+        click.echo(f"{name}: {value:.4f}" if isinstance(value, float) else f"{name}: {value}")
+
+
+@main.command("serve")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP bind address.")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--candidates", type=int, default=200, show_default=True, help="Items retrieved and ranked.")
+@click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
+def serve_cmd(run_dir: Path, host: str, port: int, candidates: int, address: str | None) -> None:
+    """Serve RUN_DIR (embeddings + ranker) on Ray Serve: /recommend, /events, /healthz, /docs.
+    Runs until interrupted (Ctrl-C), then shuts the application down."""
+    import time
+
+    import ray
+    from ray import serve
+
+    from serve.app import start
+    from serve.config import ServeConfig
+
+    cfg = ServeConfig(run_dir=str(run_dir.resolve()), candidates=candidates)
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False)
+    start(cfg, host=host, port=port)
+    click.echo(f"serving {run_dir} on http://{host}:{port} (docs: /docs); Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        click.echo("shutting down")
+    finally:
+        serve.shutdown()
+
+
 @main.group(cls=_Group)
 def graph() -> None:
     """Inspect graph directories and partitioned graphs."""

@@ -1,0 +1,133 @@
+"""The Serve application on a real local Ray Serve on loopback, over real MovieLens-100K."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from ray import serve
+
+from graphs.store import GraphDir
+from serve.app import app_builder, start
+from serve.config import ServeConfig
+from trainers.export import export_embeddings
+from trainers.ranker_train import RankerConfig, train_ranker
+from trainers.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def service(ml100k, tmp_path_factory, ray_local):
+    root = tmp_path_factory.mktemp("serve")
+    train(ml100k, root / "run", TrainConfig(workers=1, epochs=1, steps_per_epoch=20))
+    export_embeddings(root / "run", actors=1)
+    train_ranker(ml100k, root / "run" / "ranker",
+                 RankerConfig(workers=1, epochs=1, steps_per_epoch=10, eval_samples=1000))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start(ServeConfig(run_dir=str(root / "run"), max_k=50), port=port)
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def _get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _post(url: str, body) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _history(ml100k: Path, raw_user: str) -> set[str]:
+    g = GraphDir(ml100k, validate="none")
+    users = g.read_nodes("user", columns=["id", "raw_id"])["raw_id"].to_pylist()
+    movies = g.read_nodes("movie", columns=["id", "raw_id"])["raw_id"].to_pylist()
+    edges = g.read_edges("user__rates__movie")
+    uid = users.index(raw_user)
+    return {movies[i] for i in edges["dst"][edges["src"] == uid]}
+
+
+def test_recommend_k_distinct_items_outside_the_history(service, ml100k):
+    status, body = _get(f"{service}/recommend?user_id=1&k=10")
+    assert status == 200 and body["user_id"] == "1" and body["fallback"] is False
+    items = [it["item_id"] for it in body["items"]]
+    assert len(items) == len(set(items)) == 10
+    seen = _history(ml100k, "1")
+    assert len(seen) == 272 and not set(items) & seen       # user 1 rated 272 movies
+    scores = [it["score"] for it in body["items"]]
+    assert scores == sorted(scores, reverse=True) and body["version"].startswith("v0001")
+
+
+def test_unknown_user_gets_popularity_marked_as_fallback(service):
+    status, body = _get(f"{service}/recommend?user_id=never-seen&k=5")
+    assert status == 200 and body["fallback"] is True and len(body["items"]) == 5
+    assert body["items"][0]["item_id"] == "50"               # Star Wars: the most rated movie
+
+
+def test_a_new_users_events_change_their_recommendations(service):
+    _, before = _get(f"{service}/recommend?user_id=newcomer&k=10")
+    posted = ["172", "181", "50"]
+    t0 = time.perf_counter()
+    status, ack = _post(f"{service}/events", {"events": [
+        {"user_id": "newcomer", "item_id": m, "ts": 893_286_638 + j} for j, m in enumerate(posted)]})
+    assert status == 200 and ack == {"accepted": 4, "offset": 0, "created_nodes": 1, "errors": []}
+    while True:
+        _, after = _get(f"{service}/recommend?user_id=newcomer&k=10")
+        if not after["fallback"] or time.perf_counter() - t0 > 20:
+            break
+        time.sleep(0.1)
+    fresh = time.perf_counter() - t0
+    assert after["fallback"] is False, "the new user was not personalised within 20 s"
+    items = [it["item_id"] for it in after["items"]]
+    assert not set(items) & set(posted) and items != [it["item_id"] for it in before["items"]]
+    assert after["version"] != before["version"]            # an ILLE delta was applied
+    assert fresh < 10, fresh
+    _, health = _get(f"{service}/healthz")
+    assert health["status"] == "ok" and health["updates"]["applied_batches"] >= 1
+
+
+@pytest.mark.parametrize("query, field", [("k=10", "user_id"), ("user_id=1&k=0", "k"), ("user_id=1&k=51", "k"),
+                                          ("user_id=1&k=ten", "k"), ("user_id=&k=3", "user_id")])
+def test_bad_recommend_parameters_get_422_naming_the_field(service, query, field):
+    status, body = _get(f"{service}/recommend?{query}")
+    assert status == 422 and field in body["detail"][0]["loc"], body
+
+
+@pytest.mark.parametrize("payload, field", [
+    ({"events": []}, "events"),
+    ({}, "events"),
+    ({"events": [{"user_id": "u", "item_id": "50", "ts": -1}]}, "ts"),
+    ({"events": [{"user_id": 1.5, "item_id": "50", "ts": 1}]}, "user_id"),
+    ({"events": [{"user_id": "u", "ts": 1}]}, "item_id"),
+])
+def test_bad_events_get_422_naming_the_field(service, payload, field):
+    status, body = _post(f"{service}/events", payload)
+    assert status == 422 and field in body["detail"][0]["loc"], body
+
+
+def test_serve_config_file_builds_the_application(tmp_path):
+    doc = yaml.safe_load(Path("serve/serve_config.yaml").read_text())
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(doc)
+    args = doc["applications"][0]["args"]
+    assert ServeConfig.from_args(args).candidates == 200
+    assert app_builder(args) is not None
+    with pytest.raises(ValueError, match=r"unknown serve args \['candidate'\]"):
+        ServeConfig.from_args({**args, "candidate": 5})
