@@ -10,7 +10,8 @@ cold samples (held-out users' later interactions). AUC and log loss, one run, on
 The MLP baseline reads HetSGFormer embeddings pretrained here on the temporal train part
 only (no test interaction reaches it). Variants: ``dsgl`` (all parts), ``no_second_order``
 (query from the central node only), ``no_time`` (no time-gap embeddings),
-``no_layer_combination`` (last layer only), ``din``, ``mlp``.
+``no_layer_combination`` (last layer only), ``dsgl_pretrained`` (DSGL whose id tables start
+from those HetSGFormer embeddings), ``din``, ``mlp``.
 
 Writes ``benchmarks/results/ranking.json``.
 """
@@ -42,9 +43,11 @@ VARIANTS = {
     "no_second_order": {"second_order": False},
     "no_time": {"time": False},
     "no_layer_combination": {"layer_combination": False},
+    "dsgl_pretrained": "dsgl",
     "din": "din",
     "mlp": "mlp",
 }
+NEEDS_EMBEDDINGS = ("dsgl_pretrained", "mlp")
 
 
 def pretrain(graph: Path, work: Path, cfg: RankerConfig, epochs: int) -> Path:
@@ -75,14 +78,14 @@ def main() -> None:
     results = {}
     names = args.variants.split(",")
     embeddings = None
-    if "mlp" in names:
+    if set(names) & set(NEEDS_EMBEDDINGS):
         t0 = time.perf_counter()
         embeddings = pretrain(graph, work / "pretrain", base, args.pretrain_epochs)
         print(f"pretrained HetSGFormer on the train part in {time.perf_counter() - t0:.0f} s", flush=True)
     for name in names:
         spec = VARIANTS[name]
         if isinstance(spec, str):
-            cfg = replace(base, model=spec, embeddings=str(embeddings) if spec == "mlp" else None)
+            cfg = replace(base, model=spec, embeddings=str(embeddings) if name in NEEDS_EMBEDDINGS else None)
         else:
             cfg = replace(base, dsgl=DSGLConfig(**spec))
         t0 = time.perf_counter()

@@ -81,7 +81,8 @@ def build_ranker(kind: str, num_users: int, num_items: int, dsgl: DSGLConfig, fi
                  pretrained: tuple[Tensor, Tensor] | None = None) -> nn.Module:
     """``kind`` in :data:`RANKERS`. ``fields``: ``{"user": (codes, cards), "item": ...}`` for
     DSGL; ``pretrained``: ``(users [U, d], items [I, d])`` embeddings, required by ``mlp``
-    and, for DSGL, copied into its id tables when ``d`` equals ``dsgl.dim``."""
+    and, for DSGL, the start of its id tables (unit rows through a fixed random orthonormal
+    map to ``dsgl.dim``, so inner products are kept up to the projection's distortion)."""
     if kind not in RANKERS:
         raise ValueError(f"ranker must be one of {RANKERS}, got {kind!r}")
     if kind == "din":
@@ -93,8 +94,13 @@ def build_ranker(kind: str, num_users: int, num_items: int, dsgl: DSGLConfig, fi
     fields = fields or {}
     (uf, uc), (itf, ic) = fields.get("user", (None, [])), fields.get("item", (None, []))
     model = DSGL(num_users, num_items, dsgl, uf, uc, itf, ic)
-    if pretrained is not None and pretrained[0].shape[1] == dsgl.dim:
+    if pretrained is not None:
+        d = pretrained[0].shape[1]
+        # a fixed random orthonormal map d -> dim keeps inner products (Johnson-Lindenstrauss)
+        gen = torch.Generator().manual_seed(0)
+        proj = torch.linalg.qr(torch.randn(max(d, dsgl.dim), max(d, dsgl.dim), generator=gen))[0][:d, :dsgl.dim]
         with torch.no_grad():
             for emb, src in ((model.user_emb, pretrained[0]), (model.item_emb, pretrained[1])):
-                emb.weight[: len(src)] = src / src.norm(dim=1, keepdim=True).clamp(min=1e-9) * 0.5
+                unit = src.float() / src.float().norm(dim=1, keepdim=True).clamp(min=1e-9)
+                emb.weight[: len(src)] = unit @ proj * (0.5 * (max(d, dsgl.dim) / d) ** 0.5)
     return model

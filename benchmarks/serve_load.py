@@ -1,0 +1,201 @@
+"""Load test of the Serve application: a real HTTP client on loopback, bounded in count and time.
+
+    python benchmarks/serve_load.py --run RUN_DIR --rates 50,100,200 --seconds 15
+
+RUN_DIR holds embeddings and a trained ranker (without ``--run``, a small one is trained
+on MovieLens-100K first). In one run it measures:
+
+* floor: the in-process retrieve + rank call (the same Retriever and Ranker classes, no
+  Serve, no HTTP), p50/p95/p99 over ``--floor-requests`` users;
+* fixed rates: open-loop ``GET /recommend`` arrivals at each rate for ``--seconds`` (random
+  known users, k=10, N=``--candidates``), p50/p95/p99 latency, errors, achieved rate;
+* maximum sustainable rate: rates raised in steps until one is not sustained (achieved
+  < 95% of offered, errors > 1% or p99 > ``--max-p99-ms``); the last sustained one;
+* overhead: Serve p50 at the lowest rate minus the floor p50;
+* freshness: for ``--fresh-users`` new users, time from ``POST /events`` to the first
+  ``/recommend`` that is personalised (``fallback`` false).
+
+The load generator shares the machine's cores with the service. Writes
+``benchmarks/results/serve_load.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import aiohttp  # noqa: E402
+import numpy as np  # noqa: E402
+import ray  # noqa: E402
+from ray import serve  # noqa: E402
+
+
+def percentiles(ms: list[float]) -> dict[str, float]:
+    if not ms:
+        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
+    return {f"p{q}": float(np.percentile(ms, q)) for q in (50, 95, 99)}
+
+
+def prepare_run(work: Path, graph: str) -> Path:
+    """A small run: 1 short HetSGFormer epoch, exported, plus a short DSGL ranker."""
+    from trainers.export import export_embeddings
+    from trainers.ranker_train import RankerConfig, train_ranker
+    from trainers.train import TrainConfig, train
+
+    run = work / "run"
+    if not (run / "embeddings" / "LATEST").is_file():
+        train(graph, run, TrainConfig(workers=2, epochs=1, steps_per_epoch=60))
+        export_embeddings(run, actors=1)
+    if not (run / "ranker" / "meta.json").is_file():
+        train_ranker(graph, run / "ranker", RankerConfig(workers=2, epochs=1, steps_per_epoch=60))
+    return run
+
+
+def floor(run: Path, users: np.ndarray, candidates: int) -> dict:
+    """In-process retrieve + rank, no Serve: the latency floor."""
+    from serve.config import ServeConfig
+    from serve.deployments import Ranker, Retriever
+
+    cfg = ServeConfig(run_dir=str(run), candidates=candidates)
+    retriever, ranker = Retriever(cfg), Ranker(cfg)
+    ms = []
+    for u in users.tolist():
+        t0 = time.perf_counter()
+        seen = ranker.catalog.history(u)
+        got = retriever.retrieve(u, candidates, seen.tolist())
+        ranker.score([(u, got["ids"], ranker.catalog.latest + 1)])
+        ms.append((time.perf_counter() - t0) * 1000)
+    return percentiles(ms)
+
+
+async def fixed_rate(url: str, raw_users: list[str], rate: float, seconds: float, timeout_s: float) -> dict:
+    """Open-loop arrivals at ``rate``/s for ``seconds``; latencies of the answered requests."""
+    n = int(rate * seconds)
+    rng = np.random.default_rng(int(rate))
+    picks = rng.choice(len(raw_users), n)
+    ms, errors = [], 0
+    conn = aiohttp.TCPConnector(limit=512)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+        start = time.perf_counter()
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            t0 = time.perf_counter()
+            try:
+                async with session.get(f"{url}/recommend", params={"user_id": raw_users[picks[i]], "k": 10}) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                errors += 1
+                return
+            ms.append((time.perf_counter() - t0) * 1000)
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        elapsed = time.perf_counter() - start
+    return {"offered_qps": rate, "requests": n, "errors": errors, "error_rate": errors / max(n, 1),
+            "achieved_qps": len(ms) / elapsed, **percentiles(ms)}
+
+
+async def freshness(url: str, users: int) -> list[float]:
+    out = []
+    async with aiohttp.ClientSession() as session:
+        for j in range(users):
+            raw = f"load-fresh-{time.time_ns()}-{j}"
+            events = [{"user_id": raw, "item_id": m, "ts": 893_286_638 + s} for s, m in enumerate(["50", "172", "181"])]
+            t0 = time.perf_counter()
+            async with session.post(f"{url}/events", json={"events": events}) as r:
+                assert r.status == 200, await r.text()
+            while time.perf_counter() - t0 < 30:
+                async with session.get(f"{url}/recommend", params={"user_id": raw, "k": 10}) as r:
+                    if not (await r.json())["fallback"]:
+                        break
+                await asyncio.sleep(0.02)
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default=None, help="A run with embeddings and a ranker (default: train a small one).")
+    ap.add_argument("--movielens", default="runs/demo/ml-100k")
+    ap.add_argument("--work", default="/tmp/hetrec-bench-serve")
+    ap.add_argument("--rates", default="50,100,200")
+    ap.add_argument("--max-rates", default="300,400,600,800")
+    ap.add_argument("--seconds", type=float, default=15)
+    ap.add_argument("--candidates", type=int, default=200)
+    ap.add_argument("--floor-requests", type=int, default=300)
+    ap.add_argument("--fresh-users", type=int, default=5)
+    ap.add_argument("--max-p99-ms", type=float, default=200)
+    ap.add_argument("--timeout-s", type=float, default=5)
+    ap.add_argument("--out", default="benchmarks/results/serve_load.json")
+    args = ap.parse_args()
+    ray.init(log_to_driver=False)
+    run = Path(args.run) if args.run else prepare_run(Path(args.work), args.movielens)
+    from graphs.store import GraphDir
+    from serve.app import start
+    from serve.config import ServeConfig
+
+    graph = json.loads((run / "config.json").read_text())["graph"]
+    raw_users = GraphDir(graph, validate="none").read_nodes("user", columns=["id", "raw_id"])["raw_id"].to_pylist()
+    users = np.random.default_rng(0).choice(len(raw_users), args.floor_requests)
+    result = {"floor_ms": floor(run, users, args.candidates)}
+    print(f"floor (in-process retrieve + rank, N={args.candidates}): {result['floor_ms']}", flush=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start(ServeConfig(run_dir=str(run), candidates=args.candidates), port=port)
+    url = f"http://127.0.0.1:{port}"
+    asyncio.run(fixed_rate(url, raw_users, 20, 3, args.timeout_s))          # warm-up, not reported
+    result["rates"] = []
+    for rate in [float(r) for r in args.rates.split(",")]:
+        row = asyncio.run(fixed_rate(url, raw_users, rate, args.seconds, args.timeout_s))
+        result["rates"].append(row)
+        print(f"{rate:5.0f} QPS: p50 {row['p50']:.1f} p95 {row['p95']:.1f} p99 {row['p99']:.1f} ms, "
+              f"errors {row['errors']}, achieved {row['achieved_qps']:.1f}/s", flush=True)
+
+    def sustained(row: dict) -> bool:
+        return (row["achieved_qps"] >= 0.95 * row["offered_qps"] and row["error_rate"] <= 0.01
+                and row["p99"] <= args.max_p99_ms)
+
+    best = max((r["offered_qps"] for r in result["rates"] if sustained(r)), default=0.0)
+    if all(sustained(r) for r in result["rates"]):
+        for rate in [float(r) for r in args.max_rates.split(",")]:
+            row = asyncio.run(fixed_rate(url, raw_users, rate, args.seconds, args.timeout_s))
+            result["rates"].append(row)
+            print(f"{rate:5.0f} QPS: p50 {row['p50']:.1f} p99 {row['p99']:.1f} ms, errors {row['errors']}, "
+                  f"achieved {row['achieved_qps']:.1f}/s", flush=True)
+            if not sustained(row):
+                break
+            best = rate
+    result["max_sustainable_qps"] = best
+    result["overhead_p50_ms"] = result["rates"][0]["p50"] - result["floor_ms"]["p50"]
+    fresh = asyncio.run(freshness(url, args.fresh_users))
+    result["freshness_s"] = {"median": float(np.median(fresh)), "max": float(np.max(fresh)), "all": fresh}
+    print(f"max sustainable {best:.0f} QPS; overhead at p50 {result['overhead_p50_ms']:.1f} ms; "
+          f"freshness median {np.median(fresh):.2f} s (max {np.max(fresh):.2f} s)", flush=True)
+    serve.shutdown()
+    doc = {**result, "candidates": args.candidates, "seconds_per_rate": args.seconds, "run": str(run),
+           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+           "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
