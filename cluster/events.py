@@ -10,7 +10,7 @@ An event is a dict (one row of an events parquet file):
 ``raw_id``       node, optional: its id in the source data (kept in the log for serving)
 ``etype``        edge: ``src__rel__dst`` of a schema edge type (the reverse is implied)
 ``src, dst``     edge: ids within the src / dst types; may name nodes created in the same batch
-``ts, weight``   edge: optional int64 timestamp and float weight
+``ts, weight``   edge: optional timestamp in seconds, ``0 <= ts < MAX_TS``, and float weight
 ===============  ==========================================================================
 
 :class:`EventLog` appends accepted events to ``<dir>/<first offset>.jsonl`` segments, one
@@ -21,6 +21,7 @@ number events from 0 in log order.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from graphs.schema import GraphSchema
 from trainers.features import parse_value
 
 OPS = ("node", "edge", "remove_edge")
+MAX_TS = 2**40          # seconds (about the year 36,800): rejects milli/nanosecond clocks
 
 
 class EventError(ValueError):
@@ -129,6 +131,8 @@ class EventValidator:
             out[field] = nid
         if ev.get("ts") is not None:
             out["ts"] = _int(ev["ts"], "ts")
+            if not 0 <= out["ts"] < MAX_TS:
+                raise ValueError(f"field 'ts': {out['ts']} is not a time in seconds in [0, {MAX_TS})")
         if ev.get("weight") is not None:
             weight = ev["weight"]
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
@@ -153,6 +157,13 @@ class EventLog:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         if writer:                                        # one writer: the pool
+            self._lock = open(self.folder / ".writer.lock", "w")
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lock.close()
+                raise RuntimeError(f"{self.folder}: another process is writing this event log "
+                                   "(an update pool or a served Updater); stop it first") from None
             for stale in self.folder.glob(".*.tmp"):      # a crash mid-append: never acknowledged
                 stale.unlink()
         self.segments = sorted(int(p.stem) for p in self.folder.glob("*.jsonl"))
@@ -169,7 +180,8 @@ class EventLog:
             f.writelines(json.dumps(ev, separators=(",", ":")) + "\n" for ev in events)
             f.flush()
             os.fsync(f.fileno())
-        os.rename(tmp, final)
+        os.link(tmp, final)                               # fails, never overwrites, if it exists
+        os.unlink(tmp)
         fd = os.open(self.folder, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -179,11 +191,20 @@ class EventLog:
         self.end = first + len(events)
         return first
 
-    def tail(self, offset: int) -> tuple[int, list[dict]]:
-        """A reader's catch-up: the events of the segments from ``offset`` on, and the offset
-        after them. Segments are contiguous, so with nothing new this costs one ``stat``."""
+    def close(self) -> None:
+        """Release the writer's lock (a reader holds none)."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None and not lock.closed:
+            lock.close()
+
+    def tail(self, offset: int, max_segments: int | None = None) -> tuple[int, list[dict]]:
+        """A reader's catch-up: the events of the segments from ``offset`` on (at most
+        ``max_segments``), and the offset after them. Segments are contiguous, so with
+        nothing new this costs one ``stat``."""
         events: list[dict] = []
-        while (self.folder / f"{offset:012d}.jsonl").is_file():
+        read = 0
+        while (max_segments is None or read < max_segments) and (self.folder / f"{offset:012d}.jsonl").is_file():
+            read += 1
             segment = self.read(offset)
             events.extend(segment)
             offset += len(segment)

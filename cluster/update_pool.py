@@ -89,8 +89,13 @@ class UpdatePool:
 
     def submit(self, events: list[dict]) -> Ack:
         """Validate, log durably, acknowledge. Bad events are reported and skipped."""
+        counts = dict(self.validator.counts)
         accepted, errors = self.validator.check(events)
-        first = self.log.append(accepted) if accepted else None
+        try:
+            first = self.log.append(accepted) if accepted else None
+        except BaseException:
+            self.validator.counts = counts               # nothing logged: the new ids are free again
+            raise
         return Ack(first, len(accepted), errors)
 
     def pending(self) -> list[int]:
@@ -114,6 +119,7 @@ class UpdatePool:
         for a in self.actors:
             ray.kill(a)
         self.actors = []
+        self.log.close()
 
     def _committed(self) -> set[int]:
         deltas = self.dir / "deltas"

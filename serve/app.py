@@ -23,15 +23,17 @@ and time gaps are those of "now" in the data's own clock.
 
 import time
 from collections import deque
+from typing import Annotated
 
 import numpy as np
 from fastapi import FastAPI, Query
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, StrictInt, StrictStr
+from pydantic import BaseModel, Field, StrictInt, StrictStr, StringConstraints
 from ray import serve
 from ray.serve import Application
 from ray.util import metrics
 
+from cluster.events import MAX_TS
 from serve.config import ServeConfig
 from serve.deployments import Ranker, Retriever, Updater
 from serve.live import LiveCatalog
@@ -39,10 +41,13 @@ from serve.live import LiveCatalog
 api = FastAPI(title="hetrec", description="Heterogeneous-graph recommendations: retrieval, ranking, live updates.")
 
 
+RawId = Annotated[StrictStr, StringConstraints(min_length=1, max_length=256)] | StrictInt
+
+
 class Event(BaseModel):
-    user_id: StrictStr | StrictInt = Field(description="raw user id, as in the source data")
-    item_id: StrictStr | StrictInt = Field(description="raw item id")
-    ts: int = Field(ge=0, description="seconds since the epoch")
+    user_id: RawId = Field(description="raw user id, as in the source data")
+    item_id: RawId = Field(description="raw item id")
+    ts: int = Field(ge=0, lt=MAX_TS, description="seconds since the epoch")
 
 
 class EventsIn(BaseModel):
@@ -140,7 +145,7 @@ class Ingress:
 def build_app(cfg: ServeConfig) -> Application:
     """The application graph: Ingress -> (Retriever, Ranker, Updater)."""
     def options(cpus: float, max_replicas: int) -> dict:
-        return {"ray_actor_options": {"num_cpus": cpus},
+        return {"ray_actor_options": {"num_cpus": cpus}, "max_ongoing_requests": cfg.max_ongoing_requests,
                 "autoscaling_config": {"min_replicas": 1, "max_replicas": max_replicas,
                                        "target_ongoing_requests": cfg.target_ongoing_requests}}
 

@@ -14,7 +14,8 @@ class ServeConfig:
     per request; ``max_k`` caps ``k``; ``max_events`` caps one ``POST /events`` body.
     ``*_cpus``: each deployment's ``num_cpus`` (Ray sets a replica's thread count from it);
     ``ille_actors``/``ille_cpus``: the update pool's actors. ``max_replicas``: autoscaling
-    bound of the retriever, ranker and ingress (each starts with one replica)."""
+    bound of the retriever, ranker and ingress (each starts with one replica);
+    ``max_ongoing_requests`` per replica must exceed ``batch_size`` for batches to form."""
 
     run_dir: str
     etype: str = "user__rates__movie"
@@ -30,19 +31,22 @@ class ServeConfig:
     ille_cpus: float = 0.5
     max_replicas: int = 2
     target_ongoing_requests: int = 8
+    max_ongoing_requests: int = 32
     batch_size: int = 8
     batch_wait_s: float = 0.002
     index: IndexConfig = field(default_factory=IndexConfig)
 
     def __post_init__(self) -> None:
         for name in ("candidates", "default_k", "max_k", "max_events", "ille_actors", "max_replicas",
-                     "target_ongoing_requests", "batch_size"):
+                     "target_ongoing_requests", "max_ongoing_requests", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ServeConfig.{name} must be an int >= 1, got {value!r}")
         for name in ("ingress_cpus", "retriever_cpus", "ranker_cpus", "updater_cpus", "ille_cpus"):
             if not 0 < getattr(self, name) <= 64:
                 raise ValueError(f"ServeConfig.{name} must be in (0, 64], got {getattr(self, name)!r}")
+        if self.candidates < self.max_k:
+            raise ValueError(f"ServeConfig.candidates ({self.candidates}) must be >= max_k ({self.max_k})")
         if self.default_k > self.max_k:
             raise ValueError(f"ServeConfig.default_k ({self.default_k}) must be <= max_k ({self.max_k})")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,8 @@ class Retriever:
         self.view = EmbeddingView(cfg.run_dir)
         self.index = ItemIndex.from_view(self.view, self.item_type, cfg.index)
         self.last_follow = time.monotonic()
+        # Serve runs sync methods on a thread pool: the view and the index change under this lock
+        self.lock = threading.Lock()
 
     def _follow(self) -> None:
         if time.monotonic() - self.last_follow >= FOLLOW_EVERY_S:
@@ -52,18 +55,20 @@ class Retriever:
             self.last_follow = time.monotonic()
 
     def retrieve(self, user: int, n: int, exclude: list[int]) -> dict:
-        self._follow()
-        if not self.view.has(self.user_type, np.array([user]))[0]:
-            return {"ids": [], "scores": [], "version": self.index.version, "known": False}
-        query = self.view.rows(self.user_type, np.array([user]))
-        ids, scores = self.index.search(query, n, [set(exclude)])
+        with self.lock:
+            self._follow()
+            if not self.view.has(self.user_type, np.array([user]))[0]:
+                return {"ids": [], "scores": [], "version": self.index.version, "known": False}
+            query = self.view.rows(self.user_type, np.array([user]))
+            ids, scores = self.index.search(query, n, [set(exclude)])
+            version = self.index.version
         keep = ids[0] >= 0
-        return {"ids": ids[0][keep].tolist(), "scores": scores[0][keep].tolist(), "version": self.index.version,
-                "known": True}
+        return {"ids": ids[0][keep].tolist(), "scores": scores[0][keep].tolist(), "version": version, "known": True}
 
     def version(self) -> str:
-        self._follow()
-        return self.index.version
+        with self.lock:
+            self._follow()
+            return self.index.version
 
 
 class Ranker:
@@ -117,7 +122,8 @@ class Updater:
         self.catalog = LiveCatalog(cfg.run_dir, cfg.etype)
         self.lock = threading.Lock()
         self.wake = threading.Event()
-        self.applied: list[dict] = []
+        self.applied: deque[dict] = deque(maxlen=1000)     # the latest batches' stats
+        self.batches = 0
         self.failures = 0
         self.wake.set()                                   # apply whatever an earlier run left logged
         threading.Thread(target=self._apply_loop, daemon=True, name="ille-apply").start()
@@ -146,8 +152,10 @@ class Updater:
             ack = self.pool.submit(nodes + edges)
             self.catalog.follow()                          # its own writes, so ids stay in step
         self.wake.set()
-        return {"accepted": ack.accepted, "offset": ack.first, "created_nodes": len(nodes),
-                "errors": [{"index": e.index - len(nodes), "message": e.message} for e in ack.errors]}
+        # ack indexes count the node events first; report the request's own event indexes
+        return {"accepted": ack.accepted - len(nodes), "offset": ack.first, "created_nodes": len(nodes),
+                "errors": [{"index": e.index - len(nodes) if e.index >= len(nodes) else None, "message": e.message}
+                           for e in ack.errors]}
 
     def _apply_loop(self) -> None:
         while True:
@@ -156,6 +164,7 @@ class Updater:
             try:
                 stats = self.pool.apply()
                 self.applied.extend(stats_json(stats))
+                self.batches += len(stats)
             except Exception:                               # keep serving; the log still holds the events
                 self.failures += 1
                 log.exception("ILLE apply failed; retrying on the next submit")
@@ -163,5 +172,5 @@ class Updater:
                 self.wake.set()
 
     def status(self) -> dict:
-        return {"pending": len(self.pool.pending()), "applied_batches": len(self.applied), "failures": self.failures,
+        return {"pending": len(self.pool.pending()), "applied_batches": self.batches, "failures": self.failures,
                 "last": self.applied[-1] if self.applied else None}

@@ -75,6 +75,7 @@ class LiveCatalog:
         self.base = base
         self.new_edges: list[tuple[int, int, int]] = []         # (user, item, ts) since the base
         self.new_by_user: dict[int, list[int]] = {}
+        self.removed: set[tuple[int, int]] = set()              # (user, item) pairs removed since
         self.popularity = np.bincount(base.item, minlength=base.num_items).astype(np.int64)
         self.latest = int(base.ts.max()) if len(base) else 0
         self.log = EventLog(self.run_dir / "updates" / base_version(self.run_dir).name / "log", writer=False)
@@ -90,12 +91,17 @@ class LiveCatalog:
         return et.src, et.dst
 
     def follow(self) -> bool:
-        """Read the log segments written since the last call; True if anything changed."""
+        """Read the log segments written since the last call; True if anything changed.
+        The offset moves past a segment only once all of its events are in."""
         with self._lock:
-            self.offset, events = self.log.tail(self.offset)
             changed = False
-            for ev in events:
-                changed |= self._apply(ev)
+            while True:
+                nxt, events = self.log.tail(self.offset, max_segments=1)
+                if nxt == self.offset:
+                    break
+                for ev in events:
+                    changed |= self._apply(ev)
+                self.offset = nxt
             self.changes += changed
             return changed
 
@@ -109,8 +115,13 @@ class LiveCatalog:
             ts = int(ev.get("ts", self.latest))
             self.new_edges.append((ev["src"], ev["dst"], ts))
             self.new_by_user.setdefault(ev["src"], []).append(ev["dst"])
+            self.removed.discard((ev["src"], ev["dst"]))
             self.popularity[ev["dst"]] += 1
             self.latest = max(self.latest, ts)
+            return True
+        if ev["op"] == "remove_edge" and ev["etype"] == self.etype:
+            self.removed.add((ev["src"], ev["dst"]))
+            self.popularity[ev["dst"]] = max(0, self.popularity[ev["dst"]] - 1)
             return True
         return False
 
@@ -121,22 +132,29 @@ class LiveCatalog:
         """Items the user has interacted with, base then new: ``[n]`` int64."""
         base = self.items[self.ptr[user]:self.ptr[user + 1]] if user < len(self.ptr) - 1 else np.zeros(0, np.int64)
         extra = self.new_by_user.get(user)
-        return np.concatenate([base, np.asarray(extra, np.int64)]) if extra else base
+        items = np.concatenate([base, np.asarray(extra, np.int64)]) if extra else base
+        if self.removed:
+            items = items[[(user, i) not in self.removed for i in items.tolist()]] if len(items) else items
+        return items
 
     def interactions(self) -> Interactions:
         """Base plus new interactions over the current id spaces."""
-        if not self.new_edges:
-            return Interactions(self.base.user, self.base.item, self.base.ts, len(self.ids[self.user_type]),
-                                len(self.ids[self.item_type]))
-        u, i, t = (np.asarray(c, np.int64) for c in zip(*self.new_edges))
-        return Interactions(np.concatenate([self.base.user, u]), np.concatenate([self.base.item, i]),
-                            np.concatenate([self.base.ts, t]), len(self.ids[self.user_type]),
-                            len(self.ids[self.item_type]))
+        b = self.base
+        u, i, t = (np.asarray(c, np.int64) for c in zip(*self.new_edges)) if self.new_edges else (b.user[:0],) * 3
+        out = Interactions(np.concatenate([b.user, u]), np.concatenate([b.item, i]), np.concatenate([b.ts, t]),
+                           len(self.ids[self.user_type]), len(self.ids[self.item_type]))
+        if self.removed:
+            gone = np.array(sorted(self.removed), np.int64)
+            key, drop = out.user * out.num_items + out.item, gone[:, 0] * out.num_items + gone[:, 1]
+            out = out.subset(~np.isin(key, drop))
+        return out
 
     def popular(self, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most interacted items not in ``exclude``: ids and shares of interactions."""
         counts = self.popularity.astype(np.float64)
-        counts[exclude] = -1
-        top = np.argsort(-counts, kind="stable")[:k]
+        counts[np.asarray(exclude, np.int64)] = -1
+        k = min(k, len(counts))
+        part = np.argpartition(-counts, k - 1)[:k] if k else np.zeros(0, np.int64)
+        top = part[np.argsort(-counts[part], kind="stable")]
         top = top[counts[top] >= 0]
         return top, counts[top] / max(1.0, float(self.popularity.sum()))

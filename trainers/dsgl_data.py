@@ -50,6 +50,9 @@ class _History:
         # One sorted key per interaction, node-major then time, for vectorised searches.
         self.t0 = int(ts.min()) if len(ts) else 0
         self.span = (int(ts.max()) - self.t0 + 2) if len(ts) else 2
+        if count * self.span >= 2**62:
+            raise ValueError(f"timestamps span {self.span} over {count} nodes overflow the int64 search key; "
+                             "use seconds, not milli- or nanoseconds")
         self.key = node[order].astype(np.int64) * self.span + (self.ts - self.t0)
 
     def before(self, nodes: np.ndarray, cut: np.ndarray, length: int):

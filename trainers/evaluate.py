@@ -127,10 +127,11 @@ def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     if not results:
         return ""
     metrics = list(next(iter(results.values())))
-    width = max(12, *(len(m) + 1 for m in metrics))
-    head = f"{'model':<10}" + "".join(f"{m:>{width}}" for m in metrics)
+    width = max(16, *(len(m) + 2 for m in metrics))            # "0.2574±0.0185" plus a gap
+    first = max(12, *(len(name) + 2 for name in results))
+    head = f"{'model':<{first}}" + "".join(f"{m:>{width}}" for m in metrics)
     rows = []
     for name, r in results.items():
         cells = (f"{r[m]['mean']:.4f}±{r[m]['std']:.4f}" for m in metrics)
-        rows.append(f"{name:<10}" + "".join(f"{c:>{width}}" for c in cells))
+        rows.append(f"{name:<{first}}" + "".join(f"{c:>{width}}" for c in cells))
     return "\n".join([head, "-" * len(head), *rows])

@@ -126,7 +126,8 @@ def load_pretrained(run_dir: str | Path, user_type: str, item_type: str) -> tupl
 def predict(model: torch.nn.Module, data: RankerData, s: Samples, batch_size: int = 2048) -> np.ndarray:
     """Probabilities ``[S]`` of the samples."""
     model.eval()
-    out = [torch.sigmoid(model(*data.tensors(s.take(np.arange(a, min(a + batch_size, len(s)))))))
+    device = next(model.parameters()).device
+    out = [torch.sigmoid(model(*data.tensors(s.take(np.arange(a, min(a + batch_size, len(s)))), device))).cpu()
            for a in range(0, len(s), batch_size)]
     model.train()
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
@@ -141,7 +142,8 @@ def evaluate_ranker(model, data: RankerData, part: str, cfg: RankerConfig) -> di
 def _drop_ids(ids: torch.Tensor, unknown: int, rate: float, gen: torch.Generator) -> torch.Tensor:
     if rate == 0:
         return ids
-    return torch.where(torch.rand(ids.shape, generator=gen) < rate, torch.full_like(ids, unknown), ids)
+    drop = (torch.rand(ids.shape, generator=gen) < rate).to(ids.device)
+    return torch.where(drop, torch.full_like(ids, unknown), ids)
 
 
 def _loop(conf: dict) -> None:
@@ -214,7 +216,7 @@ def train_ranker(graph: str | Path, out: str | Path, cfg: RankerConfig = RankerC
                              checkpoint_config=CheckpointConfig(num_to_keep=1)))
     result = trainer.fit()
     with result.checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, "state.pt"), weights_only=True)
+        state = torch.load(os.path.join(d, "state.pt"), weights_only=True, map_location="cpu")
     data = RankerData(graph, cfg)
     pretrained = load_pretrained(cfg.embeddings, data.user_type, data.item_type) if cfg.embeddings else None
     model = data.model(pretrained)
@@ -243,5 +245,5 @@ def load_ranker(out: str | Path) -> tuple[torch.nn.Module, RankerConfig, dict]:
     if cfg.model == "mlp":
         pretrained = load_pretrained(cfg.embeddings, src, dst)
     model = build_ranker(cfg.model, meta["num_users"], meta["num_items"], cfg.dsgl, fields, pretrained)
-    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    model.load_state_dict(torch.load(out / "model.pt", weights_only=True, map_location="cpu"))
     return model.eval(), cfg, meta

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import ray
 
+from cluster.events import EventLog
 from cluster.update_pool import UpdatePool
 from graphs.synthetic import generate_synthetic
 from trainers.config import HetSGFormerConfig
@@ -64,6 +65,7 @@ def test_events_become_embeddings_and_bad_ones_are_rejected(run, tmp_path):
                {"op": "edge", "etype": "user__buys__item", "src": 1, "dst": 2},
                {"op": "edge", "etype": "user__clicks__item", "src": 1, "dst": 2, "weight": "heavy"},
                {"op": "node", "ntype": "user", "id": 1003, "attrs": {"age": "old"}},
+               {"op": "edge", "etype": "user__clicks__item", "src": 1, "dst": 2, "ts": 10**13},
                {"op": "teleport"}]
         ack = pool.submit(good[:3] + bad + good[3:])
         assert ack.accepted == len(good) and ack.first == 0
@@ -72,8 +74,10 @@ def test_events_become_embeddings_and_bad_ones_are_rejected(run, tmp_path):
         for needle in ("event 3: node type 'planet' is unknown", "event 4: node id 5 of type 'user': expected the next id, 1003",
                        "item 99999 does not exist", "edge type 'user__buys__item' is unknown",
                        "field 'weight' must be a finite number, got 'heavy'", "attribute 'age' (categorical): bad value 'old'",
-                       "field 'op' is 'teleport'"):
+                       "field 'ts': 10000000000000 is not a time in seconds", "field 'op' is 'teleport'"):
             assert needle in text, needle
+        with pytest.raises(RuntimeError, match="another process is writing this event log"):
+            EventLog(pool.log.folder)                     # one writer at a time
         (stats,) = pool.apply()
         assert stats.new_nodes == 6 and stats.unanchored == 0 and stats.status.get("lle", 0) >= 4
         view = pool.embeddings()
