@@ -104,7 +104,7 @@ class Ingress:
             got = await self.retriever.retrieve.remote(uid, self.cfg.candidates, seen.tolist())
             version = got["version"]
             if got["known"] and got["ids"]:
-                logits = await self.ranker.rank.remote((uid, got["ids"], c.latest + 1))
+                logits = await self.ranker.rank.remote((uid, got["ids"]))
                 order = np.argsort(-np.asarray(logits), kind="stable")[:k]
                 ids = np.asarray(got["ids"])[order]
                 scores = 1 / (1 + np.exp(-np.asarray(logits)[order]))

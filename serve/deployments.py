@@ -72,13 +72,19 @@ class Retriever:
 
 
 class Ranker:
-    """``rank(user, items, t) -> scores`` (logits), one call per request, batched inside."""
+    """``rank((user, items)) -> scores`` (logits), one call per request, batched inside.
+
+    Scoring time is just after the newest interaction the catalogue holds. The candidates'
+    first-layer sequence encodings depend only on the item and that time, so they are
+    cached per item until the catalogue changes (most of a request's LSTM work).
+    """
 
     def __init__(self, cfg: ServeConfig, threads: int = 1):
         torch.set_num_threads(max(1, threads))
         self.model, self.rcfg, _ = load_ranker(Path(cfg.run_dir) / "ranker")
         self.catalog = LiveCatalog(cfg.run_dir, cfg.etype)
         self.graphs = self._build()
+        self.cache: dict[int, torch.Tensor] = {}
         self.rank.set_max_batch_size(cfg.batch_size)
         self.rank.set_batch_wait_timeout_s(cfg.batch_wait_s)
 
@@ -89,27 +95,39 @@ class Ranker:
     def _current(self) -> SequenceGraphs:
         if self.catalog.follow():
             # New interactions since the last request: rebuilt from the catalogue (a sort of
-            # the domain's interactions, ~20 ms for MovieLens-100K).
+            # the domain's interactions, ~20 ms for MovieLens-100K), and the cache dropped.
             self.graphs = self._build()
+            self.cache = {}
         return self.graphs
 
+    def _item_encodings(self, items: np.ndarray, t: int, hops: list[dict]) -> torch.Tensor | None:
+        """``[B, L, D]`` first-layer encodings of the candidates (None: depth > 2, not cached)."""
+        if len(hops) != 1:
+            return None
+        missing = np.unique(items[[i not in self.cache for i in items.tolist()]])
+        if len(missing):
+            miss_hops = hops_to_tensors(self.graphs.item_side(missing, np.full(len(missing), t)))
+            enc = self.model.encode_roots(False, miss_hops[0])
+            self.cache.update(zip(missing.tolist(), enc))
+        return torch.stack([self.cache[i] for i in items.tolist()])
+
     @torch.no_grad()
-    def score(self, requests: list[tuple[int, list[int], int]]) -> list[list[float]]:
-        """Each request ``(user, candidate items, scoring time)``; one model call for all."""
+    def score(self, requests: list[tuple[int, list[int]]]) -> list[list[float]]:
+        """Each request ``(user, candidate items)``; one model call for all."""
         graphs = self._current()
+        t = self.catalog.latest + 1
         users = np.array([r[0] for r in requests], np.int64)
-        t_user = np.array([r[2] for r in requests], np.int64)
         items = np.concatenate([np.asarray(r[1], np.int64) for r in requests])
         sizes = [len(r[1]) for r in requests]
         pair = np.repeat(np.arange(len(requests)), sizes)
-        t_item = t_user[pair]
+        item_hops = hops_to_tensors(graphs.item_side(items, np.full(len(items), t)))
         logits = self.model(torch.from_numpy(users), torch.from_numpy(items),
-                            hops_to_tensors(graphs.user_side(users, t_user)),
-                            hops_to_tensors(graphs.item_side(items, t_item)), pair=torch.from_numpy(pair))
+                            hops_to_tensors(graphs.user_side(users, np.full(len(users), t))), item_hops,
+                            pair=torch.from_numpy(pair), item_enc=self._item_encodings(items, t, item_hops))
         return [part.tolist() for part in torch.split(logits, sizes)]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
-    async def rank(self, requests: list[tuple[int, list[int], int]]) -> list[list[float]]:
+    async def rank(self, requests: list[tuple[int, list[int]]]) -> list[list[float]]:
         return self.score(requests)
 
 

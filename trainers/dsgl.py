@@ -123,14 +123,15 @@ class DSGL(nn.Module):
         return x
 
     def _side(self, root: Tensor, other_root: Tensor, hops: list[dict], root_is_user: bool,
-              pair: Tensor) -> list[Tensor]:
+              pair: Tensor, enc0: Tensor | None = None) -> list[Tensor]:
         """Root representations after each layer: ``depth`` of ``[B, D]``.
 
         ``root: [R]`` with hops of batch R; ``other_root: [B, D]``; ``pair: [B]`` row of
         ``root`` for each pair. Layer l updates the levels above ``len(hops) - l``; only
         the root's update sees the other root (the candidate), so every deeper level is
         computed once per root, not once per pair. A level-1 node's parent in its query is
-        the root's input embedding (the root's updates depend on the candidate).
+        the root's input embedding (the root's updates depend on the candidate). ``enc0``:
+        the root sequences' first-layer encoding, if already computed (see ``encode_roots``).
         """
         D = self.cfg.dim
         kinds = [root_is_user ^ (h % 2 == 1) for h in range(len(hops) + 1)]   # is hop h a user hop
@@ -145,7 +146,10 @@ class DSGL(nn.Module):
                 N = seq.numel() // (L * D)
                 agg = self.on_user if kinds[h] else self.on_item
                 mask = hop["mask"].reshape(N, L)
-                enc = agg.encode(seq.reshape(N, L, D), hop["gap"].reshape(N, L), mask)
+                if h == 0 and layer == 0 and enc0 is not None:
+                    enc = enc0
+                else:
+                    enc = agg.encode(seq.reshape(N, L, D), hop["gap"].reshape(N, L), mask)
                 if h == 0:
                     root_new = agg.attend(root_x, other_root, enc[pair], mask[pair])
                 else:
@@ -158,14 +162,21 @@ class DSGL(nn.Module):
             outs.append(root_x)
         return outs or [root_x]
 
+    def encode_roots(self, is_user: bool, hop: dict) -> Tensor:
+        """First-layer encoding of roots' sequences, ``hop`` of batch N -> ``[N, L, D]``. It
+        does not depend on the other side, so a server can cache it per item (and time)."""
+        seq = self.embed(not is_user, hop["ids"])
+        return (self.on_user if is_user else self.on_item).encode(seq, hop["gap"], hop["mask"])
+
     def forward(self, users: Tensor, items: Tensor, user_hops: list[dict], item_hops: list[dict],
-                pair: Tensor | None = None) -> Tensor:
+                pair: Tensor | None = None, item_enc: Tensor | None = None) -> Tensor:
         """``users: [U]`` with ``user_hops`` of batch U, ``items: [B]`` with ``item_hops`` of
-        batch B; ``pair: [B]`` the user row of each item (default: ``U == B``, row b)."""
+        batch B; ``pair: [B]`` the user row of each item (default: ``U == B``, row b);
+        ``item_enc: [B, L, D]`` optional ``encode_roots(False, item_hops[0])``."""
         pair = torch.arange(len(items), device=items.device) if pair is None else pair
         e_u, e_i = self.embed(True, users)[pair], self.embed(False, items)
         side_u = self._side(users, e_i, user_hops, True, pair)
-        side_i = self._side(items, e_u, item_hops, False, torch.arange(len(items), device=items.device))
+        side_i = self._side(items, e_u, item_hops, False, torch.arange(len(items), device=items.device), item_enc)
         pick = (lambda xs: torch.stack(xs).mean(0)) if self.cfg.layer_combination else (lambda xs: xs[-1])
         return self.mlp(torch.cat([e_u, e_i, pick(side_u), pick(side_i)], -1)).squeeze(-1)
 

@@ -67,6 +67,10 @@ def test_one_user_many_candidates_equals_pairwise():
     shared = model(torch.tensor([3, 7]), torch.as_tensor(items), hops_to_tensors(one_u), hops_to_tensors(i_hops),
                    pair=torch.tensor([0, 0, 0, 1, 1]))
     torch.testing.assert_close(shared, pairwise)
+    i_t = hops_to_tensors(i_hops)
+    cached = model(torch.tensor([3, 7]), torch.as_tensor(items), hops_to_tensors(one_u), i_t,
+                   pair=torch.tensor([0, 0, 0, 1, 1]), item_enc=model.encode_roots(False, i_t[0]))
+    torch.testing.assert_close(cached, pairwise)                 # a cached item encoding is exact
     # a user created after training (id 25 >= 20) reads the unknown row instead of failing
     unknown = model(torch.tensor([25, 7]), torch.as_tensor(items), hops_to_tensors(one_u), hops_to_tensors(i_hops),
                     pair=torch.tensor([0, 0, 0, 1, 1]))
