@@ -71,7 +71,7 @@ def floor(run: Path, users: np.ndarray, candidates: int) -> dict:
     for u in users.tolist():
         t0 = time.perf_counter()
         seen = ranker.catalog.history(u)
-        got = retriever.retrieve(u, candidates, seen.tolist())
+        got = asyncio.run(retriever.retrieve(u, candidates, seen.tolist()))   # an async method
         ranker.score([(u, got["ids"])])
         ms.append((time.perf_counter() - t0) * 1000)
     return percentiles(ms)
@@ -139,6 +139,7 @@ def main() -> None:
     ap.add_argument("--fresh-users", type=int, default=5)
     ap.add_argument("--max-p99-ms", type=float, default=200)
     ap.add_argument("--timeout-s", type=float, default=5)
+    ap.add_argument("--max-replicas", type=int, default=2, help="Autoscaling bound of each deployment.")
     ap.add_argument("--out", default="benchmarks/results/serve_load.json")
     args = ap.parse_args()
     ray.init(log_to_driver=False)
@@ -155,7 +156,7 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    start(ServeConfig(run_dir=str(run), candidates=args.candidates), port=port)
+    start(ServeConfig(run_dir=str(run), candidates=args.candidates, max_replicas=args.max_replicas), port=port)
     url = f"http://127.0.0.1:{port}"
     asyncio.run(fixed_rate(url, raw_users, 20, 3, args.timeout_s))          # warm-up, not reported
     result["rates"] = []
@@ -186,7 +187,7 @@ def main() -> None:
     print(f"max sustainable {best:.0f} QPS; overhead at p50 {result['overhead_p50_ms']:.1f} ms; "
           f"freshness median {np.median(fresh):.2f} s (max {np.max(fresh):.2f} s)", flush=True)
     serve.shutdown()
-    doc = {**result, "candidates": args.candidates, "seconds_per_rate": args.seconds, "run": str(run),
+    doc = {**result, "candidates": args.candidates, "max_replicas": args.max_replicas, "seconds_per_rate": args.seconds, "run": str(run),
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
     out = Path(args.out)

@@ -101,10 +101,12 @@ class Ingress:
         seen = c.history(uid) if uid is not None else np.zeros(0, np.int64)
         version, ids, scores = None, None, None
         if uid is not None:
-            got = await self.retriever.retrieve.remote(uid, self.cfg.candidates, seen.tolist())
+            # the retriever's answer goes to the ranker directly (Serve resolves it there)
+            got = await self.ranker.rank.remote(uid, self.retriever.retrieve.remote(uid, self.cfg.candidates,
+                                                                                    seen.tolist()))
             version = got["version"]
-            if got["known"] and got["ids"]:
-                logits = await self.ranker.rank.remote((uid, got["ids"]))
+            if got["logits"]:
+                logits = got["logits"]
                 order = np.argsort(-np.asarray(logits), kind="stable")[:k]
                 ids = np.asarray(got["ids"])[order]
                 scores = 1 / (1 + np.exp(-np.asarray(logits)[order]))

@@ -15,7 +15,8 @@ class ServeConfig:
     ``*_cpus``: each deployment's ``num_cpus`` (Ray sets a replica's thread count from it);
     ``ille_actors``/``ille_cpus``: the update pool's actors. ``max_replicas``: autoscaling
     bound of the retriever, ranker and ingress (each starts with one replica);
-    ``max_ongoing_requests`` per replica must exceed ``batch_size`` for batches to form."""
+    ``max_ongoing_requests`` per replica must exceed ``batch_size`` for batches to form;
+    ``batch_wait_s`` 0: a batch is whatever queued while the last one ran (no added wait)."""
 
     run_dir: str
     etype: str = "user__rates__movie"
@@ -33,7 +34,7 @@ class ServeConfig:
     target_ongoing_requests: int = 8
     max_ongoing_requests: int = 32
     batch_size: int = 8
-    batch_wait_s: float = 0.002
+    batch_wait_s: float = 0.0
     index: IndexConfig = field(default_factory=IndexConfig)
 
     def __post_init__(self) -> None:
@@ -42,6 +43,8 @@ class ServeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ServeConfig.{name} must be an int >= 1, got {value!r}")
+        if self.batch_wait_s < 0:
+            raise ValueError(f"ServeConfig.batch_wait_s must be >= 0, got {self.batch_wait_s!r}")
         for name in ("ingress_cpus", "retriever_cpus", "ranker_cpus", "updater_cpus", "ille_cpus"):
             if not 0 < getattr(self, name) <= 64:
                 raise ValueError(f"ServeConfig.{name} must be in (0, 64], got {getattr(self, name)!r}")

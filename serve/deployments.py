@@ -46,29 +46,27 @@ class Retriever:
         self.view = EmbeddingView(cfg.run_dir)
         self.index = ItemIndex.from_view(self.view, self.item_type, cfg.index)
         self.last_follow = time.monotonic()
-        # Serve runs sync methods on a thread pool: the view and the index change under this lock
-        self.lock = threading.Lock()
 
     def _follow(self) -> None:
         if time.monotonic() - self.last_follow >= FOLLOW_EVERY_S:
             self.index.follow(self.view, self.item_type)          # refreshes the view too
             self.last_follow = time.monotonic()
 
-    def retrieve(self, user: int, n: int, exclude: list[int]) -> dict:
-        with self.lock:
-            self._follow()
-            if not self.view.has(self.user_type, np.array([user]))[0]:
-                return {"ids": [], "scores": [], "version": self.index.version, "known": False}
-            query = self.view.rows(self.user_type, np.array([user]))
-            ids, scores = self.index.search(query, n, [set(exclude)])
-            version = self.index.version
+    # async with no await inside: calls run one at a time on the replica's event loop, so the
+    # view and the index never change under a search (sync methods would share a thread pool)
+    async def retrieve(self, user: int, n: int, exclude: list[int]) -> dict:
+        self._follow()
+        if not self.view.has(self.user_type, np.array([user]))[0]:
+            return {"ids": [], "scores": [], "version": self.index.version, "known": False}
+        query = self.view.rows(self.user_type, np.array([user]))
+        ids, scores = self.index.search(query, n, [set(exclude)])
         keep = ids[0] >= 0
-        return {"ids": ids[0][keep].tolist(), "scores": scores[0][keep].tolist(), "version": version, "known": True}
+        return {"ids": ids[0][keep].tolist(), "scores": scores[0][keep].tolist(), "version": self.index.version,
+                "known": True}
 
-    def version(self) -> str:
-        with self.lock:
-            self._follow()
-            return self.index.version
+    async def version(self) -> str:
+        self._follow()
+        return self.index.version
 
 
 class Ranker:
@@ -127,8 +125,15 @@ class Ranker:
         return [part.tolist() for part in torch.split(logits, sizes)]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
-    async def rank(self, requests: list[tuple[int, list[int]]]) -> list[list[float]]:
-        return self.score(requests)
+    async def rank(self, users: list[int], retrieved: list[dict]) -> list[dict]:
+        """``retrieved[j]``: the Retriever's answer for ``users[j]`` (passed straight from
+        it, not through the ingress); returns it with ``logits`` for its ``ids``."""
+        todo = [j for j, got in enumerate(retrieved) if got["known"] and got["ids"]]
+        scores = self.score([(users[j], retrieved[j]["ids"]) for j in todo]) if todo else []
+        out = [{**got, "logits": []} for got in retrieved]
+        for j, s in zip(todo, scores):
+            out[j]["logits"] = s
+        return out
 
 
 class Updater:
