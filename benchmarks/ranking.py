@@ -19,9 +19,6 @@ Writes ``benchmarks/results/ranking.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import sys
 import time
@@ -31,6 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray  # noqa: E402
+
+from benchmarks.results_io import write_result  # noqa: E402
 
 from trainers.dsgl import DSGLConfig  # noqa: E402
 from trainers.export import export_embeddings  # noqa: E402
@@ -96,16 +95,7 @@ def main() -> None:
         r = results[name]
         print(f"{name:22s} test AUC {r['test_auc']:.4f} logloss {r['test_logloss']:.4f} | cold AUC "
               f"{r['cold_auc']:.4f} | valid AUC {r['valid_auc']:.4f} | {r['train_s']:.0f} s", flush=True)
-    doc = {"results": results, "epochs": args.epochs, "seed": args.seed, "workers": args.workers,
-           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-           "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, out)
-    print(f"wrote {out}")
-
+    write_result(args.out, {"results": results, "epochs": args.epochs, "seed": args.seed, "workers": args.workers})
 
 if __name__ == "__main__":
     main()

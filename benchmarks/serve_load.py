@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import socket
 import sys
 import time
@@ -37,6 +35,8 @@ import aiohttp  # noqa: E402
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
+
+from benchmarks.results_io import write_result  # noqa: E402
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:
@@ -187,16 +187,8 @@ def main() -> None:
     print(f"max sustainable {best:.0f} QPS; overhead at p50 {result['overhead_p50_ms']:.1f} ms; "
           f"freshness median {np.median(fresh):.2f} s (max {np.max(fresh):.2f} s)", flush=True)
     serve.shutdown()
-    doc = {**result, "candidates": args.candidates, "max_replicas": args.max_replicas, "seconds_per_rate": args.seconds, "run": str(run),
-           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-           "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, out)
-    print(f"wrote {out}")
-
+    write_result(args.out, {**result, "candidates": args.candidates, "max_replicas": args.max_replicas,
+                            "seconds_per_rate": args.seconds, "run": str(run)})
 
 if __name__ == "__main__":
     main()

@@ -38,7 +38,7 @@ from trainers.dsgl_data import SequenceGraphs
 from trainers.dsgl_samples import Samples, auc, log_loss, make_samples
 from trainers.embedding_view import base_version
 from trainers.rankers import RANKERS, build_ranker, categorical_fields
-from trainers.splits import Interactions, load_interactions, temporal_split
+from trainers.splits import load_interactions, temporal_split
 
 
 @dataclass(frozen=True)
