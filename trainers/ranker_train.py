@@ -39,6 +39,7 @@ from trainers.dsgl_samples import Samples, auc, log_loss, make_samples
 from trainers.embedding_view import base_version
 from trainers.rankers import RANKERS, build_ranker, categorical_fields
 from trainers.splits import load_interactions, temporal_split
+from trainers.train import _module
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class RankerData:
                       "test": split.test, "cold": split.cold_test}
         self.graphs = SequenceGraphs(self.inter, length=cfg.length, depth=cfg.dsgl.depth,
                                      num_buckets=cfg.dsgl.num_buckets)
-        self.fields = {"user": categorical_fields(self.graph, src), "item": categorical_fields(self.graph, dst)}
+        self.fields = ranker_fields(self.graph, cfg)
         self.cfg = cfg
 
     def samples(self, part: str, negatives: int, seed: int, limit: int | None = None) -> Samples:
@@ -111,9 +112,17 @@ class RankerData:
         return (torch.as_tensor(s.users, device=device), torch.as_tensor(s.items, device=device),
                 hops_to_tensors(u_hops, device), hops_to_tensors(i_hops, device))
 
-    def model(self, pretrained=None) -> torch.nn.Module:
-        return build_ranker(self.cfg.model, self.inter.num_users, self.inter.num_items, self.cfg.dsgl,
-                            self.fields, pretrained)
+    def model(self) -> torch.nn.Module:
+        """A fresh ranker; ``cfg.embeddings`` (if set) feeds ``mlp`` or starts DSGL."""
+        cfg = self.cfg
+        pretrained = load_pretrained(cfg.embeddings, self.user_type, self.item_type) if cfg.embeddings else None
+        return build_ranker(cfg.model, self.inter.num_users, self.inter.num_items, cfg.dsgl, self.fields, pretrained)
+
+
+def ranker_fields(gdir: GraphDir, cfg: RankerConfig) -> dict:
+    """Categorical attribute codes of the user and item types of ``cfg.etype``."""
+    src, _, dst = cfg.etype.split("__")
+    return {"user": categorical_fields(gdir, src), "item": categorical_fields(gdir, dst)}
 
 
 def load_pretrained(run_dir: str | Path, user_type: str, item_type: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,9 +160,8 @@ def _loop(conf: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     data = RankerData(conf["graph"], cfg)
-    pretrained = load_pretrained(cfg.embeddings, data.user_type, data.item_type) if cfg.embeddings else None
     torch.manual_seed(cfg.seed)
-    model = prepare_model(data.model(pretrained), parallel_strategy_kwargs={"find_unused_parameters": True})
+    model = prepare_model(data.model(), parallel_strategy_kwargs={"find_unused_parameters": True})
     device = ray.train.torch.get_device()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -198,10 +206,6 @@ def _loop(conf: dict) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def _module(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
 def train_ranker(graph: str | Path, out: str | Path, cfg: RankerConfig = RankerConfig(),
                  evaluate: tuple[str, ...] = ("test", "cold")) -> dict:
     """Fit ``cfg.model`` on ``graph`` into ``out``; returns the meta (metrics included)."""
@@ -218,8 +222,7 @@ def train_ranker(graph: str | Path, out: str | Path, cfg: RankerConfig = RankerC
     with result.checkpoint.as_directory() as d:
         state = torch.load(os.path.join(d, "state.pt"), weights_only=True, map_location="cpu")
     data = RankerData(graph, cfg)
-    pretrained = load_pretrained(cfg.embeddings, data.user_type, data.item_type) if cfg.embeddings else None
-    model = data.model(pretrained)
+    model = data.model()
     model.load_state_dict(state["model"])
     final = {k: v for part in evaluate for k, v in evaluate_ranker(model, data, part, cfg).items()}
     tmp = out / ".model.pt.tmp"
@@ -238,12 +241,10 @@ def load_ranker(out: str | Path) -> tuple[torch.nn.Module, RankerConfig, dict]:
         raise FileNotFoundError(f"{out}: no trained ranker (meta.json missing); run `hetrec rank {out.parent}`")
     meta = json.loads((out / "meta.json").read_text())
     cfg = RankerConfig.from_json(meta["config"])
-    gdir = GraphDir(meta["graph"], validate="none")
     src, _, dst = cfg.etype.split("__")
-    fields = {"user": categorical_fields(gdir, src), "item": categorical_fields(gdir, dst)}
-    pretrained = None
-    if cfg.model == "mlp":
-        pretrained = load_pretrained(cfg.embeddings, src, dst)
-    model = build_ranker(cfg.model, meta["num_users"], meta["num_items"], cfg.dsgl, fields, pretrained)
+    # the state dict overwrites every weight; only the MLP needs its frozen tables' shapes
+    pretrained = load_pretrained(cfg.embeddings, src, dst) if cfg.model == "mlp" else None
+    model = build_ranker(cfg.model, meta["num_users"], meta["num_items"], cfg.dsgl,
+                         ranker_fields(GraphDir(meta["graph"], validate="none"), cfg), pretrained)
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True, map_location="cpu"))
     return model.eval(), cfg, meta
