@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/python -m cluster.demo
 
+# Two pytest processes: the unit and integration tests, then the local autoscaling cluster
+# test, which ends with `ray stop` (every Ray process of the machine).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m cluster
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/partition.py

@@ -16,7 +16,8 @@ from graphs.exceptions import HetrecError
 
 log = logging.getLogger(__name__)
 
-_EXPECTED = (HetrecError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError, OSError)
+_EXPECTED = (HetrecError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError, OSError,
+             RuntimeError)  # RuntimeError: what Ray's job and cluster clients raise
 
 
 class _Group(click.Group):
@@ -25,6 +26,8 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):   # --help, usage errors
+            raise
         except _EXPECTED as err:
             if ctx.find_root().params.get("debug"):
                 raise
@@ -323,6 +326,10 @@ def graph_validate(path: Path, full: bool) -> None:
     gdir = GraphDir(path, validate="full" if full else "fast")
     click.echo(f"ok: {gdir.path} ({gdir.schema.num_nodes:,} nodes, {gdir.schema.num_edges:,} edges)")
 
+
+from cluster.cli_ops import register  # noqa: E402  (cluster, pipeline, submit, jobs)
+
+register(main)
 
 if __name__ == "__main__":
     main()

@@ -64,10 +64,11 @@ class BatchStats:
 
 
 class UpdatePool:
-    """Python API of the update stage (see the module doc). ``close()`` stops the actors."""
+    """Python API of the update stage (see the module doc). ``close()`` stops the actors.
+    ``num_cpus`` and ``resources`` (custom Ray resources, e.g. ``{"updater": 1}``) per actor."""
 
     def __init__(self, run_dir: str | Path, actors: int = 2, cfg: ILLEConfig | None = None,
-                 num_cpus: float = 1.0):
+                 num_cpus: float = 1.0, resources: dict | None = None):
         if actors < 1:
             raise ValueError(f"actors must be >= 1, got {actors!r}")
         self.run_dir, self.cfg = Path(run_dir).resolve(), cfg or ILLEConfig()
@@ -83,7 +84,8 @@ class UpdatePool:
         self.base_nodes = sum(store.counts.values())
         if not ray.is_initialized():
             ray.init(log_to_driver=False)
-        actor = ray.remote(ShardUpdater).options(num_cpus=num_cpus, max_restarts=3, max_task_retries=3)
+        actor = ray.remote(ShardUpdater).options(num_cpus=num_cpus, resources=resources or {}, max_restarts=3,
+                                                 max_task_retries=3)
         self.actors = [actor.remote(str(self.run_dir), i, actors, self.cfg) for i in range(actors)]
         ray.get([a.new_edges.remote() for a in self.actors])      # constructed: state rebuilt, ready
 

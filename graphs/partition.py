@@ -161,11 +161,13 @@ def _write_spill(columns: dict[str, list[np.ndarray]], counts: list[np.ndarray],
 
 
 def partition_graph(graph: str | Path, out: str | Path, config: PartitionConfig = PartitionConfig(),
-                    overwrite: bool = False, address: str | None = None) -> dict:
+                    overwrite: bool = False, address: str | None = None,
+                    ray_remote_args: dict | None = None) -> dict:
     """Partition the graph directory ``graph`` into ``config.num_parts`` CSR shards under ``out``.
 
     Validates the input first, then uses the running Ray, or joins ``address`` (None: an
-    embedded local Ray). Returns the ``meta.json`` document.
+    embedded local Ray). ``ray_remote_args`` go to every Ray Data task of both passes (e.g.
+    ``{"resources": {"updater": 1}}`` to place them on a node type). Returns the ``meta.json``.
     """
     t0 = time.perf_counter()
     gdir, out = GraphDir(graph, validate="fast"), Path(out)
@@ -188,13 +190,13 @@ def partition_graph(graph: str | Path, out: str | Path, config: PartitionConfig 
     spill.mkdir(parents=True)
     try:
         plans = {e.key: _plan(e, schema, config) for e in schema.edge_types}
-        routed = _route_all(gdir, plans, P, config, str(spill))
+        routed = _route_all(gdir, plans, P, config, str(spill), ray_remote_args or {})
         t_route = time.perf_counter()
         items = build_items(plans, routed, P)
         log.info("partition: routed in %.1f s; building %d CSR shards", t_route - t0, len(items))
         built = (ray.data.from_items(items, override_num_blocks=min(len(items), 4 * P))
                  .map(build_csr, fn_kwargs={"plans": plans, "out": str(tmp),
-                                         "bucket_edges": config.bucket_edges})
+                                         "bucket_edges": config.bucket_edges}, **(ray_remote_args or {}))
                  .take_all())
         shutil.rmtree(spill)
         meta = _meta(gdir, schema, all_types, built, config, time.perf_counter() - t0,
@@ -221,7 +223,7 @@ def _route_unit(units: dict[str, np.ndarray], plans: dict[str, _Plan], P: int, b
 
 
 def _route_all(gdir: GraphDir, plans: dict[str, _Plan], P: int, cfg: PartitionConfig,
-               spill: str) -> dict[str, dict[str, np.ndarray]]:
+               spill: str, remote_args: dict) -> dict[str, dict[str, np.ndarray]]:
     """Pass 1 over every edge type in one streaming Ray Data job, one task per row group.
 
     Ray Data schedules and streams the work; each task reads its row group with pyarrow.
@@ -236,7 +238,7 @@ def _route_all(gdir: GraphDir, plans: dict[str, _Plan], P: int, cfg: PartitionCo
         return {}
     ds = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
         _route_unit, batch_size=1, batch_format="numpy",
-        fn_kwargs={"plans": plans, "P": P, "batch_rows": cfg.batch_rows, "spill": spill})
+        fn_kwargs={"plans": plans, "P": P, "batch_rows": cfg.batch_rows, "spill": spill}, **remote_args)
     chunks: dict[str, list[dict[str, np.ndarray]]] = {}
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for ekey in np.unique(batch["etype"]):

@@ -147,7 +147,8 @@ class Ingress:
 def build_app(cfg: ServeConfig) -> Application:
     """The application graph: Ingress -> (Retriever, Ranker, Updater)."""
     def options(cpus: float, max_replicas: int) -> dict:
-        return {"ray_actor_options": {"num_cpus": cpus}, "max_ongoing_requests": cfg.max_ongoing_requests,
+        actor = {"num_cpus": cpus, "resources": {k: v * cpus for k, v in cfg.resources.items()}}
+        return {"ray_actor_options": actor, "max_ongoing_requests": cfg.max_ongoing_requests,
                 "autoscaling_config": {"min_replicas": 1, "max_replicas": max_replicas,
                                        "target_ongoing_requests": cfg.target_ongoing_requests}}
 
@@ -164,7 +165,10 @@ def app_builder(args: dict) -> Application:
     return build_app(ServeConfig.from_args(args))
 
 
-def start(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, name: str = "hetrec"):
-    """Start Serve's HTTP proxy on ``host:port`` and deploy the application; returns its handle."""
-    serve.start(http_options={"host": host, "port": port})
+def start(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, name: str = "hetrec",
+          proxy_location: str = "EveryNode"):
+    """Start Serve's HTTP proxy on ``host:port`` and deploy the application; returns its handle.
+    ``proxy_location="HeadOnly"`` keeps one proxy on the head node (the local fake cluster,
+    where every node shares one address)."""
+    serve.start(http_options={"host": host, "port": port}, proxy_location=proxy_location)
     return serve.run(build_app(cfg), name=name, route_prefix="/")

@@ -16,7 +16,10 @@ class ServeConfig:
     ``ille_actors``/``ille_cpus``: the update pool's actors. ``max_replicas``: autoscaling
     bound of the retriever, ranker and ingress (each starts with one replica);
     ``max_ongoing_requests`` per replica must exceed ``batch_size`` for batches to form;
-    ``batch_wait_s`` 0: a batch is whatever queued while the last one ran (no added wait)."""
+    ``batch_wait_s`` 0: a batch is whatever queued while the last one ran (no added wait).
+    ``resources`` / ``ille_resources``: custom Ray resources per CPU of every replica / ILLE
+    actor, e.g. ``{"serving": 1}`` and ``{"updater": 1}`` to place them on those node types
+    of ``ray_config.yaml`` (each declares its role resource equal to its CPUs); empty: any node."""
 
     run_dir: str
     etype: str = "user__rates__movie"
@@ -35,6 +38,8 @@ class ServeConfig:
     max_ongoing_requests: int = 32
     batch_size: int = 8
     batch_wait_s: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+    ille_resources: dict[str, float] = field(default_factory=dict)
     index: IndexConfig = field(default_factory=IndexConfig)
 
     def __post_init__(self) -> None:
@@ -48,6 +53,11 @@ class ServeConfig:
         for name in ("ingress_cpus", "retriever_cpus", "ranker_cpus", "updater_cpus", "ille_cpus"):
             if not 0 < getattr(self, name) <= 64:
                 raise ValueError(f"ServeConfig.{name} must be in (0, 64], got {getattr(self, name)!r}")
+        for name in ("resources", "ille_resources"):
+            bad = {k: v for k, v in getattr(self, name).items()
+                   if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0}
+            if bad:
+                raise ValueError(f"ServeConfig.{name} must map resource names to amounts > 0, got {bad!r}")
         if self.candidates < self.max_k:
             raise ValueError(f"ServeConfig.candidates ({self.candidates}) must be >= max_k ({self.max_k})")
         if self.default_k > self.max_k:

@@ -141,7 +141,8 @@ class Updater:
 
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
-        self.pool = UpdatePool(cfg.run_dir, actors=cfg.ille_actors, num_cpus=cfg.ille_cpus)
+        self.pool = UpdatePool(cfg.run_dir, actors=cfg.ille_actors, num_cpus=cfg.ille_cpus,
+                               resources={k: v * cfg.ille_cpus for k, v in cfg.ille_resources.items()})
         self.catalog = LiveCatalog(cfg.run_dir, cfg.etype)
         self.lock = threading.Lock()
         self.wake = threading.Event()

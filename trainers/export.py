@@ -64,8 +64,10 @@ class _Embedder:
         return {"rows": chunk["hi"] - chunk["lo"]}
 
 
-def export_embeddings(run_dir: str | Path, chunk_nodes: int = 2048, actors: int = 2) -> Path:
-    """Embed every node of the run's graph; returns the new version folder."""
+def export_embeddings(run_dir: str | Path, chunk_nodes: int = 2048, actors: int = 2,
+                      ray_remote_args: dict | None = None) -> Path:
+    """Embed every node of the run's graph; returns the new version folder. ``ray_remote_args``
+    go to the embedding actors (e.g. ``{"num_gpus": 1, "resources": {"trainer": 1}}``)."""
     run_dir = Path(run_dir).resolve()
     config = json.loads((run_dir / "config.json").read_text())
     cfg = TrainConfig.from_json(config["train"])
@@ -89,7 +91,8 @@ def export_embeddings(run_dir: str | Path, chunk_nodes: int = 2048, actors: int 
         written = (ray.data.from_items(chunks, override_num_blocks=max(1, min(len(chunks), 64)))
                    .map_batches(_Embedder, batch_size=1, concurrency=actors,
                                 fn_constructor_kwargs={"config": {**config, "train_cfg": cfg},
-                                                       "checkpoint": str(checkpoint), "out": str(tmp)})
+                                                       "checkpoint": str(checkpoint), "out": str(tmp)},
+                                **(ray_remote_args or {}))
                    .sum("rows"))
         if written != sum(counts.values()):
             raise RuntimeError(f"export wrote {written} rows, expected {sum(counts.values())}")

@@ -48,7 +48,8 @@ class RankerConfig:
     positive (training; evaluation uses ``eval_negatives``); ``id_dropout``: share of
     training ids replaced by the unknown id, so nodes created after training still score;
     ``embeddings``: a run directory whose exported embeddings feed ``mlp`` or start DSGL;
-    ``steps_per_epoch``: cap on the steps of an epoch (None: one pass over the samples)."""
+    ``steps_per_epoch``: cap on the steps of an epoch (None: one pass over the samples);
+    ``resources_per_worker``: as in ``TrainConfig``."""
 
     model: str = "dsgl"
     dsgl: DSGLConfig = field(default_factory=DSGLConfig)
@@ -62,6 +63,7 @@ class RankerConfig:
     valid_frac: float = 0.1
     workers: int = 2
     use_gpu: bool = False
+    resources_per_worker: dict | None = None
     seed: int = 0
     etype: str = "user__rates__movie"
     embeddings: str | None = None
@@ -215,7 +217,8 @@ def train_ranker(graph: str | Path, out: str | Path, cfg: RankerConfig = RankerC
         ray.init(log_to_driver=False)
     trainer = TorchTrainer(
         _loop, train_loop_config={"cfg": cfg, "graph": str(graph)},
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=cfg.resources_per_worker),
         run_config=RunConfig(name="ranker", storage_path=str(out / "ray"), failure_config=FailureConfig(max_failures=2),
                              checkpoint_config=CheckpointConfig(num_to_keep=1)))
     result = trainer.fit()

@@ -57,6 +57,9 @@ class TrainConfig:
     loss on the other edge types. exclude_targets: drop the batch's positive edges from its
     sampled neighbourhood (no label leakage through message passing). valid: a parquet of held-out (src, dst) target pairs,
     scored every epoch as NDCG@10 over at most ``valid_users`` users (None: no validation).
+    resources_per_worker: Ray resources of each worker, passed to ``ScalingConfig`` (None: one
+    CPU, or one GPU with ``use_gpu``); e.g. ``{"CPU": 1, "trainer": 1}`` places the workers on
+    the trainer nodes of ``ray_config.yaml``.
     Defaults picked on MovieLens-100K validation NDCG@10 (README "Results").
     """
 
@@ -74,6 +77,7 @@ class TrainConfig:
     temperature: float = 0.25
     steps_per_epoch: int | None = None
     use_gpu: bool = False
+    resources_per_worker: dict | None = None
     seed: int = 0
     target: str | None = None
     num_parts: int = 4
@@ -265,7 +269,8 @@ def train(graph: str | Path, run_dir: str | Path, cfg: TrainConfig = TrainConfig
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"cfg": cfg, "graph": str(graph), "parts": str(parts), "target": target},
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=cfg.resources_per_worker),
         run_config=RunConfig(name="train", storage_path=str(run_dir / "ray"),
                              failure_config=FailureConfig(max_failures=2),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
