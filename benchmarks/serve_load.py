@@ -62,7 +62,8 @@ def prepare_run(work: Path, graph: str) -> Path:
 
 def floor(run: Path, users: np.ndarray, candidates: int) -> dict:
     """In-process retrieve + rank, no Serve: the latency floor."""
-    from serve.config import ServeConfig
+    from serve.auth import write_token_file
+from serve.config import ServeConfig
     from serve.deployments import Ranker, Retriever
 
     cfg = ServeConfig(run_dir=str(run), candidates=candidates)
@@ -108,9 +109,9 @@ async def fixed_rate(url: str, raw_users: list[str], rate: float, seconds: float
             "achieved_qps": len(ms) / elapsed, **percentiles(ms)}
 
 
-async def freshness(url: str, users: int) -> list[float]:
+async def freshness(url: str, users: int, token: str) -> list[float]:
     out = []
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
         for j in range(users):
             raw = f"load-fresh-{time.time_ns()}-{j}"
             events = [{"user_id": raw, "item_id": m, "ts": 893_286_638 + s} for s, m in enumerate(["50", "172", "181"])]
@@ -146,7 +147,8 @@ def main() -> None:
     run = Path(args.run) if args.run else prepare_run(Path(args.work), args.movielens)
     from graphs.store import GraphDir
     from serve.app import start
-    from serve.config import ServeConfig
+    from serve.auth import write_token_file
+from serve.config import ServeConfig
 
     graph = json.loads((run / "config.json").read_text())["graph"]
     raw_users = GraphDir(graph, validate="none").read_nodes("user", columns=["id", "raw_id"])["raw_id"].to_pylist()
@@ -156,7 +158,9 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    start(ServeConfig(run_dir=str(run), candidates=args.candidates, max_replicas=args.max_replicas), port=port)
+    token = write_token_file(run / "serve.token")
+    start(ServeConfig(run_dir=str(run), candidates=args.candidates, max_replicas=args.max_replicas,
+                      token_file=str(run / "serve.token")), port=port)
     url = f"http://127.0.0.1:{port}"
     asyncio.run(fixed_rate(url, raw_users, 20, 3, args.timeout_s))          # warm-up, not reported
     result["rates"] = []
@@ -182,7 +186,7 @@ def main() -> None:
             best = rate
     result["max_sustainable_qps"] = best
     result["overhead_p50_ms"] = result["rates"][0]["p50"] - result["floor_ms"]["p50"]
-    fresh = asyncio.run(freshness(url, args.fresh_users))
+    fresh = asyncio.run(freshness(url, args.fresh_users, token))
     result["freshness_s"] = {"median": float(np.median(fresh)), "max": float(np.max(fresh)), "all": fresh}
     print(f"max sustainable {best:.0f} QPS; overhead at p50 {result['overhead_p50_ms']:.1f} ms; "
           f"freshness median {np.median(fresh):.2f} s (max {np.max(fresh):.2f} s)", flush=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -274,8 +275,11 @@ def rank_cmd(run_dir: Path, model: str, epochs: int, workers: int, steps: int | 
 @click.option("--host", default="127.0.0.1", show_default=True, help="HTTP bind address.")
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--candidates", type=int, default=200, show_default=True, help="Items retrieved and ranked.")
+@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Secrets file with the bearer token POST /events needs (else $HETREC_TOKEN).")
 @click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
-def serve_cmd(run_dir: Path, host: str, port: int, candidates: int, address: str | None) -> None:
+def serve_cmd(run_dir: Path, host: str, port: int, candidates: int, token_file: Path | None,
+              address: str | None) -> None:
     """Serve RUN_DIR (embeddings + ranker) on Ray Serve: /recommend, /events, /healthz, /docs.
     Runs until interrupted (Ctrl-C), then shuts the application down."""
     import time
@@ -286,7 +290,10 @@ def serve_cmd(run_dir: Path, host: str, port: int, candidates: int, address: str
     from serve.app import start
     from serve.config import ServeConfig
 
-    cfg = ServeConfig(run_dir=str(run_dir.resolve()), candidates=candidates)
+    cfg = ServeConfig(run_dir=str(run_dir.resolve()), candidates=candidates,
+                      token_file=str(token_file.resolve()) if token_file else None)
+    if token_file is None and not os.environ.get("HETREC_TOKEN"):
+        click.echo("warning: no token (--token-file or HETREC_TOKEN): POST /events will answer 401", err=True)
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)
     start(cfg, host=host, port=port)

@@ -87,6 +87,8 @@ def cluster_status(address: str, as_json: bool) -> None:
               help="Place each stage on its node type (trainer, updater, serving custom resources). "
                    "Default: on when connected to a cluster (--address or RAY_ADDRESS, as in a job).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing training run under ROOT.")
+@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Secrets file (readable on the serving nodes) with the token POST /events needs.")
 @click.option("--storage", default=None, help="Filesystem URI (s3://bucket/prefix, file:///...) each stage's "
               "outputs are published to and missing inputs restored from.")
 @click.option("--address", "ray_address", default=None, help="Ray address (default: RAY_ADDRESS, else an "

@@ -107,13 +107,15 @@ def serve_step(run: Path, steps: int = 60, port: int = 8765) -> tuple[dict, dict
     from ray import serve
 
     from serve.app import start
+    from serve.auth import write_token_file
     from serve.config import ServeConfig
     from trainers.ranker_train import RankerConfig, train_ranker
 
     graph = json.loads((run / "config.json").read_text())["graph"]
     meta = train_ranker(graph, run / "ranker", RankerConfig(workers=2, epochs=1, steps_per_epoch=steps))
     print(f"DSGL ranker: test AUC {meta['final']['test_auc']:.3f}, cold-user AUC {meta['final']['cold_auc']:.3f}")
-    start(ServeConfig(run_dir=str(run)), port=port)
+    token = write_token_file(run / "serve.token")          # POST /events needs it (serve/auth.py)
+    start(ServeConfig(run_dir=str(run), token_file=str(run / "serve.token")), port=port)
     url = f"http://127.0.0.1:{port}"
 
     def get(user: str) -> dict:
@@ -131,7 +133,7 @@ def serve_step(run: Path, steps: int = 60, port: int = 8765) -> tuple[dict, dict
         show("new user, before events:", before)
         events = [{"user_id": "demo-newcomer", "item_id": m, "ts": 893_286_638 + j} for j, m in enumerate(["50", "172", "181"])]
         req = urllib.request.Request(f"{url}/events", data=json.dumps({"events": events}).encode(),
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
         t0 = time.perf_counter()
         with urllib.request.urlopen(req, timeout=30) as r:
             ack = json.loads(r.read())

@@ -60,7 +60,8 @@ class PipelineConfig:
     DSGL steps (one epoch). ``host``/``port``/``proxy_location``: Serve's HTTP proxy.
     ``roles``: place stages by node type (above). ``overwrite``: replace an existing run.
     ``storage``: a pyarrow filesystem URI (``s3://bucket/runs/ml``) where each stage's outputs
-    are published and missing inputs restored from (``cluster/storage.py``)."""
+    are published and missing inputs restored from (``cluster/storage.py``). ``token_file``:
+    the service's bearer-token file (``serve/auth.py``)."""
 
     root: str
     source: str | None = None
@@ -78,6 +79,7 @@ class PipelineConfig:
     roles: bool = False
     overwrite: bool = False
     storage: str | None = None
+    token_file: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("parts", "epochs", "workers", "ille_actors", "ranker_steps", "port"):
@@ -252,7 +254,7 @@ def stage_serve(cfg: PipelineConfig) -> dict:
 
     config = json.loads((cfg.run / "config.json").read_text())
     scfg = ServeConfig(run_dir=str(cfg.run.resolve()), etype=config["target"], resources=cfg.role("serving"),
-                       ille_resources=cfg.role("updater"))
+                       ille_resources=cfg.role("updater"), token_file=cfg.token_file)
     start(scfg, host=cfg.host, port=cfg.port, proxy_location=cfg.proxy_location)
     return {"url": f"http://{cfg.host}:{cfg.port}", "run": scfg.run_dir}
 

@@ -12,6 +12,11 @@ Routes (OpenAPI docs at ``/docs``):
   create nodes; the response returns once the events are durable in the log; ILLE
   applies them in the background (a new user is personalised within about a second).
 * ``GET /healthz``; ``GET /stats`` (this replica's request counts and latency percentiles).
+
+``POST /events`` needs ``Authorization: Bearer <token>`` (``serve/auth.py``: the token
+comes from ``HETREC_TOKEN`` or ``ServeConfig.token_file``); with ``protect_reads`` so do
+``/recommend`` and ``/stats``. ``/healthz`` stays open for load balancers. Bodies larger
+than ``max_body_bytes`` get 413 before they are read.
   Counters and latency histograms also go to Ray's metrics (Prometheus export of the Ray
   metrics agent): ``hetrec_requests_total``, ``hetrec_request_ms``.
 
@@ -26,19 +31,36 @@ from collections import deque
 from typing import Annotated
 
 import numpy as np
-from fastapi import FastAPI, Query
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictInt, StrictStr, StringConstraints
 from ray import serve
 from ray.serve import Application
 from ray.util import metrics
 
 from cluster.events import MAX_TS
+from serve.auth import load_token, require_read, require_write
 from serve.config import ServeConfig
 from serve.deployments import Ranker, Retriever, Updater
 from serve.live import LiveCatalog
 
 api = FastAPI(title="hetrec", description="Heterogeneous-graph recommendations: retrieval, ranking, live updates.")
+api.state.token, api.state.protect_reads, api.state.max_body_bytes = None, False, 1 << 20   # set by Ingress
+
+
+@api.middleware("http")
+async def limit_body(request: Request, call_next):
+    """413 for a body over ``max_body_bytes``, by its Content-Length or, chunked, as read."""
+    limit = request.app.state.max_body_bytes
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        return JSONResponse(status_code=413, content={"detail": f"request body of {length[:20]} bytes is over "
+                                                                f"the limit of {limit} bytes (max_body_bytes)"})
+    if length is None and request.method in ("POST", "PUT", "PATCH") and len(await request.body()) > limit:
+        return JSONResponse(status_code=413, content={"detail": f"request body is over the limit of {limit} bytes "
+                                                                f"(max_body_bytes)"})
+    return await call_next(request)
 
 
 RawId = Annotated[StrictStr, StringConstraints(min_length=1, max_length=256)] | StrictInt
@@ -75,6 +97,8 @@ class Ingress:
     def __init__(self, retriever, ranker, updater, cfg: ServeConfig):
         self.retriever, self.ranker, self.updater, self.cfg = retriever, ranker, updater, cfg
         self.catalog = LiveCatalog(cfg.run_dir, cfg.etype)
+        api.state.token = load_token(cfg.token_file)      # this replica's process only; never logged
+        api.state.protect_reads, api.state.max_body_bytes = cfg.protect_reads, cfg.max_body_bytes
         self.counts: dict[str, int] = {}
         self.latency: dict[str, deque] = {}
         self.requests = metrics.Counter("hetrec_requests", "requests by route and outcome", ("route", "outcome"))
@@ -88,7 +112,7 @@ class Ingress:
         self.requests.inc(tags={"route": route, "outcome": outcome})
         self.ms.observe(ms, tags={"route": route})
 
-    @api.get("/recommend", response_model=Recommendation)
+    @api.get("/recommend", response_model=Recommendation, dependencies=[Depends(require_read)])
     async def recommend(self, user_id: str = Query(min_length=1, max_length=256, description="raw user id"),
                         k: int | None = Query(None, ge=1, description="items to return (capped by max_k)")) -> dict:
         t0 = time.perf_counter()
@@ -119,7 +143,7 @@ class Ingress:
         return {"user_id": user_id, "items": [{"item_id": r, "score": float(s)} for r, s in zip(raw, scores)],
                 "version": version, "fallback": fallback}
 
-    @api.post("/events")
+    @api.post("/events", dependencies=[Depends(require_write)])
     async def events(self, body: EventsIn) -> dict:
         t0 = time.perf_counter()
         if len(body.events) > self.cfg.max_events:
@@ -137,7 +161,7 @@ class Ingress:
         return {"status": "ok", "version": await self.retriever.version.remote(),
                 "updates": await self.updater.status.remote()}
 
-    @api.get("/stats")
+    @api.get("/stats", dependencies=[Depends(require_read)])
     async def stats(self) -> dict:
         return {"counts": self.counts,
                 "latency_ms": {route: {f"p{q}": float(np.percentile(list(v), q)) for q in (50, 95, 99)}

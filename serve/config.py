@@ -19,7 +19,10 @@ class ServeConfig:
     ``batch_wait_s`` 0: a batch is whatever queued while the last one ran (no added wait).
     ``resources`` / ``ille_resources``: custom Ray resources per CPU of every replica / ILLE
     actor, e.g. ``{"serving": 1}`` and ``{"updater": 1}`` to place them on those node types
-    of ``ray_config.yaml`` (each declares its role resource equal to its CPUs); empty: any node."""
+    of ``ray_config.yaml`` (each declares its role resource equal to its CPUs); empty: any node.
+    ``token_file``: the bearer token's secrets file, used when ``HETREC_TOKEN`` is not set
+    (``serve/auth.py``); ``protect_reads``: reads need the token too; ``max_body_bytes``:
+    larger request bodies get 413."""
 
     run_dir: str
     etype: str = "user__rates__movie"
@@ -38,13 +41,16 @@ class ServeConfig:
     max_ongoing_requests: int = 32
     batch_size: int = 8
     batch_wait_s: float = 0.0
+    token_file: str | None = None
+    protect_reads: bool = False
+    max_body_bytes: int = 1 << 20
     resources: dict[str, float] = field(default_factory=dict)
     ille_resources: dict[str, float] = field(default_factory=dict)
     index: IndexConfig = field(default_factory=IndexConfig)
 
     def __post_init__(self) -> None:
         for name in ("candidates", "default_k", "max_k", "max_events", "ille_actors", "max_replicas",
-                     "target_ongoing_requests", "max_ongoing_requests", "batch_size"):
+                     "max_body_bytes", "target_ongoing_requests", "max_ongoing_requests", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ServeConfig.{name} must be an int >= 1, got {value!r}")

@@ -16,6 +16,7 @@ from ray import serve
 
 from graphs.store import GraphDir
 from serve.app import app_builder, start
+from serve.auth import write_token_file
 from serve.config import ServeConfig
 from trainers.export import export_embeddings
 from trainers.ranker_train import RankerConfig, train_ranker
@@ -32,9 +33,15 @@ def service(ml100k, tmp_path_factory, ray_local):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    start(ServeConfig(run_dir=str(root / "run"), max_k=50), port=port)
+    global TOKEN
+    TOKEN = write_token_file(root / "serve.token")
+    start(ServeConfig(run_dir=str(root / "run"), max_k=50, token_file=str(root / "serve.token"),
+                      max_body_bytes=64 * 1024), port=port)
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
+
+
+TOKEN = None  # the service's bearer token, set by the fixture
 
 
 def _get(url: str) -> tuple[int, dict]:
@@ -45,8 +52,12 @@ def _get(url: str) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
-def _post(url: str, body) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+def _post(url: str, body, token: str | None = "<fixture's>", raw: bytes | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json"}
+    token = TOKEN if token == "<fixture's>" else token
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=raw if raw is not None else json.dumps(body).encode(), headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -133,3 +144,28 @@ def test_serve_config_file_builds_the_application(tmp_path):
     assert app_builder(args) is not None
     with pytest.raises(ValueError, match=r"unknown serve args \['candidate'\]"):
         ServeConfig.from_args({**args, "candidate": 5})
+
+
+GOOD = {"events": [{"user_id": "auth-probe", "item_id": "50", "ts": 893_286_638}]}
+
+
+@pytest.mark.parametrize("token, says", [(None, "needs a bearer token: header 'Authorization: Bearer <token>'"),
+                                         ("not-the-token", "wrong bearer token"),
+                                         ("", "needs a bearer token")])
+def test_events_without_the_right_token_get_401_and_change_nothing(service, token, says):
+    _, before = _get(f"{service}/healthz")
+    status, body = _post(f"{service}/events", GOOD, token=token)
+    assert status == 401 and says in body["detail"] and TOKEN not in json.dumps(body)
+    status, body = _post(f"{service}/events", {"events": []}, token=token)    # auth is checked before the body
+    assert status == 401
+    _, after = _get(f"{service}/healthz")
+    assert after["updates"] == before["updates"]                               # nothing was logged
+
+
+def test_reads_stay_open_and_oversized_bodies_get_413(service):
+    assert _get(f"{service}/recommend?user_id=1&k=3")[0] == 200                # protect_reads is off
+    huge = {"events": [{"user_id": f"u{i}", "item_id": "50", "ts": 1} for i in range(2000)]}   # > 64 KiB
+    status, body = _post(f"{service}/events", huge)
+    assert status == 413 and "limit of 65536 bytes" in body["detail"]
+    status, body = _post(f"{service}/events", None, raw=b'{"events": [')        # truncated JSON
+    assert status == 422 and body["detail"][0]["type"] == "json_invalid"
