@@ -62,8 +62,7 @@ def prepare_run(work: Path, graph: str) -> Path:
 
 def floor(run: Path, users: np.ndarray, candidates: int) -> dict:
     """In-process retrieve + rank, no Serve: the latency floor."""
-    from serve.auth import write_token_file
-from serve.config import ServeConfig
+    from serve.config import ServeConfig
     from serve.deployments import Ranker, Retriever
 
     cfg = ServeConfig(run_dir=str(run), candidates=candidates)
@@ -148,7 +147,7 @@ def main() -> None:
     from graphs.store import GraphDir
     from serve.app import start
     from serve.auth import write_token_file
-from serve.config import ServeConfig
+    from serve.config import ServeConfig
 
     graph = json.loads((run / "config.json").read_text())["graph"]
     raw_users = GraphDir(graph, validate="none").read_nodes("user", columns=["id", "raw_id"])["raw_id"].to_pylist()

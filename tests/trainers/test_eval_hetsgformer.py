@@ -8,7 +8,6 @@ import json
 import math
 
 import numpy as np
-import pytest
 
 from trainers.evaluate import run_eval
 from trainers.splits import load_interactions
