@@ -82,7 +82,7 @@ class Ranker:
         self.model, self.rcfg, _ = load_ranker(Path(cfg.run_dir) / "ranker")
         self.catalog = LiveCatalog(cfg.run_dir, cfg.etype)
         self.graphs = self._build()
-        self.cache: dict[int, torch.Tensor] = {}
+        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # item -> (encoding, mask)
         self.rank.set_max_batch_size(cfg.batch_size)
         self.rank.set_batch_wait_timeout_s(cfg.batch_wait_s)
 
@@ -98,16 +98,18 @@ class Ranker:
             self.cache = {}
         return self.graphs
 
-    def _item_encodings(self, items: np.ndarray, t: int, hops: list[dict]) -> torch.Tensor | None:
-        """``[B, L, D]`` first-layer encodings of the candidates (None: depth > 2, not cached)."""
-        if len(hops) != 1:
-            return None
+    def _item_side(self, items: np.ndarray, t: int) -> tuple[list[dict], torch.Tensor | None]:
+        """The candidates' item-side input: ``(hops, [B, L, D] first-layer encodings)``. With
+        one item hop (depth 2) each item's encoding and mask are cached, and only the items
+        not cached yet get their sequences built; otherwise ``(hops, None)``."""
+        if self.rcfg.dsgl.depth != 2:
+            return hops_to_tensors(self.graphs.item_side(items, np.full(len(items), t))), None
         missing = np.unique(items[[i not in self.cache for i in items.tolist()]])
         if len(missing):
-            miss_hops = hops_to_tensors(self.graphs.item_side(missing, np.full(len(missing), t)))
-            enc = self.model.encode_roots(False, miss_hops[0])
-            self.cache.update(zip(missing.tolist(), enc))
-        return torch.stack([self.cache[i] for i in items.tolist()])
+            hop = hops_to_tensors(self.graphs.item_side(missing, np.full(len(missing), t)))[0]
+            self.cache.update(zip(missing.tolist(), zip(self.model.encode_roots(False, hop), hop["mask"])))
+        cached = [self.cache[i] for i in items.tolist()]
+        return [{"mask": torch.stack([m for _, m in cached])}], torch.stack([e for e, _ in cached])
 
     @torch.no_grad()
     def score(self, requests: list[tuple[int, list[int]]]) -> list[list[float]]:
@@ -118,10 +120,10 @@ class Ranker:
         items = np.concatenate([np.asarray(r[1], np.int64) for r in requests])
         sizes = [len(r[1]) for r in requests]
         pair = np.repeat(np.arange(len(requests)), sizes)
-        item_hops = hops_to_tensors(graphs.item_side(items, np.full(len(items), t)))
+        item_hops, item_enc = self._item_side(items, t)
         logits = self.model(torch.from_numpy(users), torch.from_numpy(items),
                             hops_to_tensors(graphs.user_side(users, np.full(len(users), t))), item_hops,
-                            pair=torch.from_numpy(pair), item_enc=self._item_encodings(items, t, item_hops))
+                            pair=torch.from_numpy(pair), item_enc=item_enc)
         return [part.tolist() for part in torch.split(logits, sizes)]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)

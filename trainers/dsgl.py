@@ -131,19 +131,23 @@ class DSGL(nn.Module):
         the root's update sees the other root (the candidate), so every deeper level is
         computed once per root, not once per pair. A level-1 node's parent in its query is
         the root's input embedding (the root's updates depend on the candidate). ``enc0``:
-        the root sequences' first-layer encoding, if already computed (see ``encode_roots``).
+        the root sequences' first-layer encoding, if already computed (see ``encode_roots``);
+        with it and one hop, that hop needs only its ``mask``.
         """
         D = self.cfg.dim
         kinds = [root_is_user ^ (h % 2 == 1) for h in range(len(hops) + 1)]   # is hop h a user hop
-        xs = [self.embed(kinds[0], root)] + [self.embed(kinds[h + 1], hop["ids"]) for h, hop in enumerate(hops)]
+        # with enc0 and one hop, the hop's nodes are only read through enc0: not embedded
+        skip = enc0 is not None and len(hops) == 1
+        xs = [self.embed(kinds[0], root)] + [None if skip else self.embed(kinds[h + 1], hop["ids"])
+                                             for h, hop in enumerate(hops)]
         root_input, root_x = xs[0], xs[0][pair]                             # [R, D], [B, D]
         outs = []
         for layer in range(len(hops)):
             new = []
             for h in range(len(hops) - layer):                 # levels whose children still matter
                 seq, hop = xs[h + 1], hops[h]
-                L = seq.shape[-2]
-                N = seq.numel() // (L * D)
+                L = hop["mask"].shape[-1]
+                N = hop["mask"].numel() // L
                 agg = self.on_user if kinds[h] else self.on_item
                 mask = hop["mask"].reshape(N, L)
                 if h == 0 and layer == 0 and enc0 is not None:

@@ -75,3 +75,22 @@ def test_one_user_many_candidates_equals_pairwise():
     unknown = model(torch.tensor([25, 7]), torch.as_tensor(items), hops_to_tensors(one_u), hops_to_tensors(i_hops),
                     pair=torch.tensor([0, 0, 0, 1, 1]))
     assert torch.isfinite(unknown).all() and not torch.allclose(unknown[:3], shared[:3])
+
+
+def test_cached_item_encoding_needs_only_the_mask_at_depth_2():
+    """What the server passes: per item, its cached encoding and mask, no sequence ids."""
+    rng = np.random.default_rng(2)
+    inter = Interactions(rng.integers(0, 20, 400), rng.integers(0, 30, 400), rng.integers(0, 1000, 400), 20, 30)
+    graphs = SequenceGraphs(inter, length=4, depth=2)
+    torch.manual_seed(0)
+    model = DSGL(20, 30, DSGLConfig(dim=8, heads=2, depth=2, dropout=0.0)).eval()
+    users, items, t = np.array([3, 3, 3, 7, 7]), np.array([1, 2, 5, 1, 9]), np.full(5, 800)
+    u_hops, i_hops = graphs.batch(users, items, t)
+    pairwise = model(torch.as_tensor(users), torch.as_tensor(items), hops_to_tensors(u_hops), hops_to_tensors(i_hops))
+    i_t = hops_to_tensors(i_hops)
+    assert len(i_t) == 1
+    mask_only = model(torch.as_tensor(users), torch.as_tensor(items), hops_to_tensors(u_hops), [{"mask": i_t[0]["mask"]}],
+                      item_enc=model.encode_roots(False, i_t[0]))
+    torch.testing.assert_close(mask_only, pairwise)
+    with pytest.raises(KeyError):                                  # without the encoding the ids are needed
+        model(torch.as_tensor(users), torch.as_tensor(items), hops_to_tensors(u_hops), [{"mask": i_t[0]["mask"]}])
