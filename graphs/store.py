@@ -13,6 +13,8 @@ into place only when the writer closes cleanly; a failed run leaves nothing behi
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
@@ -35,12 +37,36 @@ def temp_sibling(path: Path) -> Path:
     return path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
 
 
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``);
+    False where the OS or the filesystem cannot, and nothing was changed."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def replace_dir(tmp: Path, final: Path, overwrite: bool) -> None:
-    """Move a finished temp folder into place; the old one (if any) goes only after."""
+    """Move a finished temp folder into place; the old one (if any) goes only after.
+
+    Replacing swaps the two folders atomically, so a reader, or a crash at any instant,
+    sees the old folder or the new one, never neither. Where the swap is not available, two
+    renames leave a short window without ``final``; the old copy is then ``.<name>.tmp-*``.
+    """
     if final.exists():
         if not overwrite:
             shutil.rmtree(tmp, ignore_errors=True)
             raise FileExistsError(f"{final} already exists (pass overwrite=True / --overwrite to replace it)")
+        if exchange(tmp, final):
+            shutil.rmtree(tmp, ignore_errors=True)          # tmp now holds the old folder
+            return
         old = temp_sibling(final)
         os.rename(final, old)
         os.rename(tmp, final)
