@@ -16,7 +16,9 @@ Routes (OpenAPI docs at ``/docs``):
 ``POST /events`` needs ``Authorization: Bearer <token>`` (``serve/auth.py``: the token
 comes from ``HETREC_TOKEN`` or ``ServeConfig.token_file``); with ``protect_reads`` so do
 ``/recommend`` and ``/stats``. ``/healthz`` stays open for load balancers. Bodies larger
-than ``max_body_bytes`` get 413 before they are read.
+than ``max_body_bytes`` get 413 before they are read. A call to a replica that died is
+retried once on another (reads only); past ``call_timeout_s`` or a second failure the
+answer is a 503 with ``Retry-After``, never a hang.
   Counters and latency histograms also go to Ray's metrics (Prometheus export of the Ray
   metrics agent): ``hetrec_requests_total``, ``hetrec_request_ms``.
 
@@ -26,17 +28,20 @@ and time gaps are those of "now" in the data's own clock.
 
 # no `from __future__ import annotations`: FastAPI reads these annotations at runtime
 
+import asyncio
 import time
 from collections import deque
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictInt, StrictStr, StringConstraints
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve import Application
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.util import metrics
 
 from cluster.events import MAX_TS
@@ -88,6 +93,15 @@ class Recommendation(BaseModel):
     fallback: bool
 
 
+# a replica died or is unreachable (restarting, overloaded): another replica may answer
+_RETRYABLE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError,
+              BackPressureError)
+
+
+def _unavailable(detail: str) -> HTTPException:
+    return HTTPException(status_code=503, detail=detail, headers={"Retry-After": "1"})
+
+
 def _invalid(loc: tuple, msg: str, value) -> RequestValidationError:
     return RequestValidationError([{"loc": loc, "msg": msg, "type": "value_error", "input": value}])
 
@@ -104,6 +118,21 @@ class Ingress:
         self.requests = metrics.Counter("hetrec_requests", "requests by route and outcome", ("route", "outcome"))
         self.ms = metrics.Histogram("hetrec_request_ms", "request latency (ms)",
                                     [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000], ("route",))
+
+    async def _call(self, make, what: str, retries: int = 1):
+        """Await the deployment call ``make()``, again on another replica if the first one
+        died (``retries``), never past ``call_timeout_s``; else a 503 naming ``what``."""
+        async def wait(response):
+            return await response
+
+        for attempt in range(retries + 1):
+            try:
+                return await asyncio.wait_for(wait(make()), timeout=self.cfg.call_timeout_s)
+            except _RETRYABLE as err:
+                if attempt == retries:
+                    raise _unavailable(f"{what} unavailable ({type(err).__name__}); retry shortly") from None
+            except asyncio.TimeoutError:
+                raise _unavailable(f"{what} did not answer within {self.cfg.call_timeout_s:g} s") from None
 
     def _record(self, route: str, outcome: str, t0: float) -> None:
         ms = (time.perf_counter() - t0) * 1000
@@ -126,8 +155,8 @@ class Ingress:
         version, ids, scores = None, None, None
         if uid is not None:
             # the retriever's answer goes to the ranker directly (Serve resolves it there)
-            got = await self.ranker.rank.remote(uid, self.retriever.retrieve.remote(uid, self.cfg.candidates,
-                                                                                    seen.tolist()))
+            got = await self._call(lambda: self.ranker.rank.remote(
+                uid, self.retriever.retrieve.remote(uid, self.cfg.candidates, seen.tolist())), "ranking")
             version = got["version"]
             if got["logits"]:
                 logits = got["logits"]
@@ -137,7 +166,7 @@ class Ingress:
         fallback = ids is None
         if fallback:
             ids, scores = c.popular(k, seen)
-            version = version or await self.retriever.version.remote()
+            version = version or await self._call(lambda: self.retriever.version.remote(), "retrieval")
         raw = c.ids[c.item_type].to_raw(ids)
         self._record("recommend", "fallback" if fallback else "ok", t0)
         return {"user_id": user_id, "items": [{"item_id": r, "score": float(s)} for r, s in zip(raw, scores)],
@@ -148,7 +177,9 @@ class Ingress:
         t0 = time.perf_counter()
         if len(body.events) > self.cfg.max_events:
             raise _invalid(("body", "events"), f"at most {self.cfg.max_events} events per request", len(body.events))
-        ack = await self.updater.submit.remote([e.model_dump() for e in body.events])
+        # not retried: a write that died half-way may have been logged (the client decides)
+        ack = await self._call(lambda: self.updater.submit.remote([e.model_dump() for e in body.events]),
+                               "the event log", retries=0)
         if not ack["accepted"]:
             self._record("events", "rejected", t0)
             raise _invalid(("body", "events"), "; ".join(f"event {e['index']}: {e['message']}" for e in ack["errors"]),
@@ -158,8 +189,8 @@ class Ingress:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        return {"status": "ok", "version": await self.retriever.version.remote(),
-                "updates": await self.updater.status.remote()}
+        return {"status": "ok", "version": await self._call(lambda: self.retriever.version.remote(), "retrieval"),
+                "updates": await self._call(lambda: self.updater.status.remote(), "the updater")}
 
     @api.get("/stats", dependencies=[Depends(require_read)])
     async def stats(self) -> dict:
@@ -173,7 +204,8 @@ def build_app(cfg: ServeConfig) -> Application:
     def options(cpus: float, max_replicas: int) -> dict:
         actor = {"num_cpus": cpus, "resources": {k: v * cpus for k, v in cfg.resources.items()}}
         return {"ray_actor_options": actor, "max_ongoing_requests": cfg.max_ongoing_requests,
-                "autoscaling_config": {"min_replicas": 1, "max_replicas": max_replicas,
+                "autoscaling_config": {"min_replicas": min(cfg.min_replicas, max_replicas),
+                                       "max_replicas": max_replicas,
                                        "target_ongoing_requests": cfg.target_ongoing_requests}}
 
     retriever = serve.deployment(Retriever, name="Retriever", **options(cfg.retriever_cpus, cfg.max_replicas))

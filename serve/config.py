@@ -13,8 +13,9 @@ class ServeConfig:
     (``<run>/ranker``, from ``hetrec rank``). ``candidates``: N items retrieved and ranked
     per request; ``max_k`` caps ``k``; ``max_events`` caps one ``POST /events`` body.
     ``*_cpus``: each deployment's ``num_cpus`` (Ray sets a replica's thread count from it);
-    ``ille_actors``/``ille_cpus``: the update pool's actors. ``max_replicas``: autoscaling
-    bound of the retriever, ranker and ingress (each starts with one replica);
+    ``ille_actors``/``ille_cpus``: the update pool's actors. ``min_replicas``/``max_replicas``:
+    autoscaling bounds of the retriever, ranker and ingress (with 2 or more, reads survive a
+    replica's death); ``call_timeout_s``: the longest the ingress waits for a deployment;
     ``max_ongoing_requests`` per replica must exceed ``batch_size`` for batches to form;
     ``batch_wait_s`` 0: a batch is whatever queued while the last one ran (no added wait).
     ``resources`` / ``ille_resources``: custom Ray resources per CPU of every replica / ILLE
@@ -36,11 +37,13 @@ class ServeConfig:
     updater_cpus: float = 0.25
     ille_actors: int = 1
     ille_cpus: float = 0.5
+    min_replicas: int = 1
     max_replicas: int = 2
     target_ongoing_requests: int = 8
     max_ongoing_requests: int = 32
     batch_size: int = 8
     batch_wait_s: float = 0.0
+    call_timeout_s: float = 5.0
     token_file: str | None = None
     protect_reads: bool = False
     max_body_bytes: int = 1 << 20
@@ -50,12 +53,18 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         for name in ("candidates", "default_k", "max_k", "max_events", "ille_actors", "max_replicas",
-                     "max_body_bytes", "target_ongoing_requests", "max_ongoing_requests", "batch_size"):
+                     "min_replicas", "max_body_bytes", "target_ongoing_requests", "max_ongoing_requests",
+                     "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ServeConfig.{name} must be an int >= 1, got {value!r}")
         if self.batch_wait_s < 0:
             raise ValueError(f"ServeConfig.batch_wait_s must be >= 0, got {self.batch_wait_s!r}")
+        if not self.call_timeout_s > 0:
+            raise ValueError(f"ServeConfig.call_timeout_s must be > 0, got {self.call_timeout_s!r}")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"ServeConfig.min_replicas ({self.min_replicas}) must be <= max_replicas "
+                             f"({self.max_replicas})")
         for name in ("ingress_cpus", "retriever_cpus", "ranker_cpus", "updater_cpus", "ille_cpus"):
             if not 0 < getattr(self, name) <= 64:
                 raise ValueError(f"ServeConfig.{name} must be in (0, 64], got {getattr(self, name)!r}")

@@ -35,7 +35,8 @@ def service(ml100k, tmp_path_factory, ray_local):
     global TOKEN
     TOKEN = write_token_file(root / "serve.token")
     start(ServeConfig(run_dir=str(root / "run"), max_k=50, token_file=str(root / "serve.token"),
-                      max_body_bytes=64 * 1024), port=port)
+                      max_body_bytes=64 * 1024, min_replicas=2, ingress_cpus=0.1, retriever_cpus=0.1,
+                      ranker_cpus=0.25, updater_cpus=0.1), port=port)   # 1.5 of the 2 CPUs
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
@@ -168,3 +169,48 @@ def test_reads_stay_open_and_oversized_bodies_get_413(service):
     assert status == 413 and "limit of 65536 bytes" in body["detail"]
     status, body = _post(f"{service}/events", None, raw=b'{"events": [')        # truncated JSON
     assert status == 422 and body["detail"][0]["type"] == "json_invalid"
+
+
+def _replicas(deployment: str) -> list[str]:
+    """Names of the live replica actors of ``deployment`` (Serve names them ...#<deployment>#<id>)."""
+    import ray
+
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == "serve" and f"#{deployment}#" in a["name"]]
+
+
+def test_killing_replicas_under_load_fails_no_read(service):
+    """This module's last test: it kills a Ranker and a Retriever replica (2 of each) while
+    /recommend runs at 20 requests/s; the ingress retries on the survivor."""
+    import ray
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert len(_replicas("Ranker")) == 2 and len(_replicas("Retriever")) == 2
+    rate, seconds = 20, 8
+    t0 = time.perf_counter()
+
+    def one(i: int) -> tuple[int, float]:
+        time.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+        t = time.perf_counter()
+        try:
+            status, _ = _get(f"{service}/recommend?user_id={1 + i % 900}&k=5")
+        except Exception:       # a dropped connection counts as a failure
+            status = 0
+        return status, time.perf_counter() - t
+
+    with ThreadPoolExecutor(32) as pool:
+        futures = [pool.submit(one, i) for i in range(rate * seconds)]
+        time.sleep(2)
+        for deployment in ("Ranker", "Retriever"):
+            ray.kill(ray.get_actor(_replicas(deployment)[0], namespace="serve"), no_restart=True)
+        killed_at = time.perf_counter()
+        results = [f.result() for f in futures]
+    failed = [r for r in results if r[0] != 200]
+    assert len(failed) <= len(results) // 100, failed               # goal: at most 1%
+    assert max(t for _, t in results) < 2 * 5.0 + 5                 # no hang: within the call timeouts
+    deadline = time.perf_counter() + 60
+    while (len(_replicas("Ranker")), len(_replicas("Retriever"))) != (2, 2):
+        assert time.perf_counter() < deadline, "the killed replicas were not replaced within 60 s"
+        time.sleep(0.5)
+    print(f"{len(results)} requests, {len(failed)} failed; replicas back {time.perf_counter() - killed_at:.1f} s "
+          f"after the kills")
