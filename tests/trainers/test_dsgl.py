@@ -54,15 +54,22 @@ def test_ablations_change_the_model():
         DSGLConfig(dim=8, heads=3)
 
 
-def test_one_user_many_candidates_equals_pairwise():
-    rng = np.random.default_rng(1)
+def _two_users_five_pairs(seed: int, depth: int):
+    """A random 20-user x 30-item DSGL of ``depth`` and its pairwise logits for users 3 and 7
+    against five items: ``(graphs, model, users, items, t, u_hops, i_hops, pairwise)``."""
+    rng = np.random.default_rng(seed)
     inter = Interactions(rng.integers(0, 20, 400), rng.integers(0, 30, 400), rng.integers(0, 1000, 400), 20, 30)
-    graphs = SequenceGraphs(inter, length=4, depth=3)
+    graphs = SequenceGraphs(inter, length=4, depth=depth)
     torch.manual_seed(0)
-    model = DSGL(20, 30, DSGLConfig(dim=8, heads=2, depth=3, dropout=0.0)).eval()
+    model = DSGL(20, 30, DSGLConfig(dim=8, heads=2, depth=depth, dropout=0.0)).eval()
     users, items, t = np.array([3, 3, 3, 7, 7]), np.array([1, 2, 5, 1, 9]), np.full(5, 800)
     u_hops, i_hops = graphs.batch(users, items, t)
     pairwise = model(torch.as_tensor(users), torch.as_tensor(items), hops_to_tensors(u_hops), hops_to_tensors(i_hops))
+    return graphs, model, users, items, t, u_hops, i_hops, pairwise
+
+
+def test_one_user_many_candidates_equals_pairwise():
+    graphs, model, users, items, t, u_hops, i_hops, pairwise = _two_users_five_pairs(seed=1, depth=3)
     one_u, _ = graphs.batch(np.array([3, 7]), np.array([0, 0]), np.full(2, 800))
     shared = model(torch.tensor([3, 7]), torch.as_tensor(items), hops_to_tensors(one_u), hops_to_tensors(i_hops),
                    pair=torch.tensor([0, 0, 0, 1, 1]))
@@ -79,14 +86,7 @@ def test_one_user_many_candidates_equals_pairwise():
 
 def test_cached_item_encoding_needs_only_the_mask_at_depth_2():
     """What the server passes: per item, its cached encoding and mask, no sequence ids."""
-    rng = np.random.default_rng(2)
-    inter = Interactions(rng.integers(0, 20, 400), rng.integers(0, 30, 400), rng.integers(0, 1000, 400), 20, 30)
-    graphs = SequenceGraphs(inter, length=4, depth=2)
-    torch.manual_seed(0)
-    model = DSGL(20, 30, DSGLConfig(dim=8, heads=2, depth=2, dropout=0.0)).eval()
-    users, items, t = np.array([3, 3, 3, 7, 7]), np.array([1, 2, 5, 1, 9]), np.full(5, 800)
-    u_hops, i_hops = graphs.batch(users, items, t)
-    pairwise = model(torch.as_tensor(users), torch.as_tensor(items), hops_to_tensors(u_hops), hops_to_tensors(i_hops))
+    _, model, users, items, _, u_hops, i_hops, pairwise = _two_users_five_pairs(seed=2, depth=2)
     i_t = hops_to_tensors(i_hops)
     assert len(i_t) == 1
     mask_only = model(torch.as_tensor(users), torch.as_tensor(items), hops_to_tensors(u_hops), [{"mask": i_t[0]["mask"]}],
