@@ -23,9 +23,9 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 def client(address: str):
     """A ``JobSubmissionClient`` of the cluster whose dashboard is at ``address``."""
-    from cluster.launcher import _client
+    from cluster.launcher import dashboard_client
 
-    return _client(address)
+    return dashboard_client(address)
 
 
 def entrypoint(stages: str, root: str, args: list[str]) -> str:

@@ -91,7 +91,8 @@ def down_local() -> None:
         subprocess.run([_ray_exe(), *args], capture_output=True, text=True, timeout=120)
 
 
-def _client(address: str):
+def dashboard_client(address: str):
+    """A ``JobSubmissionClient`` of the dashboard at ``address``, sending Ray's auth token."""
     from ray.job_submission import JobSubmissionClient
 
     try:  # send ~/.ray/auth_token when the cluster uses token auth, as ray.init does
@@ -107,7 +108,7 @@ def _client(address: str):
 def status(address: str = "http://127.0.0.1:8265") -> dict:
     """The autoscaler's report through the dashboard: ``{"workers": {type: count},
     "pending": {type: count}, "failed": [...], "error", "text": <ray status's text>}``."""
-    client = _client(address)
+    client = dashboard_client(address)
     report = ((client._do_request("GET", "/api/cluster_status").json()["data"].get("clusterStatus") or {})
               .get("autoscalerReport") or {})
     text = client._do_request("GET", "/api/cluster_status?format=1").json()["data"]["clusterStatus"]
