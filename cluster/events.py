@@ -76,8 +76,10 @@ class EventValidator:
         errors: list[EventError] = []
         counts = dict(self.counts)
         for i, ev in enumerate(events):
-            if ev.get("op") not in OPS:
-                errors.append(EventError(i, f"field 'op' is {ev.get('op')!r}, expected one of {OPS}"))
+            if not isinstance(ev, dict):
+                errors.append(EventError(i, f"an event must be an object, got {type(ev).__name__} {ev!r:.80}"))
+            elif ev.get("op") not in OPS:
+                errors.append(EventError(i, f"field 'op' is {ev.get('op')!r:.80}, expected one of {OPS}"))
             elif ev["op"] == "node":
                 try:
                     accepted[i] = self._node(ev, counts)
@@ -85,7 +87,7 @@ class EventValidator:
                 except ValueError as e:
                     errors.append(EventError(i, str(e)))
         for i, ev in enumerate(events):
-            if ev.get("op") in ("edge", "remove_edge"):
+            if isinstance(ev, dict) and ev.get("op") in ("edge", "remove_edge"):
                 try:
                     accepted[i] = self._edge(ev, counts)
                 except ValueError as e:
