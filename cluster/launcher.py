@@ -77,12 +77,14 @@ def up_local(port: int = 6379, dashboard_port: int = 8265, config: Path = LOCAL_
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            status(address)
-            return address
-        except Exception as err:  # the dashboard and its job module take a few seconds
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the dashboard at {address} did not answer within {timeout_s:.0f} s: {err}")
-            time.sleep(1.0)
+            if status(address)["ready"]:      # the dashboard answers and the autoscaler has reported
+                return address
+            err = "the autoscaler has not reported yet"
+        except Exception as e:  # the dashboard and its job module take a few seconds
+            err = e
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the cluster at {address} was not ready within {timeout_s:.0f} s: {err}")
+        time.sleep(1.0)
 
 
 def down_local() -> None:
@@ -119,7 +121,8 @@ def status(address: str = "http://127.0.0.1:8265") -> dict:
     pending: dict[str, int] = {}
     for _, node_type, _ in report.get("pendingNodes") or []:
         pending[node_type] = pending.get(node_type, 0) + 1
-    return {"workers": workers, "pending": pending, "failed": report.get("failedNodes") or [], "text": text}
+    return {"ready": bool(report.get("nodeTypeMapping")), "workers": workers, "pending": pending,
+            "failed": report.get("failedNodes") or [], "text": text}
 
 
 def ray_cli_env() -> dict[str, str]:

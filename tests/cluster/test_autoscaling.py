@@ -43,7 +43,7 @@ def local_cluster():
 
 def test_cluster_status_starts_with_no_workers(local_cluster):
     report = status(local_cluster)
-    assert report["workers"] == {} and report["pending"] == {}
+    assert report["ready"] and report["workers"] == {} and report["pending"] == {}
     shown = hetrec("cluster", "status", "--address", local_cluster, timeout=60)
     assert shown.returncode == 0 and "ray.head.default" in shown.stdout
 
