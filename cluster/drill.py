@@ -49,17 +49,14 @@ def autoscaling_drill(address: str, root: str | Path, serve_port: int, pipeline_
         t_zero = watch.wait_for(lambda workers: not workers, timeout_s=300)
     finally:
         events = watch.stop()
-    first_up: dict[str, float] = {}
-    for t, workers in events:
-        for node_type in workers:
-            first_up.setdefault(node_type, t)
+    first_up = watch.first_up_by_type()
     report_path = Path(root) / "pipeline.json"
     return {
         "job_id": job_id, "status": final, "job_seconds": info["seconds"],
         "first_worker_up_s": watch.first_up(), "first_up_by_type_s": first_up,
         "job_done_s": t_job, "recommend_ms": t_answer, "answer": answer,
         "shutdown_s": t_shutdown, "zero_workers_s": t_zero, "scale_to_zero_s": round(t_zero - t_shutdown, 1),
-        "types_launched": sorted(watch.types_seen), "timeline": events,
+        "types_launched": sorted(first_up), "timeline": events,
         "pipeline": json.loads(report_path.read_text()) if report_path.is_file() else None,
         "log_tail": logs[-4000:],
     }

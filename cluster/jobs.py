@@ -14,18 +14,13 @@ import shlex
 import time
 from pathlib import Path
 
+from cluster.launcher import dashboard_client as client
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Not shipped with the job: environments, data, caches (and whatever .gitignore lists).
 EXCLUDES = [".git", ".venv", "runs", "benchmarks/results", "*.egg-info", "__pycache__", ".pytest_cache",
             ".hypothesis", ".ruff_cache"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-
-
-def client(address: str):
-    """A ``JobSubmissionClient`` of the cluster whose dashboard is at ``address``."""
-    from cluster.launcher import dashboard_client
-
-    return dashboard_client(address)
 
 
 def entrypoint(stages: str, root: str, args: list[str]) -> str:

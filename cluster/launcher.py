@@ -171,13 +171,17 @@ class NodeWatch:
                     self.events.append((round(time.monotonic() - self.t0, 1), workers))
             self._stop.wait(self.every_s)
 
-    @property
-    def types_seen(self) -> set[str]:
-        return {t for _, workers in self.events for t in workers}
+    def first_up_by_type(self) -> dict[str, float]:
+        """Seconds from start until a node of each type was first up."""
+        first: dict[str, float] = {}
+        for t, workers in self.events:
+            for node_type in workers:
+                first.setdefault(node_type, t)
+        return first
 
     def first_up(self) -> float | None:
-        """Seconds from start until a worker node was first up."""
-        return next((t for t, workers in self.events if workers), None)
+        """Seconds from start until any worker node was first up."""
+        return min(self.first_up_by_type().values(), default=None)
 
     def wait_for(self, predicate, timeout_s: float) -> float:
         """Block until ``predicate(workers)`` holds; returns seconds since start."""
