@@ -50,6 +50,11 @@ KG_OTHER = "kg_other"
 TIME_NAMES = ("ts", "when", "date", "datetime")  # timestamp columns without "time" in the name
 ATTRIBUTE_COLUMNS = {"user": ("age", "occupation"), "movie": ("class", "genre", "genres")}
 TITLE_COLUMNS = ("movie_title", "title")
+# Declared types the builder reads attribute and title columns as; another type is an error.
+ATTRIBUTE_KINDS = {"user": {"age": ("token", "float"), "occupation": ("token",)},
+                   "movie": dict.fromkeys(("class", "genre", "genres", *TITLE_COLUMNS), ("token", "token_seq"))}
+INT64_MAX = 2**63 - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 MISSING = ("unkonwn", "unknown")  # RecBole's ml-100k (and u.item) placeholder for movie 267
 
 
@@ -178,7 +183,7 @@ def _assemble(files: MovieLensFiles):
     rates = {"src": np.array([users.index[u] for u in inter.columns[ucol]], dtype=np.int64),
              "dst": np.array([movies.index[i] for i in inter.columns[icol]], dtype=np.int64)}
     if tcol:
-        rates["ts"] = np.array([int(v) for v in _finite(inter, tcol, minimum=0)], dtype=np.int64)
+        rates["ts"] = np.array([int(v) for v in _finite(inter, tcol, 0, INT64_MAX)], dtype=np.int64)
     if wcol:
         rates["weight"] = np.array(_finite(inter, wcol), dtype=np.float32)
     edges = [(EdgeType("user", "rates", "movie", ts=bool(tcol), weight=bool(wcol)), rates)]
@@ -221,12 +226,24 @@ def _required(table: AtomicTable, column: str) -> list[str]:
     return values
 
 
-def _finite(table: AtomicTable, column: str, minimum: float = -math.inf) -> list[float]:
+def _check_kinds(table: AtomicTable, ntype: str) -> None:
+    """Attribute and title columns of a ``.user``/``.item`` header must declare a type read here."""
+    for i, (name, kind) in enumerate(table.types.items(), start=1):
+        allowed = ATTRIBUTE_KINDS[ntype].get(name, (kind,))
+        if kind not in allowed:
+            raise GraphFormatError(f"{table.path}: line 1, column {i} ('{name}:{kind}'): expected type "
+                                   f"{' or '.join(allowed)} for {name!r}")
+
+
+def _finite(table: AtomicTable, column: str, minimum: float = -FLOAT32_MAX, maximum: float = FLOAT32_MAX):
+    """A float column's values, each finite and in what stores it (float32; int64 for timestamps)."""
     values = table.columns[column]
     for row, v in enumerate(values):
         if not math.isfinite(v) or v < minimum:
             raise GraphFormatError(f"{table.where(row, column)}: value {v} is missing, not finite "
                                    f"or below {minimum}")
+        if v > maximum:
+            raise GraphFormatError(f"{table.where(row, column)}: value {v} is above {maximum}")
     return values
 
 
@@ -256,26 +273,36 @@ def _node_columns(table: AtomicTable | None, ids: _Ids, rows: dict[str, int], nt
     specs: list[FeatureSpec] = []
     if table is None:
         return columns, ()
+    _check_kinds(table, ntype)                    # before _attributes reads these columns too
     at = [rows.get(r) for r in ids.raw]
     skip = {table.names("token")[0], *ATTRIBUTE_COLUMNS[ntype]}
+
+    def add(column: str, feature: str, values: list, kind: str, cardinality: int = 0) -> None:
+        if feature in ("id", *columns):           # "zip code" and "zip_code" both give zip_code
+            raise GraphFormatError(f"{table.path}: line 1, column {column!r}: its feature name {feature!r} "
+                                   "is reserved or taken by another column; rename the column")
+        columns[feature] = values
+        specs.append(FeatureSpec(feature, kind, cardinality=cardinality))
+
     for name, kind in table.types.items():
         if name in skip:
             continue
         values = [None if r is None else table.columns[name][r] for r in at]
         if name in TITLE_COLUMNS and ntype == "movie":
             titles = [v if isinstance(v, str) else " ".join(v or []) for v in values]
-            columns["title"] = [None if t in MISSING else t or None for t in titles]
-            specs.append(FeatureSpec("title", "text"))
+            add(name, "title", [None if t in MISSING else t or None for t in titles], "text")
         elif kind == "token":
             if name == "release_year":
                 values = [v if v is not None and v.isdigit() else None for v in values]
             vocab = _Ids({v for v in values if v is not None})
             if vocab.raw:
-                columns[_feature_name(name)] = [None if v is None else vocab.index[v] for v in values]
-                specs.append(FeatureSpec(_feature_name(name), "categorical", cardinality=len(vocab.raw)))
-        elif kind == "float":
-            columns[_feature_name(name)] = [None if v is None or math.isnan(v) else v for v in values]
-            specs.append(FeatureSpec(_feature_name(name), "dense"))
+                add(name, _feature_name(name), [None if v is None else vocab.index[v] for v in values],
+                    "categorical", len(vocab.raw))
+        elif kind == "float":                     # NaN is a missing value; inf or 1e39 cannot be stored
+            for row, v in enumerate(table.columns[name]):
+                if abs(v) > FLOAT32_MAX:
+                    raise GraphFormatError(f"{table.where(row, name)}: value {v} does not fit a float32 feature")
+            add(name, _feature_name(name), [None if v is None or math.isnan(v) else v for v in values], "dense")
     return columns, tuple(specs)
 
 

@@ -29,6 +29,11 @@ FEATURE_KINDS = ("dense", "categorical", "token_list", "text")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def _is_int(value: object) -> bool:
+    """A Python int; JSON ``true`` and ``2.0`` are not counts, dims or cardinalities."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_name(what: str, name: str) -> None:
     if not isinstance(name, str) or not _NAME.match(name) or "__" in name:
         raise GraphFormatError(
@@ -59,6 +64,9 @@ class FeatureSpec:
             raise GraphFormatError(
                 f"feature {self.name!r}: kind {self.kind!r} is not one of {FEATURE_KINDS}"
             )
+        for key in ("dim", "cardinality"):
+            if not _is_int(getattr(self, key)):
+                raise GraphFormatError(f"feature {self.name!r}: {key} must be an int, got {getattr(self, key)!r}")
         if self.dim < 1:
             raise GraphFormatError(f"feature {self.name!r}: dim must be >= 1, got {self.dim}")
         if self.kind in ("categorical", "token_list") and self.cardinality < 1:
@@ -93,7 +101,7 @@ class NodeType:
 
     def __post_init__(self) -> None:
         _check_name("node type", self.name)
-        if not isinstance(self.count, int) or self.count < 0:
+        if not _is_int(self.count) or self.count < 0:
             raise GraphFormatError(f"node type {self.name!r}: count must be an int >= 0, got {self.count!r}")
         names = [f.name for f in self.features]
         if len(set(names)) != len(names):
@@ -119,8 +127,12 @@ class EdgeType:
 
     def __post_init__(self) -> None:
         _check_name("relation", self.rel)
-        if not isinstance(self.count, int) or self.count < 0:
+        if not _is_int(self.count) or self.count < 0:
             raise GraphFormatError(f"edge type {self.key}: count must be an int >= 0, got {self.count!r}")
+        for key in ("ts", "weight"):
+            if not isinstance(getattr(self, key), bool):
+                raise GraphFormatError(f"edge type {self.key}: {key} must be true or false, "
+                                       f"got {getattr(self, key)!r}")
 
     @property
     def key(self) -> str:
@@ -152,6 +164,8 @@ class GraphSchema:
     offsets: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise GraphFormatError(f"field 'name' must be a string, got {self.name!r}")
         names = [n.name for n in self.node_types]
         if len(set(names)) != len(names):
             raise GraphFormatError(f"duplicate node type names in {names}")
@@ -222,8 +236,8 @@ class GraphSchema:
                 for n in doc["node_types"]
             )
             edges = tuple(
-                EdgeType(e["src"], e["rel"], e["dst"], e.get("count", 0),
-                         bool(e.get("ts", False)), bool(e.get("weight", False)))
+                EdgeType(e["src"], e["rel"], e["dst"], e.get("count", 0), e.get("ts", False),
+                         e.get("weight", False))
                 for e in doc["edge_types"]
             )
             return cls(nodes, edges, doc.get("name", ""))
@@ -238,7 +252,9 @@ class GraphSchema:
         if not path.is_file():
             raise GraphFormatError(f"{path}: not found (is this a hetrec graph directory?)")
         try:
-            doc = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+            doc = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise GraphFormatError(f"{path}: not valid JSON ({err})") from None
+        except RecursionError:
+            raise GraphFormatError(f"{path}: not a schema (JSON nested too deep)") from None
         return cls.from_json(doc, str(path))

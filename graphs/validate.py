@@ -8,6 +8,7 @@ statistics look wrong (or that has none) is scanned to find the row.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -131,51 +132,79 @@ def validate_graph(gdir: GraphDir, full: bool = False) -> None:
     counts = {n.name: n.count for n in schema.node_types}
 
     for ntype in schema.node_types:
-        files, rows = gdir.node_files(ntype.name), 0
+        files = _open_counted(gdir.path / "nodes" / ntype.name, gdir.node_files(ntype.name), ntype.count)
         seen = np.zeros(ntype.count, dtype=bool) if full else None  # 1 byte per node, full mode only
-        for path in files:
-            pf = open_parquet(path)
-            check_columns(path, pf, ntype.arrow_schema())
-            check_range(path, pf, "id", 0, ntype.count, full, what=f" (node type {ntype.name!r} has "
-                        f"{ntype.count} nodes)")
-            for feat in ntype.features:
-                if feat.kind == "categorical":
-                    check_range(path, pf, feat.name, 0, feat.cardinality, full, nullable=True,
-                                what=f" (categorical feature, cardinality {feat.cardinality})")
-                if feat.kind == "token_list" and full:
-                    _check_tokens(path, pf, feat.name, feat.cardinality)
-            if full:
-                _check_unique_ids(path, pf, seen)
-            rows += pf.metadata.num_rows
-        if rows != ntype.count:
-            raise GraphFormatError(f"{gdir.path / 'nodes' / ntype.name}: {rows} rows in "
-                                   f"{len(files)} file(s), schema.json says count={ntype.count}")
+        for path, pf in files:
+            with _reading(path):
+                check_columns(path, pf, ntype.arrow_schema())
+                check_range(path, pf, "id", 0, ntype.count, full, what=f" (node type {ntype.name!r} has "
+                            f"{ntype.count} nodes)")
+                for feat in ntype.features:
+                    if feat.kind == "categorical":
+                        check_range(path, pf, feat.name, 0, feat.cardinality, full, nullable=True,
+                                    what=f" (categorical feature, cardinality {feat.cardinality})")
+                    if feat.kind == "token_list" and full:
+                        _check_tokens(path, pf, feat.name, feat.cardinality)
+                    if feat.kind == "dense" and full:
+                        _check_finite(path, pf, feat.name, nullable=True)
+                if full:
+                    _check_unique_ids(path, pf, seen)
 
     for etype in schema.edge_types:
-        files, rows = gdir.edge_files(etype.key), 0
-        for path in files:
-            pf = open_parquet(path)
-            check_columns(path, pf, etype.arrow_schema())
-            check_range(path, pf, "src", 0, counts[etype.src], full,
-                        what=f" (node type {etype.src!r} has {counts[etype.src]} nodes)")
-            check_range(path, pf, "dst", 0, counts[etype.dst], full,
-                        what=f" (node type {etype.dst!r} has {counts[etype.dst]} nodes)")
-            if etype.ts:
-                check_range(path, pf, "ts", 0, None, full, what=" (timestamps are int64 seconds >= 0)")
-            if etype.weight and full:
-                _check_weight(path, pf)
-            rows += pf.metadata.num_rows
-        if rows != etype.count:
-            raise GraphFormatError(f"{gdir.path / 'edges' / etype.key}: {rows} rows in "
-                                   f"{len(files)} file(s), schema.json says count={etype.count}")
+        for path, pf in _open_counted(gdir.path / "edges" / etype.key, gdir.edge_files(etype.key), etype.count):
+            with _reading(path):
+                check_columns(path, pf, etype.arrow_schema())
+                check_range(path, pf, "src", 0, counts[etype.src], full,
+                            what=f" (node type {etype.src!r} has {counts[etype.src]} nodes)")
+                check_range(path, pf, "dst", 0, counts[etype.dst], full,
+                            what=f" (node type {etype.dst!r} has {counts[etype.dst]} nodes)")
+                if etype.ts:
+                    check_range(path, pf, "ts", 0, None, full, what=" (timestamps are int64 seconds >= 0)")
+                if etype.weight and full:
+                    _check_finite(path, pf, "weight", nullable=False)
 
 
-def _check_weight(path: Path, pf: pq.ParquetFile) -> None:
-    """Weights must be finite; parquet statistics skip NaN, so only full mode scans them."""
-    row = _first_row(pf, "weight", lambda a: ~np.isfinite(a.fill_null(np.nan).to_numpy()))
+def _open_counted(folder: Path, files: list[Path], count: int) -> list[tuple[Path, pq.ParquetFile]]:
+    """Open the part files of one type; their rows (from the footers) must add up to ``count``.
+
+    Checked before any value: full mode allocates a byte per node, and a schema.json that
+    promises 10**30 nodes must get this error, not a MemoryError.
+    """
+    opened = [(path, open_parquet(path)) for path in files]
+    rows = sum(pf.metadata.num_rows for _, pf in opened)
+    if rows != count:
+        raise GraphFormatError(f"{folder}: {rows} rows in {len(files)} file(s), schema.json says count={count}")
+    return opened
+
+
+@contextmanager
+def _reading(path: Path):
+    """A file whose footer opens but whose data pages do not (bytes overwritten) gets a clear error."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as err:
+        raise GraphFormatError(f"{path}: truncated or corrupt parquet file ({err})") from None
+
+
+def _check_finite(path: Path, pf: pq.ParquetFile, column: str, nullable: bool) -> None:
+    """Float values (every element of a fixed-size list) must be finite, and not null unless
+    ``nullable``; parquet statistics skip NaN, so only full mode scans them."""
+    def bad(a: pa.ChunkedArray) -> np.ndarray:
+        a = a.combine_chunks()
+        nulls = a.is_null().to_numpy(zero_copy_only=False)
+        if pa.types.is_fixed_size_list(a.type):                  # a null element counts as bad
+            out = np.zeros(len(a), dtype=bool)
+            values = pc.list_flatten(a).to_numpy(zero_copy_only=False)
+            out[pc.list_parent_indices(a).to_numpy()[~np.isfinite(values)]] = True
+        else:
+            out = ~np.isfinite(a.to_numpy(zero_copy_only=False)) & ~nulls   # nulls read as NaN
+        return out if nullable else out | nulls
+
+    row = _first_row(pf, column, bad)
     if row is not None:
-        value = pf.read(columns=["weight"]).column(0)[row].as_py()
-        raise GraphFormatError(f"{path}: column 'weight', row {row}: value {value} is not finite")
+        value = pf.read(columns=[column]).column(0)[row].as_py()
+        problem = "is null" if value is None else f"{value} is not finite"
+        raise GraphFormatError(f"{path}: column {column!r}, row {row}: value {problem}")
 
 
 def _check_unique_ids(path: Path, pf: pq.ParquetFile, seen: np.ndarray) -> None:
@@ -199,10 +228,13 @@ def _check_tokens(path: Path, pf: pq.ParquetFile, column: str, cardinality: int)
     before = 0
     for g in range(pf.num_row_groups):
         lists = pf.read_row_group(g, columns=[column]).column(0).combine_chunks()
-        values = pc.list_flatten(lists).to_numpy(zero_copy_only=False)
+        flat = pc.list_flatten(lists)
+        values = flat.fill_null(-1).to_numpy()                  # a null token is out of range too
         bad = np.flatnonzero((values < 0) | (values >= cardinality))
         if bad.size:
             row = int(pc.list_parent_indices(lists).to_numpy()[bad[0]])
+            token = flat[int(bad[0])].as_py()
             raise GraphFormatError(f"{path}: column {column!r}, row {before + row}: token "
-                                   f"{int(values[bad[0]])} outside [0, {cardinality}) (token_list feature)")
+                                   f"{'null' if token is None else token} outside [0, {cardinality}) "
+                                   "(token_list feature)")
         before += len(lists)

@@ -204,6 +204,34 @@ def test_malformed_line(tmp_path, body, match):
     assert not (tmp_path / "g").exists()
 
 
+INTER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t1\t5\t10\n"
+
+
+# Found by tests/graphs/test_loaders_fuzz.py: crashes (OverflowError, TypeError) or a graph
+# written with inf in it, and errors that did not name the file.
+@pytest.mark.parametrize("name, text, says", [
+    ("d.inter", INTER + "1\t2\t4\t1e30\n",
+     "d.inter: line 3, column 'timestamp': value 1e+30 is above 9223372036854775807"),
+    ("d.inter", INTER + "1\t2\t1e39\t10\n", "d.inter: line 3, column 'rating': value 1e+39 is above 3.4028234"),
+    ("d.user", "user_id:token\tscore:float\n1\tinf\n", "d.user: line 2, column 'score': value inf does not fit"),
+    ("d.user", "user_id:token\toccupation:token_seq\n1\ta b\n",
+     "d.user: line 1, column 2 ('occupation:token_seq'): expected type token for 'occupation'"),
+    ("d.item", "item_id:token\tmovie_title:float\n1\t2\n",
+     "d.item: line 1, column 2 ('movie_title:float'): expected type token or token_seq for 'movie_title'"),
+    ("d.item", "item_id:token\tclass:float\n1\t2\n", "d.item: line 1, column 2 ('class:float'): expected type"),
+    ("d.user", "user_id:token\tzip code:token\tzip_code:token\n1\ta\tb\n",
+     "d.user: line 1, column 'zip_code': its feature name 'zip_code' is reserved or taken"),
+    ("d.user", "user_id:token\tid:token\n1\tx\n", "d.user: line 1, column 'id': its feature name 'id' is reserved"),
+    ("d.item", "item_id:token\tmovie_title:token\ttitle:token\n1\tA\tB\n",
+     "d.item: line 1, column 'title': its feature name 'title' is reserved or taken"),
+])
+def test_bad_value_or_column_type_is_named(tmp_path, name, text, says):
+    src = _write(tmp_path / "src", {"d.inter": INTER, name: text})
+    with pytest.raises(GraphFormatError, match="^" + re.escape(f"{src}/{says}")):
+        build_movielens(tmp_path / "g", source=src)
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]  # no graph, no temp folder
+
+
 def test_bad_header_and_grouplens_line(tmp_path):
     src = _write(tmp_path / "a", {"x.inter": "user_id:token\titem_id:integer\n1\t2\n"})
     with pytest.raises(GraphFormatError, match=r"x\.inter: line 1, column 2 \('item_id:integer'\)"):

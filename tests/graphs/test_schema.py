@@ -131,3 +131,37 @@ def test_missing_schema_json(tmp_path):
     (tmp_path / "g").mkdir()
     with pytest.raises(GraphFormatError, match=re.escape(f"{tmp_path / 'g' / 'schema.json'}: not found")):
         GraphDir(tmp_path / "g")
+
+
+# Found by tests/graphs/test_loaders_fuzz.py: wrong JSON types that used to be accepted
+# (a float dim crashed validation later with a TypeError; "ts": "no" read as True).
+@pytest.mark.parametrize("path, value, message", [
+    (("name",), 5, "field 'name' must be a string, got 5"),
+    (("node_types", 0, "count"), True, "node type 'a': count must be an int >= 0, got True"),
+    (("node_types", 0, "features", 0, "dim"), 2.0, "feature 'v': dim must be an int, got 2.0"),
+    (("node_types", 0, "features", 0, "dim"), None, "feature 'v': dim must be an int, got None"),
+    (("node_types", 0, "features", 1, "cardinality"), "3", "feature 'c': cardinality must be an int, got '3'"),
+    (("edge_types", 0, "ts"), "no", "edge type a__r__a: ts must be true or false, got 'no'"),
+    (("edge_types", 0, "weight"), 1, "edge type a__r__a: weight must be true or false, got 1"),
+])
+def test_schema_json_wrong_types(path, value, message):
+    doc = {"format": "hetrec-graph", "version": 1, "name": "g",
+           "node_types": [{"name": "a", "count": 2, "features": [
+               {"name": "v", "kind": "dense", "dim": 2}, {"name": "c", "kind": "categorical", "cardinality": 3}]}],
+           "edge_types": [{"src": "a", "rel": "r", "dst": "a", "count": 0, "ts": False, "weight": False}]}
+    GraphSchema.from_json(doc)
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(GraphFormatError, match="^" + re.escape(f"schema.json: {message}") + "$"):
+        GraphSchema.from_json(doc)
+
+
+@pytest.mark.parametrize("data, message", [(b"\xff\xfe{", "not valid JSON"),
+                                           (b"[" * 100_000, "not a schema (JSON nested too deep)")])
+def test_schema_json_not_utf8_or_too_deep(tmp_path, data, message):
+    g = write_schema_json(tmp_path, "")
+    (g / "schema.json").write_bytes(data)
+    with pytest.raises(GraphFormatError, match="^" + re.escape(f"{g / 'schema.json'}: {message}")):
+        GraphDir(g)
