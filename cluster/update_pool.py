@@ -84,7 +84,9 @@ class UpdatePool:
         self.base_nodes = sum(store.counts.values())
         if not ray.is_initialized():
             ray.init(log_to_driver=False)
-        actor = ray.remote(ShardUpdater).options(num_cpus=num_cpus, resources=resources or {}, max_restarts=3,
+        # an actor that dies is always restarted (it rebuilds its state from the log), and a
+        # call in flight is retried on it
+        actor = ray.remote(ShardUpdater).options(num_cpus=num_cpus, resources=resources or {}, max_restarts=-1,
                                                  max_task_retries=3)
         self.actors = [actor.remote(str(self.run_dir), i, actors, self.cfg) for i in range(actors)]
         ray.get([a.new_edges.remote() for a in self.actors])      # constructed: state rebuilt, ready

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -28,11 +30,11 @@ def run(tmp_path_factory, ray_local):
     return root / "run"
 
 
-def _stream(users: int = 1000, items: int = 400) -> list[list[dict]]:
-    """Three batches: new users and items linked to old ones and to each other."""
+def _stream(users: int = 1000, items: int = 400, batches: int = 3) -> list[list[dict]]:
+    """``batches`` batches: new users and items linked to old ones and to each other."""
     rng = np.random.default_rng(7)
-    batches = []
-    for b in range(3):
+    out = []
+    for b in range(batches):
         u0, i0 = users + 4 * b, items + 2 * b
         evs = [{"op": "node", "ntype": "user", "id": u0 + j, "attrs": {"age": int(j % 8)}} for j in range(4)]
         evs += [{"op": "node", "ntype": "item", "id": i0 + j, "attrs": '{"price": 9.5, "tags": [1, 2]}'}
@@ -44,8 +46,8 @@ def _stream(users: int = 1000, items: int = 400) -> list[list[dict]]:
             evs.append({"op": "edge", "etype": "user__clicks__item", "src": u0 + j, "dst": i0 + j % 2})
         evs.append({"op": "edge", "etype": "item__in_category__category", "src": i0, "dst": 3})
         evs.append({"op": "edge", "etype": "user__clicks__item", "src": int(rng.integers(users)), "dst": i0 + 1})
-        batches.append(evs)
-    return batches
+        out.append(evs)
+    return out
 
 
 def _cos(a, b):
@@ -154,3 +156,49 @@ def test_update_cli_applies_a_parquet_and_reports_bad_rows(run, tmp_path):
     pq.write_table(pa.table({"kind": ["node"]}), tmp_path / "bad.parquet")
     result = CliRunner().invoke(main, ["update", str(copy), str(tmp_path / "bad.parquet")])
     assert result.exit_code == 1 and "bad.parquet: missing column 'op'" in result.output
+
+
+def test_actors_killed_at_random_points_apply_every_event_once(run, tmp_path):
+    """Eight batches stream in; at six of them, chosen at random, a timer kills a random ILLE
+    actor after a random delay (the kill lands while a batch is logged, prepared, solved or
+    committed, or while the actor restarts).
+    Every acknowledged event is applied exactly once, and the embeddings equal a run
+    without kills."""
+    batches = _stream(batches=8)
+    results, kills, phase = {}, [], ["idle"]
+    for name in ("clean", "killed"):
+        copy = tmp_path / name
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("updates"))
+        pool = UpdatePool(copy, actors=2)
+        rng = random.Random(5)
+        doomed = set(rng.sample(range(len(batches)), 6)) if name == "killed" else set()
+        try:
+            timers = []
+            for b, evs in enumerate(batches):
+                if b in doomed:                     # fires during this batch or the next ones
+                    victim = pool.actors[rng.randrange(2)]
+                    timers.append(threading.Timer(rng.uniform(0.0, 0.1), lambda v=victim: (
+                        kills.append(phase[0]), ray.kill(v, no_restart=False))))
+                    timers[-1].start()
+                phase[0] = "submit"
+                assert pool.submit(evs).accepted == len(evs)       # acknowledged: must be applied
+                phase[0] = "apply"
+                pool.apply()
+            phase[0] = "after the stream"
+            for timer in timers:
+                timer.join()
+            pool.apply()                                          # whatever a kill left pending
+            assert pool.pending() == []
+            edges = sum(ray.get([a.new_edges.remote() for a in pool.actors]))
+            view = pool.embeddings()
+            results[name] = (edges, view.rows("user", np.arange(1000, 1000 + 4 * len(batches))),
+                             view.rows("item", np.arange(400, 400 + 2 * len(batches))), sorted(view.applied))
+        finally:
+            pool.close()
+    assert len(kills) == 6
+    print(f"kills during: {kills}")
+    clicks = sum(1 for evs in batches for e in evs if e["op"] == "edge")
+    assert results["killed"][0] == results["clean"][0] == 2 * clicks   # each half-edge once
+    assert results["killed"][3] == results["clean"][3] and len(results["clean"][3]) == len(batches)
+    np.testing.assert_allclose(results["killed"][1], results["clean"][1], atol=1e-6)
+    np.testing.assert_allclose(results["killed"][2], results["clean"][2], atol=1e-6)
