@@ -9,11 +9,16 @@ on MovieLens-100K first). In one run it measures:
   Serve, no HTTP), p50/p95/p99 over ``--floor-requests`` users;
 * fixed rates: open-loop ``GET /recommend`` arrivals at each rate for ``--seconds`` (random
   known users, k=10, N=``--candidates``), p50/p95/p99 latency, errors, achieved rate;
-* maximum sustainable rate: rates raised in steps until one is not sustained (achieved
-  < 95% of offered, errors > 1% or p99 > ``--max-p99-ms``); the last sustained one;
+* maximum sustainable rate: the highest rate sustained (achieved >= 95% of offered, errors
+  <= 1%, p99 <= ``--max-p99-ms``), bisected between the last sustained rate and the first
+  that is not, to ``--resolution`` QPS (above all of ``--rates``: ``--max-rates`` first);
 * overhead: Serve p50 at the lowest rate minus the floor p50;
 * freshness: for ``--fresh-users`` new users, time from ``POST /events`` to the first
   ``/recommend`` that is personalised (``fallback`` false).
+
+Each of ``--layouts`` is deployed in turn and measured the same way: ``split`` (Ingress ->
+Retriever -> Ranker deployments) and ``colocated`` (the Ingress retrieves and ranks
+in-process, ``ServeConfig.colocate``).
 
 The load generator shares the machine's cores with the service. Writes
 ``benchmarks/results/serve_load.json``.
@@ -138,60 +143,86 @@ def main() -> None:
     ap.add_argument("--floor-requests", type=int, default=300)
     ap.add_argument("--fresh-users", type=int, default=5)
     ap.add_argument("--max-p99-ms", type=float, default=200)
+    ap.add_argument("--resolution", type=float, default=10, help="QPS step at which the rate search stops.")
     ap.add_argument("--timeout-s", type=float, default=5)
     ap.add_argument("--max-replicas", type=int, default=2, help="Autoscaling bound of each deployment.")
+    ap.add_argument("--layouts", default="split,colocated", help="Layouts to measure, in turn.")
     ap.add_argument("--out", default="benchmarks/results/serve_load.json")
     args = ap.parse_args()
+    bad = [layout for layout in args.layouts.split(",") if layout not in ("split", "colocated")]
+    if bad:
+        raise SystemExit(f"--layouts: unknown layout(s) {bad} (split, colocated)")
     ray.init(log_to_driver=False)
     run = Path(args.run) if args.run else prepare_run(Path(args.work), args.movielens)
     from graphs.store import GraphDir
-    from serve.app import start
-    from serve.auth import write_token_file
-    from serve.config import ServeConfig
 
     graph = json.loads((run / "config.json").read_text())["graph"]
     raw_users = GraphDir(graph, validate="none").read_nodes("user", columns=["id", "raw_id"])["raw_id"].to_pylist()
     users = np.random.default_rng(0).choice(len(raw_users), args.floor_requests)
     result = {"floor_ms": floor(run, users, args.candidates)}
     print(f"floor (in-process retrieve + rank, N={args.candidates}): {result['floor_ms']}", flush=True)
+    result["layouts"] = {}
+    for layout in args.layouts.split(","):
+        result["layouts"][layout] = measure(run, raw_users, layout, args, result["floor_ms"]["p50"])
+    write_result(args.out, {**result, "candidates": args.candidates, "max_replicas": args.max_replicas,
+                            "seconds_per_rate": args.seconds, "run": str(run)})
+
+
+def measure(run: Path, raw_users: list[str], layout: str, args, floor_p50: float) -> dict:
+    """Deploy the app in ``layout``, run the fixed rates, the rate search and freshness."""
+    from serve.app import start
+    from serve.auth import write_token_file
+    from serve.config import ServeConfig
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     token = write_token_file(run / "serve.token")
     start(ServeConfig(run_dir=str(run), candidates=args.candidates, max_replicas=args.max_replicas,
-                      token_file=str(run / "serve.token")), port=port)
+                      token_file=str(run / "serve.token"), colocate=layout == "colocated"), port=port)
     url = f"http://127.0.0.1:{port}"
     asyncio.run(fixed_rate(url, raw_users, 20, 3, args.timeout_s))          # warm-up, not reported
-    result["rates"] = []
-    for rate in [float(r) for r in args.rates.split(",")]:
-        row = asyncio.run(fixed_rate(url, raw_users, rate, args.seconds, args.timeout_s))
-        result["rates"].append(row)
-        print(f"{rate:5.0f} QPS: p50 {row['p50']:.1f} p95 {row['p95']:.1f} p99 {row['p99']:.1f} ms, "
-              f"errors {row['errors']}, achieved {row['achieved_qps']:.1f}/s", flush=True)
+    result = {"rates": []}
 
     def sustained(row: dict) -> bool:
         return (row["achieved_qps"] >= 0.95 * row["offered_qps"] and row["error_rate"] <= 0.01
                 and row["p99"] <= args.max_p99_ms)
 
-    best = max((r["offered_qps"] for r in result["rates"] if sustained(r)), default=0.0)
-    if all(sustained(r) for r in result["rates"]):
+    def one(rate: float) -> dict:
+        row = asyncio.run(fixed_rate(url, raw_users, rate, args.seconds, args.timeout_s))
+        result["rates"].append(row)
+        print(f"{layout:>9} {rate:5.0f} QPS: p50 {row['p50']:.1f} p95 {row['p95']:.1f} p99 {row['p99']:.1f} ms, "
+              f"errors {row['errors']}, achieved {row['achieved_qps']:.1f}/s", flush=True)
+        return row
+
+    rows = [one(float(r)) for r in args.rates.split(",")]
+    best = max((r["offered_qps"] for r in rows if sustained(r)), default=0.0)
+    above = [r["offered_qps"] for r in rows if not sustained(r) and r["offered_qps"] > best]
+    worst = min(above) if above else None
+    if worst is None:
         for rate in [float(r) for r in args.max_rates.split(",")]:
-            row = asyncio.run(fixed_rate(url, raw_users, rate, args.seconds, args.timeout_s))
-            result["rates"].append(row)
-            print(f"{rate:5.0f} QPS: p50 {row['p50']:.1f} p99 {row['p99']:.1f} ms, errors {row['errors']}, "
-                  f"achieved {row['achieved_qps']:.1f}/s", flush=True)
-            if not sustained(row):
+            if not sustained(one(rate)):
+                worst = rate
                 break
             best = rate
+    while worst is not None and worst - best > args.resolution:     # bisect between them
+        mid = float(round((best + worst) / 2 / 5) * 5)
+        if mid in (best, worst):
+            break
+        time.sleep(2)                                   # let a failed step's queue drain
+        if sustained(one(mid)):
+            best = mid
+        else:
+            worst = mid
     result["max_sustainable_qps"] = best
-    result["overhead_p50_ms"] = result["rates"][0]["p50"] - result["floor_ms"]["p50"]
+    result["overhead_p50_ms"] = rows[0]["p50"] - floor_p50
     fresh = asyncio.run(freshness(url, args.fresh_users, token))
     result["freshness_s"] = {"median": float(np.median(fresh)), "max": float(np.max(fresh)), "all": fresh}
-    print(f"max sustainable {best:.0f} QPS; overhead at p50 {result['overhead_p50_ms']:.1f} ms; "
+    print(f"{layout:>9}: max sustainable {best:.0f} QPS; overhead at p50 {result['overhead_p50_ms']:.1f} ms; "
           f"freshness median {np.median(fresh):.2f} s (max {np.max(fresh):.2f} s)", flush=True)
     serve.shutdown()
-    write_result(args.out, {**result, "candidates": args.candidates, "max_replicas": args.max_replicas,
-                            "seconds_per_rate": args.seconds, "run": str(run)})
+    return result
+
 
 if __name__ == "__main__":
     main()

@@ -277,8 +277,11 @@ def rank_cmd(run_dir: Path, model: str, epochs: int, workers: int, steps: int | 
 @click.option("--candidates", type=int, default=200, show_default=True, help="Items retrieved and ranked.")
 @click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Secrets file with the bearer token POST /events needs (else $HETREC_TOKEN).")
+@click.option("--colocate/--split", default=False, show_default=True,
+              help="Retrieve and rank inside the Ingress replicas (fewer hops, lower latency) or in "
+                   "Retriever and Ranker deployments that scale on their own.")
 @click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
-def serve_cmd(run_dir: Path, host: str, port: int, candidates: int, token_file: Path | None,
+def serve_cmd(run_dir: Path, host: str, port: int, candidates: int, token_file: Path | None, colocate: bool,
               address: str | None) -> None:
     """Serve RUN_DIR (embeddings + ranker) on Ray Serve: /recommend, /events, /healthz, /docs.
     Runs until interrupted (Ctrl-C), then shuts the application down."""
@@ -290,7 +293,7 @@ def serve_cmd(run_dir: Path, host: str, port: int, candidates: int, token_file: 
     from serve.app import start
     from serve.config import ServeConfig
 
-    cfg = ServeConfig(run_dir=str(run_dir.resolve()), candidates=candidates,
+    cfg = ServeConfig(run_dir=str(run_dir.resolve()), candidates=candidates, colocate=colocate,
                       token_file=str(token_file.resolve()) if token_file else None)
     if token_file is None and not os.environ.get("HETREC_TOKEN"):
         click.echo("warning: no token (--token-file or HETREC_TOKEN): POST /events will answer 401", err=True)

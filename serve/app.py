@@ -34,7 +34,7 @@ from collections import deque
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictInt, StrictStr, StringConstraints
@@ -54,18 +54,43 @@ api = FastAPI(title="hetrec", description="Heterogeneous-graph recommendations: 
 api.state.token, api.state.protect_reads, api.state.max_body_bytes = None, False, 1 << 20   # set by Ingress
 
 
-@api.middleware("http")
-async def limit_body(request: Request, call_next):
-    """413 for a body over ``max_body_bytes``, by its Content-Length or, chunked, as read."""
-    limit = request.app.state.max_body_bytes
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        return JSONResponse(status_code=413, content={"detail": f"request body of {length[:20]} bytes is over "
-                                                                f"the limit of {limit} bytes (max_body_bytes)"})
-    if length is None and request.method in ("POST", "PUT", "PATCH") and len(await request.body()) > limit:
-        return JSONResponse(status_code=413, content={"detail": f"request body is over the limit of {limit} bytes "
-                                                                f"(max_body_bytes)"})
-    return await call_next(request)
+class BodyLimit:
+    """413 for a body over ``max_body_bytes``: by its Content-Length, or, chunked, as read.
+    A plain ASGI middleware (no per-request task group, unlike ``@app.middleware``)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = scope["app"].state.max_body_bytes         # the app serving this request
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            shown = length[:20].decode("latin-1")
+            return await JSONResponse(status_code=413, content={
+                "detail": f"request body of {shown} bytes is over the limit of {limit} bytes (max_body_bytes)"})(
+                scope, receive, send)
+        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            messages, size = [], 0
+            while True:                                 # read it all, up to the limit, then replay it
+                message = await receive()
+                messages.append(message)
+                size += len(message.get("body", b""))
+                if size > limit:
+                    return await JSONResponse(status_code=413, content={
+                        "detail": f"request body is over the limit of {limit} bytes (max_body_bytes)"})(
+                        scope, receive, send)
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    break
+
+            async def replay():
+                return messages.pop(0) if messages else await receive()
+            return await self.app(scope, replay, send)
+        return await self.app(scope, receive, send)
+
+
+api.add_middleware(BodyLimit)
 
 
 RawId = Annotated[StrictStr, StringConstraints(min_length=1, max_length=256)] | StrictInt
@@ -109,7 +134,10 @@ def _invalid(loc: tuple, msg: str, value) -> RequestValidationError:
 @serve.ingress(api)
 class Ingress:
     def __init__(self, retriever, ranker, updater, cfg: ServeConfig):
+        """``retriever``/``ranker``: deployment handles, or ``None`` with ``cfg.colocate``, where
+        this replica retrieves and ranks in-process (two hops fewer per request)."""
         self.retriever, self.ranker, self.updater, self.cfg = retriever, ranker, updater, cfg
+        self.local = (Retriever(cfg), Ranker(cfg, max(1, int(cfg.colocated_cpus)))) if cfg.colocate else None
         self.catalog = LiveCatalog(cfg.run_dir, cfg.etype)
         api.state.token = load_token(cfg.token_file)      # this replica's process only; never logged
         api.state.protect_reads, api.state.max_body_bytes = cfg.protect_reads, cfg.max_body_bytes
@@ -134,6 +162,20 @@ class Ingress:
             except asyncio.TimeoutError:
                 raise _unavailable(f"{what} did not answer within {self.cfg.call_timeout_s:g} s") from None
 
+    async def _retrieve_and_rank(self, uid: int, seen: np.ndarray) -> dict:
+        """The Retriever's N candidates for ``uid`` (``seen`` excluded) with the Ranker's logits."""
+        if self.local is not None:
+            retriever, ranker = self.local
+            return await ranker.rank(uid, await retriever.retrieve(uid, self.cfg.candidates, seen.tolist()))
+        # the retriever's answer goes to the ranker directly (Serve resolves it there)
+        return await self._call(lambda: self.ranker.rank.remote(
+            uid, self.retriever.retrieve.remote(uid, self.cfg.candidates, seen.tolist())), "ranking")
+
+    async def _version(self) -> str:
+        if self.local is not None:
+            return await self.local[0].version()
+        return await self._call(lambda: self.retriever.version.remote(), "retrieval")
+
     def _record(self, route: str, outcome: str, t0: float) -> None:
         ms = (time.perf_counter() - t0) * 1000
         self.counts[f"{route}:{outcome}"] = self.counts.get(f"{route}:{outcome}", 0) + 1
@@ -154,9 +196,7 @@ class Ingress:
         seen = c.history(uid) if uid is not None else np.zeros(0, np.int64)
         version, ids, scores = None, None, None
         if uid is not None:
-            # the retriever's answer goes to the ranker directly (Serve resolves it there)
-            got = await self._call(lambda: self.ranker.rank.remote(
-                uid, self.retriever.retrieve.remote(uid, self.cfg.candidates, seen.tolist())), "ranking")
+            got = await self._retrieve_and_rank(uid, seen)
             version = got["version"]
             if got["logits"]:
                 logits = got["logits"]
@@ -166,7 +206,7 @@ class Ingress:
         fallback = ids is None
         if fallback:
             ids, scores = c.popular(k, seen)
-            version = version or await self._call(lambda: self.retriever.version.remote(), "retrieval")
+            version = version or await self._version()
         raw = c.ids[c.item_type].to_raw(ids)
         self._record("recommend", "fallback" if fallback else "ok", t0)
         return {"user_id": user_id, "items": [{"item_id": r, "score": float(s)} for r, s in zip(raw, scores)],
@@ -189,7 +229,7 @@ class Ingress:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        return {"status": "ok", "version": await self._call(lambda: self.retriever.version.remote(), "retrieval"),
+        return {"status": "ok", "version": await self._version(),
                 "updates": await self._call(lambda: self.updater.status.remote(), "the updater")}
 
     @api.get("/stats", dependencies=[Depends(require_read)])
@@ -200,7 +240,8 @@ class Ingress:
 
 
 def build_app(cfg: ServeConfig) -> Application:
-    """The application graph: Ingress -> (Retriever, Ranker, Updater)."""
+    """The application graph: Ingress -> (Retriever, Ranker, Updater), or with
+    ``cfg.colocate`` Ingress (retrieving and ranking in-process) -> Updater."""
     def options(cpus: float, max_replicas: int) -> dict:
         actor = {"num_cpus": cpus, "resources": {k: v * cpus for k, v in cfg.resources.items()}}
         return {"ray_actor_options": actor, "max_ongoing_requests": cfg.max_ongoing_requests,
@@ -208,12 +249,15 @@ def build_app(cfg: ServeConfig) -> Application:
                                        "max_replicas": max_replicas,
                                        "target_ongoing_requests": cfg.target_ongoing_requests}}
 
+    # one replica: the Updater is the event log's single writer
+    updater = serve.deployment(Updater, name="Updater", **options(cfg.updater_cpus, 1)).bind(cfg)
+    if cfg.colocate:
+        ingress = serve.deployment(Ingress, name="Ingress", **options(cfg.colocated_cpus, cfg.max_replicas))
+        return ingress.bind(None, None, updater, cfg)
     retriever = serve.deployment(Retriever, name="Retriever", **options(cfg.retriever_cpus, cfg.max_replicas))
     ranker = serve.deployment(Ranker, name="Ranker", **options(cfg.ranker_cpus, cfg.max_replicas))
-    # one replica: the Updater is the event log's single writer
-    updater = serve.deployment(Updater, name="Updater", **options(cfg.updater_cpus, 1))
     ingress = serve.deployment(Ingress, name="Ingress", **options(cfg.ingress_cpus, cfg.max_replicas))
-    return ingress.bind(retriever.bind(cfg), ranker.bind(cfg, max(1, int(cfg.ranker_cpus))), updater.bind(cfg), cfg)
+    return ingress.bind(retriever.bind(cfg), ranker.bind(cfg, max(1, int(cfg.ranker_cpus))), updater, cfg)
 
 
 def app_builder(args: dict) -> Application:

@@ -23,7 +23,11 @@ class ServeConfig:
     of ``ray_config.yaml`` (each declares its role resource equal to its CPUs); empty: any node.
     ``token_file``: the bearer token's secrets file, used when ``HETREC_TOKEN`` is not set
     (``serve/auth.py``); ``protect_reads``: reads need the token too; ``max_body_bytes``:
-    larger request bodies get 413."""
+    larger request bodies get 413. ``colocate``: the Ingress replicas hold the retriever and
+    the ranker in-process, with ``ingress_cpus + retriever_cpus + ranker_cpus`` each, and
+    there are no Retriever and Ranker deployments: a request makes one hop instead of three
+    (the lower-latency layout while the index and the model fit in each replica);
+    False: retrieval and ranking scale as deployments of their own."""
 
     run_dir: str
     etype: str = "user__rates__movie"
@@ -50,6 +54,7 @@ class ServeConfig:
     resources: dict[str, float] = field(default_factory=dict)
     ille_resources: dict[str, float] = field(default_factory=dict)
     index: IndexConfig = field(default_factory=IndexConfig)
+    colocate: bool = False
 
     def __post_init__(self) -> None:
         for name in ("candidates", "default_k", "max_k", "max_events", "ille_actors", "max_replicas",
@@ -58,6 +63,9 @@ class ServeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ServeConfig.{name} must be an int >= 1, got {value!r}")
+        for name in ("protect_reads", "colocate"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ServeConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if self.batch_wait_s < 0:
             raise ValueError(f"ServeConfig.batch_wait_s must be >= 0, got {self.batch_wait_s!r}")
         if not self.call_timeout_s > 0:
@@ -77,6 +85,10 @@ class ServeConfig:
             raise ValueError(f"ServeConfig.candidates ({self.candidates}) must be >= max_k ({self.max_k})")
         if self.default_k > self.max_k:
             raise ValueError(f"ServeConfig.default_k ({self.default_k}) must be <= max_k ({self.max_k})")
+
+    @property
+    def colocated_cpus(self) -> float:
+        return self.ingress_cpus + self.retriever_cpus + self.ranker_cpus
 
     @classmethod
     def from_args(cls, args: dict) -> ServeConfig:

@@ -82,7 +82,8 @@ class Ranker:
         self.model, self.rcfg, _ = load_ranker(Path(cfg.run_dir) / "ranker")
         self.catalog = LiveCatalog(cfg.run_dir, cfg.etype)
         self.graphs = self._build()
-        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # item -> (encoding, mask)
+        # item -> first-layer encoding [L, D] and mask [L], valid where `cached`
+        self.enc, self.mask, self.cached = None, None, np.zeros(0, bool)
         self.rank.set_max_batch_size(cfg.batch_size)
         self.rank.set_batch_wait_timeout_s(cfg.batch_wait_s)
 
@@ -95,7 +96,7 @@ class Ranker:
             # New interactions since the last request: rebuilt from the catalogue (a sort of
             # the domain's interactions, ~20 ms for MovieLens-100K), and the cache dropped.
             self.graphs = self._build()
-            self.cache = {}
+            self.cached[:] = False
         return self.graphs
 
     def _item_side(self, items: np.ndarray, t: int) -> tuple[list[dict], torch.Tensor | None]:
@@ -104,12 +105,22 @@ class Ranker:
         not cached yet get their sequences built; otherwise ``(hops, None)``."""
         if self.rcfg.dsgl.depth != 2:
             return hops_to_tensors(self.graphs.item_side(items, np.full(len(items), t))), None
-        missing = np.unique(items[[i not in self.cache for i in items.tolist()]])
+        if len(self.cached) <= items.max():
+            self.cached = np.concatenate([self.cached, np.zeros(2 * int(items.max()) + 2 - len(self.cached), bool)])
+        missing = np.unique(items[~self.cached[items]])
         if len(missing):
             hop = hops_to_tensors(self.graphs.item_side(missing, np.full(len(missing), t)))[0]
-            self.cache.update(zip(missing.tolist(), zip(self.model.encode_roots(False, hop), hop["mask"])))
-        cached = [self.cache[i] for i in items.tolist()]
-        return [{"mask": torch.stack([m for _, m in cached])}], torch.stack([e for e, _ in cached])
+            enc, rows = self.model.encode_roots(False, hop), torch.from_numpy(missing)
+            if self.enc is None or len(self.enc) < len(self.cached):
+                grown_enc = enc.new_zeros((len(self.cached), *enc.shape[1:]))
+                grown_mask = hop["mask"].new_zeros((len(self.cached), *hop["mask"].shape[1:]))
+                if self.enc is not None:
+                    grown_enc[:len(self.enc)], grown_mask[:len(self.mask)] = self.enc, self.mask
+                self.enc, self.mask = grown_enc, grown_mask
+            self.enc[rows], self.mask[rows] = enc, hop["mask"]
+            self.cached[missing] = True
+        rows = torch.from_numpy(items)
+        return [{"mask": self.mask[rows]}], self.enc[rows]
 
     @torch.no_grad()
     def score(self, requests: list[tuple[int, list[int]]]) -> list[list[float]]:

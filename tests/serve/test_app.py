@@ -32,8 +32,8 @@ def service(ml100k, tmp_path_factory, ray_local):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    global TOKEN
-    TOKEN = write_token_file(root / "serve.token")
+    global TOKEN, RUN_DIR
+    TOKEN, RUN_DIR = write_token_file(root / "serve.token"), str(root / "run")
     start(ServeConfig(run_dir=str(root / "run"), max_k=50, token_file=str(root / "serve.token"),
                       max_body_bytes=64 * 1024, min_replicas=2, ingress_cpus=0.1, retriever_cpus=0.1,
                       ranker_cpus=0.25, updater_cpus=0.1), port=port)   # 1.5 of the 2 CPUs
@@ -41,7 +41,7 @@ def service(ml100k, tmp_path_factory, ray_local):
     serve.shutdown()
 
 
-TOKEN = None  # the service's bearer token, set by the fixture
+TOKEN = RUN_DIR = None  # the service's bearer token and run, set by the fixture
 
 
 def _get(url: str) -> tuple[int, dict]:
@@ -52,11 +52,13 @@ def _get(url: str) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
-def _post(url: str, body, token: str | None = "<fixture's>", raw: bytes | None = None) -> tuple[int, dict]:
+def _post(url: str, body, token: str | None = "<fixture's>", raw=None) -> tuple[int, dict]:
     headers = {"Content-Type": "application/json"}
     token = TOKEN if token == "<fixture's>" else token
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
+    if raw is not None and not isinstance(raw, bytes):
+        headers["Transfer-Encoding"] = "chunked"         # an iterable body is sent in chunks
     req = urllib.request.Request(url, data=raw if raw is not None else json.dumps(body).encode(), headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -169,6 +171,12 @@ def test_reads_stay_open_and_oversized_bodies_get_413(service):
     assert status == 413 and "limit of 65536 bytes" in body["detail"]
     status, body = _post(f"{service}/events", None, raw=b'{"events": [')        # truncated JSON
     assert status == 422 and body["detail"][0]["type"] == "json_invalid"
+    # chunked (no Content-Length): counted as it is read
+    status, body = _post(f"{service}/events", None, raw=iter([b" " * 1024] * 80))
+    assert status == 413 and "body is over the limit of 65536 bytes" in body["detail"]
+    small = json.dumps({"events": [{"user_id": "chunked-user", "item_id": "50", "ts": 893_286_700}]}).encode()
+    status, body = _post(f"{service}/events", None, raw=iter([small[:10], small[10:]]))
+    assert status == 200 and body["accepted"] == 1
 
 
 def test_api_fuzzed_from_its_openapi_schema(service):
@@ -212,7 +220,7 @@ def _replicas(deployment: str) -> list[str]:
 
 
 def test_killing_replicas_under_load_fails_no_read(service):
-    """This module's last test: it kills a Ranker and a Retriever replica (2 of each) while
+    """It kills a Ranker and a Retriever replica (2 of each) while
     /recommend runs at 20 requests/s; the ingress retries on the survivor."""
     import ray
     from concurrent.futures import ThreadPoolExecutor
@@ -246,3 +254,23 @@ def test_killing_replicas_under_load_fails_no_read(service):
         time.sleep(0.5)
     print(f"{len(results)} requests, {len(failed)} failed; replicas back {time.perf_counter() - killed_at:.1f} s "
           f"after the kills")
+
+
+def test_the_colocated_layout_answers_as_the_split_one(service):
+    """The module's last test: the same application redeployed with ``colocate`` (the Ingress
+    retrieves and ranks in-process, no Retriever or Ranker deployment) gives the same items
+    and scores, with nothing posted in between."""
+    port = int(service.rsplit(":", 1)[1])
+    users = [str(u) for u in range(1, 30, 4)]
+    split = [_get(f"{service}/recommend?user_id={u}&k=10") for u in users]
+    assert all(status == 200 and not body["fallback"] for status, body in split)
+    serve.delete("hetrec")
+    start(ServeConfig(run_dir=RUN_DIR, max_k=50, token_file=str(Path(RUN_DIR).parent / "serve.token"),
+                      max_body_bytes=64 * 1024, colocate=True, ingress_cpus=0.1, retriever_cpus=0.1,
+                      ranker_cpus=0.25, updater_cpus=0.1), port=port)
+    assert set(serve.status().applications["hetrec"].deployments) == {"Ingress", "Updater"}
+    colocated = [_get(f"{service}/recommend?user_id={u}&k=10") for u in users]
+    for (_, a), (status, b) in zip(split, colocated):
+        assert status == 200 and b["fallback"] is False and b["version"] == a["version"]
+        assert [it["item_id"] for it in b["items"]] == [it["item_id"] for it in a["items"]]
+        assert [it["score"] for it in b["items"]] == pytest.approx([it["score"] for it in a["items"]], abs=1e-6)
