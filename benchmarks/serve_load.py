@@ -10,9 +10,10 @@ on MovieLens-100K first). In one run it measures:
 * fixed rates: open-loop ``GET /recommend`` arrivals at each rate for ``--seconds`` (random
   known users, k=10, N=``--candidates``), p50/p95/p99 latency, errors, achieved rate;
 * maximum sustainable rate: the highest rate sustained (achieved >= 95% of offered, errors
-  <= 1%, p99 <= ``--max-p99-ms``), bisected between the last sustained rate and the first
-  that is not, to ``--resolution`` QPS (above all of ``--rates``: ``--max-rates`` first);
-* overhead: Serve p50 at the lowest rate minus the floor p50;
+  <= 1%, p99 <= ``--max-p99-ms``): from the best of ``--rates`` (or of ``--max-rates``,
+  tried when all of those are sustained) upwards in ``--resolution`` QPS steps, each started
+  once the queue of a failed step has drained, until one is not sustained;
+* overhead: Serve p50 at the lowest sustained rate minus the floor p50;
 * freshness: for ``--fresh-users`` new users, time from ``POST /events`` to the first
   ``/recommend`` that is personalised (``fallback`` false).
 
@@ -113,6 +114,24 @@ async def fixed_rate(url: str, raw_users: list[str], rate: float, seconds: float
             "achieved_qps": len(ms) / elapsed, **percentiles(ms)}
 
 
+def drain(url: str, quiet_s: float = 3.0) -> None:
+    """Wait until requests queued by an overloaded step are gone: a probe answers in under
+    a second, then ``quiet_s`` more."""
+    import urllib.request
+
+    deadline = time.perf_counter() + 60
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5):
+                pass
+        except OSError:
+            pass
+        if time.perf_counter() - t0 < 1.0:
+            break
+    time.sleep(quiet_s)
+
+
 async def freshness(url: str, users: int, token: str) -> list[float]:
     out = []
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
@@ -189,6 +208,7 @@ def measure(run: Path, raw_users: list[str], layout: str, args, floor_p50: float
                 and row["p99"] <= args.max_p99_ms)
 
     def one(rate: float) -> dict:
+        drain(url)                                      # each rate starts from an idle service
         row = asyncio.run(fixed_rate(url, raw_users, rate, args.seconds, args.timeout_s))
         result["rates"].append(row)
         print(f"{layout:>9} {rate:5.0f} QPS: p50 {row['p50']:.1f} p95 {row['p95']:.1f} p99 {row['p99']:.1f} ms, "
@@ -205,20 +225,19 @@ def measure(run: Path, raw_users: list[str], layout: str, args, floor_p50: float
                 worst = rate
                 break
             best = rate
-    while worst is not None and worst - best > args.resolution:     # bisect between them
-        mid = float(round((best + worst) / 2 / 5) * 5)
-        if mid in (best, worst):
+    rate = best + args.resolution
+    while worst is not None and rate < worst:        # upwards from the best
+        if not sustained(one(rate)):
             break
-        time.sleep(2)                                   # let a failed step's queue drain
-        if sustained(one(mid)):
-            best = mid
-        else:
-            worst = mid
+        best, rate = rate, rate + args.resolution
     result["max_sustainable_qps"] = best
-    result["overhead_p50_ms"] = rows[0]["p50"] - floor_p50
+    calm = sorted((r for r in result["rates"] if sustained(r)), key=lambda r: r["offered_qps"])
+    result["overhead_at_qps"] = calm[0]["offered_qps"] if calm else None       # the lowest sustained rate
+    result["overhead_p50_ms"] = calm[0]["p50"] - floor_p50 if calm else float("nan")
     fresh = asyncio.run(freshness(url, args.fresh_users, token))
     result["freshness_s"] = {"median": float(np.median(fresh)), "max": float(np.max(fresh)), "all": fresh}
-    print(f"{layout:>9}: max sustainable {best:.0f} QPS; overhead at p50 {result['overhead_p50_ms']:.1f} ms; "
+    print(f"{layout:>9}: max sustainable {best:.0f} QPS; overhead at p50 {result['overhead_p50_ms']:.1f} ms "
+          f"(at {result['overhead_at_qps']} QPS); "
           f"freshness median {np.median(fresh):.2f} s (max {np.max(fresh):.2f} s)", flush=True)
     serve.shutdown()
     return result

@@ -245,6 +245,7 @@ def build_app(cfg: ServeConfig) -> Application:
     def options(cpus: float, max_replicas: int) -> dict:
         actor = {"num_cpus": cpus, "resources": {k: v * cpus for k, v in cfg.resources.items()}}
         return {"ray_actor_options": actor, "max_ongoing_requests": cfg.max_ongoing_requests,
+                "max_queued_requests": cfg.max_queued_requests,
                 "autoscaling_config": {"min_replicas": min(cfg.min_replicas, max_replicas),
                                        "max_replicas": max_replicas,
                                        "target_ongoing_requests": cfg.target_ongoing_requests}}

@@ -17,6 +17,9 @@ class ServeConfig:
     autoscaling bounds of the retriever, ranker and ingress (with 2 or more, reads survive a
     replica's death); ``call_timeout_s``: the longest the ingress waits for a deployment;
     ``max_ongoing_requests`` per replica must exceed ``batch_size`` for batches to form;
+    ``max_queued_requests``: requests a deployment's callers may queue beyond that; more get
+    503 at once (load shedding: an overloaded service answers the rest in time instead of
+    letting every request wait until it times out);
     ``batch_wait_s`` 0: a batch is whatever queued while the last one ran (no added wait).
     ``resources`` / ``ille_resources``: custom Ray resources per CPU of every replica / ILLE
     actor, e.g. ``{"serving": 1}`` and ``{"updater": 1}`` to place them on those node types
@@ -45,6 +48,7 @@ class ServeConfig:
     max_replicas: int = 2
     target_ongoing_requests: int = 8
     max_ongoing_requests: int = 32
+    max_queued_requests: int = 64
     batch_size: int = 8
     batch_wait_s: float = 0.0
     call_timeout_s: float = 5.0
@@ -59,6 +63,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         for name in ("candidates", "default_k", "max_k", "max_events", "ille_actors", "max_replicas",
                      "min_replicas", "max_body_bytes", "target_ongoing_requests", "max_ongoing_requests",
+                     "max_queued_requests",
                      "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

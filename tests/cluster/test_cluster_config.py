@@ -81,8 +81,20 @@ def test_serve_replicas_ask_for_the_serving_resource_per_cpu(tmp_path):
     assert ingress.ray_actor_options["resources"] == {"serving": cfg.ingress_cpus}
     ranker = ingress.init_args[1]._bound_deployment          # Ingress(retriever, ranker, updater, cfg)
     assert ranker.ray_actor_options["resources"] == {"serving": cfg.ranker_cpus}
+    assert ingress._deployment_config.max_queued_requests == ranker._deployment_config.max_queued_requests == 64
     with pytest.raises(ValueError, match=r"ServeConfig.resources .*'serving': -1"):
         ServeConfig(run_dir=str(tmp_path), resources={"serving": -1})
+
+
+def test_colocated_app_has_no_retriever_or_ranker_and_sums_their_cpus(tmp_path):
+    cfg = ServeConfig(run_dir=str(tmp_path), colocate=True, resources={"serving": 1})
+    ingress = build_app(cfg)._bound_deployment
+    retriever, ranker, updater, _ = ingress.init_args
+    assert retriever is None and ranker is None and updater._bound_deployment.name == "Updater"
+    cpus = cfg.ingress_cpus + cfg.retriever_cpus + cfg.ranker_cpus
+    assert ingress.ray_actor_options["num_cpus"] == cpus and ingress.ray_actor_options["resources"] == {"serving": cpus}
+    with pytest.raises(ValueError, match="ServeConfig.colocate must be true or false, got 'yes'"):
+        ServeConfig(run_dir=str(tmp_path), colocate="yes")
 
 
 def test_parse_stages_orders_and_names_unknowns():
