@@ -11,8 +11,9 @@ on MovieLens-100K first). In one run it measures:
   known users, k=10, N=``--candidates``), p50/p95/p99 latency, errors, achieved rate;
 * maximum sustainable rate: the highest rate sustained (achieved >= 95% of offered, errors
   <= 1%, p99 <= ``--max-p99-ms``): from the best of ``--rates`` (or of ``--max-rates``,
-  tried when all of those are sustained) upwards in ``--resolution`` QPS steps, each started
-  once the queue of a failed step has drained, until one is not sustained;
+  tried when all of those are sustained) upwards in ``--resolution`` QPS steps until one is
+  not sustained; every rate starts once the service is idle (the queue of a failed rate
+  drained);
 * overhead: Serve p50 at the lowest sustained rate minus the floor p50;
 * freshness: for ``--fresh-users`` new users, time from ``POST /events`` to the first
   ``/recommend`` that is personalised (``fallback`` false).

@@ -18,8 +18,7 @@ class ServeConfig:
     replica's death); ``call_timeout_s``: the longest the ingress waits for a deployment;
     ``max_ongoing_requests`` per replica must exceed ``batch_size`` for batches to form;
     ``max_queued_requests``: requests a deployment's callers may queue beyond that; more get
-    503 at once (load shedding: an overloaded service answers the rest in time instead of
-    letting every request wait until it times out);
+    503 at once instead of waiting in a queue without bound;
     ``batch_wait_s`` 0: a batch is whatever queued while the last one ran (no added wait).
     ``resources`` / ``ille_resources``: custom Ray resources per CPU of every replica / ILLE
     actor, e.g. ``{"serving": 1}`` and ``{"updater": 1}`` to place them on those node types
