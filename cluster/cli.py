@@ -308,9 +308,9 @@ def serve_cmd(run_dir: Path, host: str, port: int, candidates: int, token_file: 
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"     # read by Serve's controller and replicas
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)
-    start(cfg, host=host, port=port)
-    click.echo(f"serving {run_dir} on http://{host}:{port} (docs: /docs); Ctrl-C stops")
-    try:
+    try:                                    # Ctrl-C while the app deploys shuts it down too
+        start(cfg, host=host, port=port)
+        click.echo(f"serving {run_dir} on http://{host}:{port} (docs: /docs); Ctrl-C stops")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
