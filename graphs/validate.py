@@ -8,6 +8,7 @@ statistics look wrong (or that has none) is scanned to find the row.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -164,17 +165,26 @@ def validate_graph(gdir: GraphDir, full: bool = False) -> None:
                     _check_finite(path, pf, "weight", nullable=False)
 
 
-def _open_counted(folder: Path, files: list[Path], count: int) -> list[tuple[Path, pq.ParquetFile]]:
-    """Open the part files of one type; their rows (from the footers) must add up to ``count``.
+def _open_counted(folder: Path, files: list[Path], count: int) -> Iterator[tuple[Path, pq.ParquetFile]]:
+    """The part files of one type, opened one at a time; their rows (from the footers) must
+    add up to ``count``.
 
     Checked before any value: full mode allocates a byte per node, and a schema.json that
-    promises 10**30 nodes must get this error, not a MemoryError.
+    promises 10**30 nodes must get this error, not a MemoryError. Footers are read in a first
+    pass, each file closed after, so a type with thousands of parts never holds them all open.
     """
-    opened = [(path, open_parquet(path)) for path in files]
-    rows = sum(pf.metadata.num_rows for _, pf in opened)
+    rows = 0
+    for path in files:
+        with open_parquet(path) as pf:
+            rows += pf.metadata.num_rows
     if rows != count:
         raise GraphFormatError(f"{folder}: {rows} rows in {len(files)} file(s), schema.json says count={count}")
-    return opened
+
+    def one_at_a_time():
+        for path in files:
+            with open_parquet(path) as pf:
+                yield path, pf
+    return one_at_a_time()
 
 
 @contextmanager
