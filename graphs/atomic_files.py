@@ -1,15 +1,17 @@
-"""Readers for MovieLens source files: RecBole atomic files and the GroupLens originals.
+"""Readers for recommendation source files: RecBole atomic files and the GroupLens originals.
 
 RecBole atomic files (https://recbole.io/docs/user_guide/data/atomic_files.html) are
-tab-separated text with a typed header, one ``name:type`` per column::
+UTF-8, tab-separated text with a typed header, one ``name:type`` per column::
 
     user_id:token   item_id:token   rating:float    timestamp:float
     196             242             3               881250949
 
-Types: ``token`` (a string), ``token_seq`` (space-separated strings), ``float`` and
-``float_seq`` (space-separated floats). Columns are parsed by their declared type, never
-by a fixed name. The GroupLens originals (``u.data``, ``u.item``, ``u.user``, ``u.genre``)
-are read into the same tables, with RecBole's column names, so one builder serves both.
+Types: ``token`` (a string, kept as written, spaces included), ``token_seq`` (strings
+separated by spaces), ``float`` and ``float_seq`` (floats separated by spaces). As in
+RecBole, only the space character separates sequence items and empty items are dropped;
+only the tab separates fields. Columns are parsed by their declared type, never by a fixed
+name. The GroupLens originals (``u.data``, ``u.item``, ``u.user``, ``u.genre``) are read
+into the same tables, with RecBole's column names, so one builder serves both.
 
 Errors name the file, the line (1-based, the header is line 1) and the column.
 """
@@ -58,7 +60,7 @@ class AtomicTable:
 
 
 @dataclass
-class MovieLensFiles:
+class AtomicDataset:
     """The tables of one dataset; only ``inter`` is required."""
 
     name: str
@@ -90,14 +92,19 @@ def _float(value: str, where: str) -> float:
         raise GraphFormatError(f"{where}: {value!r} is not a float") from None
 
 
+def _items(value: str) -> list[str]:
+    """A sequence cell's items: RecBole splits on the space character only, dropping empties."""
+    return [v for v in value.split(" ") if v]
+
+
 def _parse_value(kind: str, value: str, where: str):
     if kind == "token":
         return value if value != "" else None
     if kind == "token_seq":
-        return value.split()
+        return _items(value)
     if kind == "float":
         return _float(value, where)
-    return [_float(v, where) for v in value.split()]
+    return [_float(v, where) for v in _items(value)]
 
 
 def _append(table: AtomicTable, number: int, fields: list[str]) -> None:
@@ -125,7 +132,7 @@ def _header(path: Path, line: str) -> dict[str, str]:
 
 def read_atomic(path: Path) -> AtomicTable:
     """Parse one RecBole atomic file by the types its header declares."""
-    lines = _lines(path, "utf-8")
+    lines = _lines(path, "utf-8-sig")               # -sig: a byte-order mark is not part of the header
     first = next(lines, None)
     if first is None:
         raise GraphFormatError(f"{path}: empty file, expected a 'name:type' header line")
@@ -151,7 +158,7 @@ def _genre_names(path: Path) -> tuple[str, ...]:
     return tuple(names[i] for i in range(len(names)))
 
 
-def read_grouplens(folder: Path) -> MovieLensFiles:
+def read_grouplens(folder: Path) -> AtomicDataset:
     """Read ``u.data``/``u.item``/``u.user`` (+ ``u.genre``) into RecBole-shaped tables."""
     inter = AtomicTable(folder / "u.data", {"user_id": "token", "item_id": "token",
                                             "rating": "float", "timestamp": "float"})
@@ -184,7 +191,7 @@ def read_grouplens(folder: Path) -> MovieLensFiles:
         title = _YEAR_IN_TITLE.sub("", fields[1])
         in_genres = " ".join(g.replace(" ", "_") for g, f in zip(genres, flags) if f == "1")
         _append(item, number, [fields[0], title, year, in_genres])
-    return MovieLensFiles(folder.name, inter, user=user, item=item)
+    return AtomicDataset(folder.name, inter, user=user, item=item)
 
 
 def _pick(folder: Path, stem: str, ext: str) -> Path | None:
@@ -199,7 +206,7 @@ def _pick(folder: Path, stem: str, ext: str) -> Path | None:
     return found[0] if found else None
 
 
-def read_source(folder: Path) -> MovieLensFiles:
+def read_source(folder: Path) -> AtomicDataset:
     """Detect the format of ``folder`` (RecBole atomic or GroupLens) and read its tables."""
     folder = Path(folder)
     wanted = ("RecBole atomic files (<name>.inter, optional .item/.user/.kg/.link) or the "
@@ -214,7 +221,7 @@ def read_source(folder: Path) -> MovieLensFiles:
         stem = inters[0].stem
         paths = {ext: _pick(folder, stem, ext) for ext in ATOMIC_EXTS[1:]}
         tables = {ext: read_atomic(p) for ext, p in paths.items() if p is not None}
-        return MovieLensFiles(stem, read_atomic(inters[0]), **tables)
+        return AtomicDataset(stem, read_atomic(inters[0]), **tables)
     if (folder / "u.data").is_file():
         missing = [n for n in ("u.item", "u.user") if not (folder / n).is_file()]
         if missing:

@@ -1,5 +1,5 @@
 """MovieLens loader: the real ml-100k graph from the recbole wheel, tiny hand-written fixtures
-in both source formats, and the error paths."""
+in both source formats, and the error paths. Other RecBole data sets: tests/graphs/test_atomic_files.py."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from graphs.exceptions import DataSourceError, GraphFormatError
 from graphs.movielens import KG_OTHER, build_movielens, fetch_recbole_files, kg_relation_name
+from graphs.recbole import build_recbole
 from graphs.store import GraphDir
 
 WHEEL = Path("/tmp/rb/recbole-1.2.1-py3-none-any.whl")
@@ -214,22 +215,66 @@ INTER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t1\t5\t1
      "d.inter: line 3, column 'timestamp': value 1e+30 is above 9223372036854775807"),
     ("d.inter", INTER + "1\t2\t1e39\t10\n", "d.inter: line 3, column 'rating': value 1e+39 is above 3.4028234"),
     ("d.user", "user_id:token\tscore:float\n1\tinf\n", "d.user: line 2, column 'score': value inf does not fit"),
-    ("d.user", "user_id:token\toccupation:token_seq\n1\ta b\n",
-     "d.user: line 1, column 2 ('occupation:token_seq'): expected type token for 'occupation'"),
-    ("d.item", "item_id:token\tmovie_title:float\n1\t2\n",
-     "d.item: line 1, column 2 ('movie_title:float'): expected type token or token_seq for 'movie_title'"),
-    ("d.item", "item_id:token\tclass:float\n1\t2\n", "d.item: line 1, column 2 ('class:float'): expected type"),
-    ("d.user", "user_id:token\tzip code:token\tzip_code:token\n1\ta\tb\n",
-     "d.user: line 1, column 'zip_code': its feature name 'zip_code' is reserved or taken"),
-    ("d.user", "user_id:token\tid:token\n1\tx\n", "d.user: line 1, column 'id': its feature name 'id' is reserved"),
-    ("d.item", "item_id:token\tmovie_title:token\ttitle:token\n1\tA\tB\n",
-     "d.item: line 1, column 'title': its feature name 'title' is reserved or taken"),
-])
+    ("d.item", "item_id:token\tprice:float\n1\t2\n2\t-1e39\n",
+     "d.item: line 3, column 'price': value -1e+39 does not fit"),
+])  # declared types once refused here (occupation:token_seq, class:float) and clashing feature
+# names are read now: see test_fields_once_refused_are_read and test_feature_names_never_collide
 def test_bad_value_or_column_type_is_named(tmp_path, name, text, says):
     src = _write(tmp_path / "src", {"d.inter": INTER, name: text})
     with pytest.raises(GraphFormatError, match="^" + re.escape(f"{src}/{says}")):
         build_movielens(tmp_path / "g", source=src)
     assert [p.name for p in tmp_path.iterdir()] == ["src"]  # no graph, no temp folder
+
+
+def _features(gdir: GraphDir, ntype: str) -> list[tuple]:
+    return [(f.name, f.kind, f.dim, f.cardinality) for f in gdir.schema.node_type(ntype).features]
+
+
+def test_occupation_float_is_a_dense_feature(tmp_path):
+    src = _write(tmp_path / "src", {"d.inter": INTER, "d.user": "user_id:token\toccupation:float\tgender:token\n"
+                                                                "1\t3.5\tF\n2\t\tM\n"})
+    build_movielens(tmp_path / "g", source=src)
+    gdir = GraphDir(tmp_path / "g", validate="full")
+    assert _features(gdir, "user") == [("occupation", "dense", 1, 0), ("gender", "categorical", 1, 2)]
+    assert gdir.read_nodes("user", ["occupation"]).column("occupation").to_pylist() == [3.5, None]
+    assert [n.name for n in gdir.schema.node_types] == ["user", "movie"]   # no occupation nodes
+
+
+def test_fields_once_refused_are_read(tmp_path):
+    """Declared types this loader refused: now features or attribute edges (graphs/recbole_fields.py)."""
+    src = _write(tmp_path / "src", {"d.inter": INTER,
+                                    "d.user": "user_id:token\toccupation:token_seq\tage:float\n1\ta b a\t24\n",
+                                    "d.item": "item_id:token\tmovie_title:float\tclass:float\n1\t2\t0.5\n"})
+    build_movielens(tmp_path / "g", source=src)
+    gdir = GraphDir(tmp_path / "g", validate="full")
+    assert _features(gdir, "user") == [("age", "dense", 1, 0)]
+    assert _features(gdir, "movie") == [("movie_title", "dense", 1, 0), ("class", "dense", 1, 0)]
+    assert gdir.read_nodes("occupation").column("raw_id").to_pylist() == ["a", "b"]
+    e = gdir.read_edges("user__has_occupation__occupation")
+    assert (e["src"].tolist(), e["dst"].tolist()) == ([0, 0], [0, 1])   # one edge per distinct value
+
+
+def test_feature_names_never_collide(tmp_path):
+    src = _write(tmp_path / "src", {"d.inter": INTER,
+                                    "d.user": "user_id:token\tzip code:token\tzip_code:token\tid:float\t"
+                                              "raw_id:token\n1\ta\tb\t1\tx\n",
+                                    "d.item": "item_id:token\tmovie_title:token\ttitle:token_seq\n1\tA\tB C\n"})
+    build_movielens(tmp_path / "g", source=src)
+    gdir = GraphDir(tmp_path / "g", validate="full")
+    assert [f[0] for f in _features(gdir, "user")] == ["zip_code", "zip_code_2", "id_2", "raw_id_2"]
+    assert _features(gdir, "movie") == [("title", "text", 1, 0), ("title_2", "text", 1, 0)]
+    assert gdir.read_nodes("movie", ["title_2"]).column("title_2").to_pylist() == ["B C"]
+
+
+def test_ml100k_as_any_recbole_dataset(ml100k, tmp_path):
+    """ml-100k through ``build_recbole``: the same graph, the item type named ``item``."""
+    src, _, ml = ml100k
+    rb = build_recbole(tmp_path / "rb", src)
+    rename = {"movie": "item", "rates": "interacts"}
+    assert [(rename.get(n.name, n.name), n.count, n.features) for n in ml.node_types] == [
+        (n.name, n.count, n.features) for n in rb.node_types]
+    assert [(rename.get(e.src, e.src), rename.get(e.rel, e.rel), rename.get(e.dst, e.dst), e.count)
+            for e in ml.edge_types] == [(e.src, e.rel, e.dst, e.count) for e in rb.edge_types]
 
 
 def test_bad_header_and_grouplens_line(tmp_path):
