@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from cluster.runtime import init_ray
 from graphs.exceptions import HetrecError
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,12 @@ def one_line(err: BaseException) -> str:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-def main(debug: bool) -> None:
+@click.option("--verbose", is_flag=True, help="Show Ray's own logs (INFO) on the terminal; else they stay in "
+              "Ray's session log folder. Same as HETREC_LOG_LEVEL=INFO.")
+def main(debug: bool, verbose: bool) -> None:
     """hetrec: train, update and serve heterogeneous-graph embeddings on Ray."""
+    if verbose:
+        os.environ["HETREC_LOG_LEVEL"] = "INFO"     # read by init_ray, here and in the demo
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("hetrec: %(message)s"))
     for name in ("graphs", "cluster", "trainers", "serve"):  # progress of long stages on stderr
@@ -72,6 +77,30 @@ def data_movielens(out: Path, source: Path | None, overwrite: bool) -> None:
 
     build_movielens(out, source=source, overwrite=overwrite)
     click.echo(format_stats(graph_stats(out)))
+
+
+@data.command("recbole")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--from", "source", type=click.Path(path_type=Path), required=True,
+              help="Folder with one data set's RecBole atomic files: <name>.inter and, each optional, "
+                   "<name>.user, .item, .kg, .link.")
+@click.option("--user-type", default="user", show_default=True, help="Name of the user node type.")
+@click.option("--item-type", default="item", show_default=True, help="Name of the item node type.")
+@click.option("--relation", default="interacts", show_default=True, help="Relation of the .inter rows.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def data_recbole(out: Path, source: Path, user_type: str, item_type: str, relation: str, overwrite: bool) -> None:
+    """Build the graph of any RecBole atomic-file data set into OUT.
+
+    Each .user/.item field becomes a feature by its declared type, or attribute nodes for the
+    known fields (genre, category, occupation, age): see README, "Your own data".
+    """
+    from graphs.recbole import RecBoleNames, build_recbole
+    from graphs.stats import format_stats, graph_stats
+
+    names = RecBoleNames(user=user_type, item=item_type, interaction=relation)
+    build_recbole(out, source, names, overwrite=overwrite)
+    click.echo(format_stats(graph_stats(out)))
+    click.echo(f"user-item edges: {names.edge_type} (hetrec eval {out} --etype {names.edge_type})")
 
 
 @data.command("synthetic")
@@ -130,15 +159,20 @@ def train_cmd(graph: Path, run_dir: Path, workers: int, epochs: int, batch_size:
               hard_negatives: int, valid: Path | None, use_gpu: bool, resume: bool, no_export: bool,
               address: str | None) -> None:
     """Pretrain HetSGFormer on GRAPH (graph directory or partitioned graph) into RUN_DIR."""
-    import ray
 
     from trainers.train import TrainConfig, train
 
     cfg = TrainConfig(workers=workers, epochs=epochs, batch_size=batch_size, lr=lr, hard_negatives=hard_negatives,
                       valid=str(valid.resolve()) if valid else None, use_gpu=use_gpu)
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False)
-    result = train(graph, run_dir, cfg, resume=resume)
+    init_ray(address)
+
+    def progress(m: dict) -> None:
+        valid = f", valid ndcg@10 {m['valid_ndcg@10']:.4f}" if valid_path else ""
+        click.echo(f"epoch {m['epoch'] + 1}/{epochs}: loss {m['loss']:.4f}{valid}, {m['edges_per_s']:,.0f} edges/s, "
+                   f"{m['epoch_s']:.0f} s")
+
+    valid_path = cfg.valid
+    result = train(graph, run_dir, cfg, resume=resume, progress=progress)
     click.echo(f"trained {result.metrics['epoch'] + 1} epochs: loss {result.metrics['loss']:.4f}, "
                f"{result.metrics['edges_per_s']:,.0f} edges/s; checkpoint {result.checkpoint.path}")
     if not no_export:
@@ -152,12 +186,10 @@ def train_cmd(graph: Path, run_dir: Path, workers: int, epochs: int, batch_size:
 @click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
 def export_cmd(run_dir: Path, address: str | None) -> None:
     """Embed every node with RUN_DIR's last checkpoint into a new embeddings version."""
-    import ray
 
     from trainers.export import export_embeddings
 
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False)
+    init_ray(address)
     click.echo(f"embeddings: {export_embeddings(run_dir)}")
 
 
@@ -176,15 +208,14 @@ def export_cmd(run_dir: Path, address: str | None) -> None:
 def eval_cmd(graph: Path, models: str, protocol: str, seeds: int, etype: str, json_out: Path | None,
              epochs: int, workers: int, work_dir: Path | None) -> None:
     """Train and score recommendation models on GRAPH with full ranking; print a table."""
-    import ray
 
     from graphs.store import write_json_atomic
     from trainers.evaluate import format_table, run_eval
     from trainers.train import TrainConfig
 
     names = [m.strip() for m in models.split(",") if m.strip()]
-    if "hetsgformer" in names and not ray.is_initialized():
-        ray.init(log_to_driver=False)
+    if "hetsgformer" in names:
+        init_ray()
     results = run_eval(graph, names, protocol=protocol, seeds=list(range(seeds)), etype=etype,
                        train_cfg=TrainConfig(epochs=epochs, workers=workers), work_dir=work_dir, log=log.info)
     click.echo(format_table(results))
@@ -209,7 +240,6 @@ def update_cmd(run_dir: Path, events: Path, actors: int, batch_size: int, k: int
     by the actor pool; each batch becomes a delta under RUN_DIR/updates/. Rerunning after a
     crash applies what was logged and not yet applied, never twice.
     """
-    import ray
 
     from cluster.events import read_events
     from cluster.update_pool import UpdatePool, stats_json
@@ -219,8 +249,7 @@ def update_cmd(run_dir: Path, events: Path, actors: int, batch_size: int, k: int
     if batch_size < 1:
         raise click.BadParameter(f"must be >= 1, got {batch_size}", param_hint="--batch-size")
     rows = read_events(events)
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False)
+    init_ray(address)
     pool = UpdatePool(run_dir, actors=actors, cfg=ILLEConfig(k=k))
     try:
         rejected = 0
@@ -254,15 +283,13 @@ def rank_cmd(run_dir: Path, model: str, epochs: int, workers: int, steps: int | 
     print its test and cold-user AUC / log loss. ``mlp`` reads RUN_DIR's embeddings."""
     import json
 
-    import ray
 
     from trainers.ranker_train import RankerConfig, train_ranker
 
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else None
     if config is None:
         raise click.BadParameter(f"{run_dir} holds no training run (config.json missing)", param_hint="RUN_DIR")
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False)
+    init_ray(address)
     cfg = RankerConfig(model=model, epochs=epochs, workers=workers, use_gpu=use_gpu, steps_per_epoch=steps,
                        embeddings=str(run_dir.resolve()) if model == "mlp" else None)
     meta = train_ranker(config["graph"], run_dir / "ranker", cfg)
@@ -306,8 +333,7 @@ def serve_cmd(run_dir: Path, host: str, port: int, candidates: int, token_file: 
             raise click.UsageError("--haproxy applies to the Ray that `hetrec serve` starts; on a running "
                                    "cluster set RAY_SERVE_ENABLE_HA_PROXY=1 in the environment of `ray start`")
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"     # read by Serve's controller and replicas
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False)
+    init_ray(address)
     try:                                    # Ctrl-C while the app deploys shuts it down too
         start(cfg, host=host, port=port)
         click.echo(f"serving {run_dir} on http://{host}:{port} (docs: /docs); Ctrl-C stops")
@@ -317,6 +343,18 @@ def serve_cmd(run_dir: Path, host: str, port: int, candidates: int, token_file: 
         click.echo("shutting down")
     finally:
         serve.shutdown()
+
+
+@main.command("demo")
+@click.option("--dir", "root", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True,
+              help="Output folder.")
+@click.option("--epochs", type=int, default=2, show_default=True, help="HetSGFormer epochs.")
+def demo_cmd(root: Path, epochs: int) -> None:
+    """The MovieLens-100K walk-through of `make demo`: graph, partition, evaluation, cold
+    start and serving, on an embedded local Ray."""
+    from cluster.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(root=str(root), epochs=epochs))
 
 
 @main.group(cls=_Group)

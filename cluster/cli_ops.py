@@ -96,9 +96,8 @@ def cluster_status(address: str, as_json: bool) -> None:
 def pipeline_cmd(root: Path, stages: str, ray_address: str | None, roles: bool | None, **options) -> None:
     """Run the pipeline's stages in order under ROOT: data -> partition -> train -> export ->
     update -> rank -> serve (each stage's outputs in ROOT, see cluster/pipeline.py)."""
-    import ray
-
     from cluster.pipeline import PipelineConfig, parse_stages, preload, run_pipeline
+    from cluster.runtime import init_ray
 
     names = parse_stages(stages)
     on_cluster = bool(ray_address or os.environ.get("RAY_ADDRESS"))
@@ -109,8 +108,7 @@ def pipeline_cmd(root: Path, stages: str, ray_address: str | None, roles: bool |
         cfg_root = Path(cfg.root)
         cfg_root.mkdir(parents=True, exist_ok=True)
         os.chdir(cfg_root)
-    if not ray.is_initialized():
-        ray.init(address=ray_address, log_to_driver=False)
+    init_ray(ray_address)
     report = run_pipeline(cfg, names)
     for name, out in report["stages"].items():
         click.echo(f"{name:<10} {out['seconds']:>7.1f} s  " + json.dumps({k: v for k, v in out.items() if k != 'seconds'}))

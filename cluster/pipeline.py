@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 import ray
 
 from cluster import storage
+from graphs.paths import absolute_fields
 from graphs.store import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class PipelineConfig:
     token_file: str | None = None
 
     def __post_init__(self) -> None:
+        absolute_fields(self, "root", "source", "events", "token_file")   # stages run in Ray tasks and workers
         for name in ("parts", "epochs", "workers", "ille_actors", "ranker_steps", "port"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -170,7 +170,7 @@ def partition_graph(graph: str | Path, out: str | Path, config: PartitionConfig 
     ``{"resources": {"updater": 1}}`` to place them on a node type). Returns the ``meta.json``.
     """
     t0 = time.perf_counter()
-    gdir, out = GraphDir(graph, validate="fast"), Path(out)
+    gdir, out = GraphDir(graph, validate="fast"), Path(out).resolve()
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
     schema, P = gdir.schema, config.num_parts

@@ -94,7 +94,7 @@ class ShardStore:
     """
 
     def __init__(self, path: str | Path, shards: list[int] | None = None):
-        self.path = Path(path)
+        self.path = Path(path).resolve()
         meta_path = self.path / "meta.json"
         if not meta_path.is_file():
             raise GraphFormatError(f"{meta_path}: not found (is {self.path} a partitioned graph?)")

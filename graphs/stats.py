@@ -75,9 +75,14 @@ def _partition_stats(path: Path) -> dict:
     }
 
 
-def format_stats(stats: dict) -> str:
-    """A plain-text table of :func:`graph_stats` output."""
+def format_stats(stats: dict, top: int | None = None) -> str:
+    """A plain-text table of :func:`graph_stats` output. ``top``: show only the ``top`` edge
+    types by count and one line for the rest (None: every type)."""
     lines = []
+    shown, rest = stats["edge_types"], []
+    if top is not None:
+        ranked = sorted(shown, key=lambda e: -e["edges"])
+        shown, rest = ranked[:top], ranked[top:]
     if stats["kind"] == "graph":
         lines.append(f"graph {stats['name'] or stats['path']}: {stats['num_nodes']:,} nodes, "
                      f"{stats['num_edges']:,} edges, {stats['bytes'] / 2**20:.1f} MiB")
@@ -85,7 +90,7 @@ def format_stats(stats: dict) -> str:
         for n in stats["node_types"]:
             lines.append(f"  {n['type']:<28}{n['nodes']:>12,}  {', '.join(n['features']) or '-'}")
         lines.append(f"  {'edge type':<52}{'edges':>12}  ts/weight")
-        for e in stats["edge_types"]:
+        for e in shown:
             extra = "ts" if e["ts"] else ""
             extra += ("+" if extra and e["weight"] else "") + ("weight" if e["weight"] else "")
             lines.append(f"  {e['type']:<52}{e['edges']:>12,}  {extra or '-'}")
@@ -98,7 +103,10 @@ def format_stats(stats: dict) -> str:
         lines.append(f"  edges per shard: min {min(per):,}  max {max(per):,}  "
                      f"(max/mean {max(per) / max(1e-9, sum(per) / len(per)):.3f})")
         lines.append(f"  {'edge type':<52}{'edges':>12}{'max deg':>9}{'mean deg':>10}{'imbal.':>8}")
-        for e in stats["edge_types"]:
+        for e in shown:
             lines.append(f"  {e['type']:<52}{e['edges']:>12,}{e['max_degree']:>9,}"
                          f"{e['mean_degree']:>10.2f}{e['imbalance']:>8.3f}")
+    if rest:
+        lines.append(f"  {f'... {len(rest)} more edge types':<52}{sum(e['edges'] for e in rest):>12,}"
+                     f"  (all: hetrec graph stats {stats['path']})")
     return "\n".join(lines)

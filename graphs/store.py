@@ -203,7 +203,7 @@ class GraphDir:
     def __init__(self, path: str | Path, validate: str = "fast"):
         if validate not in ("none", "fast", "full"):
             raise ValueError(f"validate must be 'none', 'fast' or 'full', got {validate!r}")
-        self.path = Path(path)
+        self.path = Path(path).resolve()      # Ray tasks read it from other working directories
         if not self.path.is_dir():
             raise GraphFormatError(f"{self.path}: not a directory")
         self.schema = GraphSchema.load(self.path / "schema.json")

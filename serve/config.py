@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from graphs.paths import absolute_fields
 from serve.index import IndexConfig
 
 
@@ -60,6 +61,7 @@ class ServeConfig:
     colocate: bool = False
 
     def __post_init__(self) -> None:
+        absolute_fields(self, "run_dir", "token_file")      # read by replicas in other directories
         for name in ("candidates", "default_k", "max_k", "max_events", "ille_actors", "max_replicas",
                      "min_replicas", "max_body_bytes", "target_ongoing_requests", "max_ongoing_requests",
                      "max_queued_requests",

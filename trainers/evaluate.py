@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -63,8 +64,9 @@ def fit_part(split: Split) -> Interactions:
 
 
 def fit_hetsgformer(graph_dir: Path, split: Split, seed: int, etype: str, work_dir: Path,
-                    cfg: TrainConfig) -> ScoreFn:
-    """Train HetSGFormer on the split's graph, export, score users by cosine from the export."""
+                    cfg: TrainConfig, log=None) -> ScoreFn:
+    """Train HetSGFormer on the split's graph, export, score users by cosine from the export.
+    ``log``: called with one line per epoch."""
     from trainers.export import export_embeddings
     from trainers.split_graph import write_split_graph
     from trainers.train import train
@@ -74,7 +76,12 @@ def fit_hetsgformer(graph_dir: Path, split: Split, seed: int, etype: str, work_d
     work_dir.mkdir(parents=True)
     graph = write_split_graph(graph_dir, work_dir / "graph", fit_part(split), etype)
     valid = str(write_pairs(work_dir / "valid.parquet", split.valid)) if len(split.valid) else None
-    train(graph, work_dir / "run", replace(cfg, seed=seed, target=etype, valid=valid))
+    def progress(m: dict) -> None:
+        log(f"hetsgformer epoch {m['epoch'] + 1}/{cfg.epochs}: loss {m['loss']:.3f}, "
+            f"valid ndcg@10 {m['valid_ndcg@10']:.4f}, {m['edges_per_s']:,.0f} edges/s")
+
+    train(graph, work_dir / "run", replace(cfg, seed=seed, target=etype, valid=valid),
+          progress=progress if log else None)
     version = export_embeddings(work_dir / "run")
     src, _, dst = etype.split("__")
     users = F.normalize(torch.from_numpy(np.load(version / f"{src}.npy")), dim=-1)  # [U, D]
@@ -98,24 +105,26 @@ def run_eval(graph_dir: str | Path, models: Sequence[str] = ("pop", "mf", "light
         raise ValueError(f"unknown models {unknown}; known: {list(MODELS)}")
     if not seeds:
         raise ValueError("seeds must name at least one seed")
-    graph_dir = Path(graph_dir)
+    graph_dir = Path(graph_dir).resolve()
     inter = load_interactions(graph_dir, etype)
     per_seed: dict[str, list[dict[str, float]]] = {m: [] for m in models}
     with tempfile.TemporaryDirectory(prefix="hetrec-eval-") as tmp:
-        root = Path(work_dir) if work_dir is not None else Path(tmp)
+        root = Path(work_dir).resolve() if work_dir is not None else Path(tmp)
         for seed in seeds:
             split = make_split(inter, protocol, seed)
             for name in models:
+                t0 = time.perf_counter()
                 if name == "hetsgformer":
                     score = fit_hetsgformer(graph_dir, split, seed, etype, root / f"hetsgformer-{protocol}-{seed}",
-                                            train_cfg or TrainConfig())
+                                            train_cfg or TrainConfig(), log)
                 elif name in HETERO_PEERS:
                     score = HETERO_PEERS[name](fit_part(split), seed, graph_dir)
                 else:
                     score = BASELINES[name](fit_part(split), seed)
                 per_seed[name].append(score_split(score, split, ks))
                 if log:
-                    log(f"{protocol} seed {seed} {name}: ndcg@10 {per_seed[name][-1]['ndcg@10']:.4f}")
+                    log(f"{protocol} seed {seed} {name}: ndcg@10 {per_seed[name][-1]['ndcg@10']:.4f} "
+                        f"({time.perf_counter() - t0:.0f} s)")
     return {name: {metric: {"mean": float(np.mean([r[metric] for r in runs])),
                             "std": float(np.std([r[metric] for r in runs]))}
                    for metric in runs[0]}
@@ -123,15 +132,17 @@ def run_eval(graph_dir: str | Path, models: Sequence[str] = ("pop", "mf", "light
 
 
 def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
-    """A plain-text table: one row per model, one column per metric, ``mean±std``."""
+    """A plain-text table: one row per model, one column per metric, ``mean±std`` (the mean
+    alone when every std is 0, e.g. for one seed)."""
     if not results:
         return ""
     metrics = list(next(iter(results.values())))
-    width = max(16, *(len(m) + 2 for m in metrics))            # "0.2574±0.0185" plus a gap
+    spread = any(r[m]["std"] for r in results.values() for m in metrics)
+    width = max(16 if spread else 10, *(len(m) + 2 for m in metrics))   # "0.2574±0.0185" plus a gap
     first = max(12, *(len(name) + 2 for name in results))
     head = f"{'model':<{first}}" + "".join(f"{m:>{width}}" for m in metrics)
     rows = []
     for name, r in results.items():
-        cells = (f"{r[m]['mean']:.4f}±{r[m]['std']:.4f}" for m in metrics)
+        cells = (f"{r[m]['mean']:.4f}±{r[m]['std']:.4f}" if spread else f"{r[m]['mean']:.4f}" for m in metrics)
         rows.append(f"{name:<{first}}" + "".join(f"{c:>{width}}" for c in cells))
     return "\n".join([head, "-" * len(head), *rows])

@@ -6,14 +6,17 @@ Layout::
     <run>/embeddings/v0001/meta.json      version, dim, counts, checkpoint
     <run>/embeddings/LATEST               the newest version's folder name
 
-Inference is a Ray Data job: chunks of node ids go to ``map_batches`` actors that each
-load the model once, sample every chunk's neighbourhood from the shard store and write
-their rows straight into the version's ``.npy`` files (memory-mapped, disjoint rows).
+Inference is a Ray Data job: chunks of node ids go to ``map_batches`` tasks (at most
+``actors`` at once; each worker process loads the model once and keeps it for the next
+chunk) that sample every chunk's neighbourhood from the shard store and write their rows
+straight into the version's ``.npy`` files (memory-mapped, disjoint rows). A failed task
+is retried by Ray; rewriting a chunk's rows is idempotent.
 The version folder is written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -39,29 +42,32 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return found[-1]
 
 
-class _Embedder:
-    """A Ray Data actor: the model and the stores, loaded once."""
+@functools.lru_cache(maxsize=1)
+def _embedder(config_json: str, checkpoint: str) -> tuple:
+    """The stores and the model of one export, loaded once per Ray worker process (Ray
+    reuses the process for the export's next tasks)."""
+    config = json.loads(config_json)
+    cfg = TrainConfig.from_json(config["train"])
+    store = ShardStore(config["parts"])
+    features = FeatureStore(GraphDir(config["graph"], validate="none"))
+    model = HetSGFormer(store.schema, cfg.model)
+    state = torch.load(os.path.join(checkpoint, "state.pt"), weights_only=True, map_location="cpu")
+    model.load_state_dict(state["model"])
+    return store, features, model.eval(), cfg
 
-    def __init__(self, config: dict, checkpoint: str, out: str):
-        cfg: TrainConfig = config["train_cfg"]
-        self.store = ShardStore(config["parts"])
-        self.features = FeatureStore(GraphDir(config["graph"], validate="none"))
-        self.model = HetSGFormer(self.store.schema, cfg.model)
-        state = torch.load(os.path.join(checkpoint, "state.pt"), weights_only=True, map_location="cpu")
-        self.model.load_state_dict(state["model"])
-        self.model.eval()
-        self.fanouts, self.seed, self.out = list(cfg.fanouts), cfg.seed, Path(out)
 
-    def __call__(self, chunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``chunk``: one row per id range ``ntype, lo, hi`` -> rows written per range."""
-        for ntype, lo, hi in zip(chunk["ntype"], chunk["lo"], chunk["hi"]):
-            ids = np.arange(lo, hi, dtype=np.int64)
-            emb = embed_nodes(self.model, self.store, self.features, str(ntype), ids, self.fanouts,
-                              self.seed, chunk=len(ids))  # same sample on every export
-            rows = np.load(self.out / f"{ntype}.npy", mmap_mode="r+")
-            rows[lo:hi] = emb.numpy()
-            rows.flush()
-        return {"rows": chunk["hi"] - chunk["lo"]}
+def _embed_chunks(chunk: dict[str, np.ndarray], config_json: str, checkpoint: str, out: str) -> dict[str, np.ndarray]:
+    """A Ray Data task: ``chunk`` holds id ranges ``ntype, lo, hi``; each range's rows are
+    embedded and written into ``out/<ntype>.npy``; returns the rows written per range."""
+    store, features, model, cfg = _embedder(config_json, checkpoint)
+    for ntype, lo, hi in zip(chunk["ntype"], chunk["lo"], chunk["hi"]):
+        ids = np.arange(lo, hi, dtype=np.int64)
+        emb = embed_nodes(model, store, features, str(ntype), ids, list(cfg.fanouts), cfg.seed,
+                          chunk=len(ids))  # same sample on every export
+        rows = np.load(Path(out) / f"{ntype}.npy", mmap_mode="r+")
+        rows[lo:hi] = emb.numpy()
+        rows.flush()
+    return {"rows": chunk["hi"] - chunk["lo"]}
 
 
 def export_embeddings(run_dir: str | Path, chunk_nodes: int = 2048, actors: int = 2,
@@ -89,9 +95,9 @@ def export_embeddings(run_dir: str | Path, chunk_nodes: int = 2048, actors: int 
         if not ray.is_initialized():
             ray.init(log_to_driver=False)
         written = (ray.data.from_items(chunks, override_num_blocks=max(1, min(len(chunks), 64)))
-                   .map_batches(_Embedder, batch_size=1, concurrency=actors,
-                                fn_constructor_kwargs={"config": {**config, "train_cfg": cfg},
-                                                       "checkpoint": str(checkpoint), "out": str(tmp)},
+                   .map_batches(_embed_chunks, batch_size=1, concurrency=actors,
+                                fn_kwargs={"config_json": json.dumps(config), "checkpoint": str(checkpoint),
+                                           "out": str(tmp)},
                                 **(ray_remote_args or {}))
                    .sum("rows"))
         if written != sum(counts.values()):
@@ -106,3 +112,28 @@ def export_embeddings(run_dir: str | Path, chunk_nodes: int = 2048, actors: int 
     latest.with_suffix(".tmp").write_text(final.name)
     os.replace(latest.with_suffix(".tmp"), latest)
     return final
+
+
+def serving_run(trained: str | Path, parts: str | Path, out: str | Path, **export_kwargs) -> Path:
+    """A run in ``out`` that embeds the partitioned graph ``parts`` with the weights trained in
+    the run ``trained``, then exports it; returns the embeddings version.
+
+    The usual use: a model trained on an evaluation split's graph serves the full graph,
+    so every interaction (the held-out ones too) shapes the neighbourhoods it embeds and
+    the history the service excludes. Both graphs must have the same node types with the
+    same counts and the same edge types.
+    """
+    trained, parts, out = Path(trained).resolve(), Path(parts).resolve(), Path(out).resolve()
+    config = json.loads((trained / "config.json").read_text())
+    have, want = ShardStore(config["parts"]), ShardStore(parts)
+    if have.counts != want.counts or sorted(have.edge_types) != sorted(want.edge_types):
+        raise ValueError(f"{parts} does not match the graph {trained} was trained on: node counts "
+                         f"{want.counts} vs {have.counts}, or other edge types")
+    if (out / "config.json").exists():
+        raise FileExistsError(f"{out} already holds a run")
+    checkpoint = latest_checkpoint(trained)
+    shutil.copytree(checkpoint, out / "ray" / "train" / checkpoint.name)
+    graph = json.loads((parts / "meta.json").read_text())["graph"]
+    write_json_atomic(out / "config.json", {**config, "graph": graph, "parts": str(parts),
+                                            "weights_from": str(trained)})
+    return export_embeddings(out, **export_kwargs)

@@ -32,6 +32,7 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, prepare_model
 
+from graphs.paths import absolute_fields
 from graphs.store import GraphDir, write_json_atomic
 from trainers.dsgl import DSGLConfig, hops_to_tensors
 from trainers.dsgl_data import SequenceGraphs
@@ -71,6 +72,7 @@ class RankerConfig:
     steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
+        absolute_fields(self, "embeddings")
         if self.model not in RANKERS:
             raise ValueError(f"RankerConfig.model must be one of {RANKERS}, got {self.model!r}")
         for name in ("length", "epochs", "batch_size", "workers", "eval_negatives", "eval_samples"):

@@ -21,7 +21,10 @@ import json
 import os
 import resource
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,8 +35,10 @@ import torch
 import torch.nn.functional as F
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, prepare_model
+from ray.util.queue import Empty, Queue
 
 from graphs.partition import PartitionConfig, partition_graph
+from graphs.paths import absolute_fields
 from graphs.samplers import iter_seed_edges
 from graphs.shards import ShardStore
 from graphs.store import GraphDir, write_json_atomic
@@ -86,6 +91,7 @@ class TrainConfig:
     model: HetSGFormerConfig = field(default_factory=HetSGFormerConfig)
 
     def __post_init__(self) -> None:
+        absolute_fields(self, "valid")      # read by the Ray Train workers, in other directories
         for name in ("workers", "epochs", "batch_size", "random_negatives", "num_parts", "hard_top",
                      "hard_pool", "valid_users"):
             if getattr(self, name) < 1:
@@ -247,9 +253,48 @@ def _cycle(store, ekey, parts, batch_size, rng):
             parts = list(range(store.num_parts))
 
 
+class _Progress(ray.train.UserCallback):
+    """Runs on the Train controller: forwards rank 0's metrics of every epoch to the driver."""
+
+    def __init__(self, queue: Queue):
+        self.queue = queue
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        self.queue.put(metrics[0])
+
+
+@contextmanager
+def epoch_progress(progress: Callable[[dict], None] | None) -> Iterator[list]:
+    """Yields the ``RunConfig.callbacks`` that call ``progress(metrics)`` on the driver as
+    each epoch ends (through a Ray queue that the controller's callback feeds)."""
+    if progress is None:
+        yield []
+        return
+    queue = Queue(actor_options={"num_cpus": 0})
+    done = threading.Event()
+
+    def drain() -> None:
+        while not (done.is_set() and queue.empty()):
+            try:
+                progress(queue.get(timeout=0.2))
+            except Empty:
+                pass
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        yield [_Progress(queue)]
+    finally:
+        done.set()
+        reader.join(timeout=5)
+        ray.kill(queue.actor)
+
+
 def train(graph: str | Path, run_dir: str | Path, cfg: TrainConfig = TrainConfig(),
-          resume: bool = False) -> ray.train.Result:
-    """Pretrain HetSGFormer on ``graph`` (a graph directory or a partitioned graph) into ``run_dir``."""
+          resume: bool = False, progress: Callable[[dict], None] | None = None) -> ray.train.Result:
+    """Pretrain HetSGFormer on ``graph`` (a graph directory or a partitioned graph) into ``run_dir``.
+    ``progress``: called on the driver with each epoch's metrics (``epoch``, ``loss``,
+    ``edges_per_s``, ``valid_ndcg@10``...) as it ends."""
     graph, run_dir = Path(graph).resolve(), Path(run_dir).resolve()
     if (run_dir / "config.json").exists() and not resume:
         raise FileExistsError(f"{run_dir} already holds a run (pass resume=True / --resume to continue it)")
@@ -266,16 +311,16 @@ def train(graph: str | Path, run_dir: str | Path, cfg: TrainConfig = TrainConfig
     target = _target(ShardStore(parts), cfg.target)
     write_json_atomic(run_dir / "config.json", {"graph": str(graph), "parts": str(parts), "target": target,
                                                  "train": asdict(cfg)})
-    trainer = TorchTrainer(
-        _train_loop,
-        train_loop_config={"cfg": cfg, "graph": str(graph), "parts": str(parts), "target": target},
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker=cfg.resources_per_worker),
-        run_config=RunConfig(name="train", storage_path=str(run_dir / "ray"),
-                             failure_config=FailureConfig(max_failures=2),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
-    )
-    result = trainer.fit()
+    with epoch_progress(progress) as callbacks:
+        result = TorchTrainer(
+            _train_loop,
+            train_loop_config={"cfg": cfg, "graph": str(graph), "parts": str(parts), "target": target},
+            scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                         resources_per_worker=cfg.resources_per_worker),
+            run_config=RunConfig(name="train", storage_path=str(run_dir / "ray"), callbacks=callbacks,
+                                 failure_config=FailureConfig(max_failures=2),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        ).fit()
     with result.checkpoint.as_directory() as d:
         history = _read_history(Path(d))
     write_metrics(run_dir, history, result.metrics)
