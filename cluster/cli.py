@@ -18,19 +18,16 @@ from graphs.exceptions import HetrecError
 
 log = logging.getLogger(__name__)
 
-_EXPECTED = (HetrecError, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError, OSError,
-             RuntimeError)  # RuntimeError: what Ray's job and cluster clients raise
-
-
 class _Group(click.Group):
-    """Runs subcommands under one error handler."""
+    """Runs subcommands under one error handler: the project's errors (HetrecError) print one
+    line and exit 1; anything else is a bug and keeps its traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):   # --help, usage errors
             raise
-        except _EXPECTED as err:
+        except HetrecError as err:
             if ctx.find_root().params.get("debug"):
                 raise
             click.echo(f"error: {one_line(err)}", err=True)
@@ -136,7 +133,8 @@ def partition(graph: Path, out: Path, parts: int, address: str | None, bucket_ed
     from graphs.stats import format_stats, graph_stats
 
     config = PartitionConfig(num_parts=parts, bucket_edges=bucket_edges)
-    partition_graph(graph, out, config, overwrite=overwrite, address=address)
+    init_ray(address)
+    partition_graph(graph, out, config, overwrite=overwrite)
     click.echo(format_stats(graph_stats(out)))
 
 

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 from pathlib import Path
 
 import click
+
+from graphs.exceptions import ClusterError, HetrecError
 
 DASHBOARD = "http://127.0.0.1:8265"
 _address = click.option("--address", default=DASHBOARD, show_default=True, envvar="RAY_API_SERVER_ADDRESS",
@@ -186,6 +189,29 @@ def serve_stop_cmd(address: str) -> None:
     click.echo(f"serve applications on {address} are shutting down")
 
 
+def cluster_errors(command: click.Command) -> click.Command:
+    """Ray's cluster launcher, job and Serve clients fail with RuntimeError, OSError (no
+    dashboard at the address, a refused connection), TimeoutError or a failed ``ray``
+    subprocess; for the commands that only drive them, those become ClusterError here, so
+    the CLI prints one line."""
+    callback = command.callback
+
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except HetrecError:
+            raise
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as err:
+            raise ClusterError(f"{command.name}: {err}") from err
+
+    command.callback = run
+    return command
+
+
 def register(main: click.Group) -> None:
+    for command in (cluster_up, cluster_down, cluster_status, submit_cmd, jobs_status, jobs_logs, jobs_stop,
+                    serve_stop_cmd):
+        cluster_errors(command)
     for command in (cluster_group, pipeline_cmd, submit_cmd, jobs_group, serve_stop_cmd):
         main.add_command(command)

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from graphs.exceptions import ConfigError
 from cluster.runtime import init_ray
 
 DEMO_MODELS = ("hetsgformer", "pop", "mf", "lightgcn")
@@ -54,7 +55,7 @@ class DemoConfig:
         absolute_fields(self, "root")
         for name in ("epochs", "parts", "ranker_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
 def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:

@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from graphs.exceptions import ClusterError
 from cluster.jobs import job_logs, job_status, submit_stages, wait_job
 from cluster.launcher import NodeWatch, serve_shutdown, status
 
@@ -25,7 +26,7 @@ def autoscaling_drill(address: str, root: str | Path, serve_port: int, pipeline_
     the node timeline, the pipeline's report, the service's answer and the job's log tail."""
     start = status(address)["workers"]
     if start:
-        raise RuntimeError(f"the drill needs a cluster with no worker nodes; {address} has {start}")
+        raise ClusterError(f"the drill needs a cluster with no worker nodes; {address} has {start}")
     watch = NodeWatch(address)
     try:
         args = ["--port", str(serve_port), "--proxy-location", "HeadOnly", *pipeline_args]

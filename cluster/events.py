@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from graphs.exceptions import EventError, NotFoundError, RunDirError
 from graphs.schema import GraphSchema
 from trainers.features import parse_value
 
@@ -36,23 +37,15 @@ OPS = ("node", "edge", "remove_edge")
 MAX_TS = 2**40          # seconds (about the year 36,800): rejects milli/nanosecond clocks
 
 
-class EventError(ValueError):
-    """A rejected event: ``index`` in its batch and what is wrong with it."""
-
-    def __init__(self, index: int, message: str):
-        super().__init__(f"event {index}: {message}")
-        self.index, self.message = index, message
-
-
 def read_events(path: str | Path) -> list[dict]:
     """Rows of an events parquet file as dicts (see the module doc for the columns)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: events file not found")
+        raise NotFoundError(f"{path}: events file not found")
     table = pq.read_table(path)
     missing = [c for c in ("op",) if c not in table.column_names]
     if missing:
-        raise ValueError(f"{path}: missing column {missing[0]!r}; columns: {table.column_names}")
+        raise EventError(f"{path}: missing column {missing[0]!r}; columns: {table.column_names}")
     return table.to_pylist()
 
 
@@ -77,43 +70,43 @@ class EventValidator:
         counts = dict(self.counts)
         for i, ev in enumerate(events):
             if not isinstance(ev, dict):
-                errors.append(EventError(i, f"an event must be an object, got {type(ev).__name__} {ev!r:.80}"))
+                errors.append(EventError(f"an event must be an object, got {type(ev).__name__} {ev!r:.80}", index=i))
             elif ev.get("op") not in OPS:
-                errors.append(EventError(i, f"field 'op' is {ev.get('op')!r:.80}, expected one of {OPS}"))
+                errors.append(EventError(f"field 'op' is {ev.get('op')!r:.80}, expected one of {OPS}", index=i))
             elif ev["op"] == "node":
                 try:
                     accepted[i] = self._node(ev, counts)
                     counts[ev["ntype"]] += 1
-                except ValueError as e:
-                    errors.append(EventError(i, str(e)))
+                except ValueError as e:           # EventError, or a bad attribute value
+                    errors.append(EventError(str(e), index=i))
         for i, ev in enumerate(events):
             if isinstance(ev, dict) and ev.get("op") in ("edge", "remove_edge"):
                 try:
                     accepted[i] = self._edge(ev, counts)
-                except ValueError as e:
-                    errors.append(EventError(i, str(e)))
+                except ValueError as e:           # EventError, or a bad attribute value
+                    errors.append(EventError(str(e), index=i))
         self.counts = counts
         return [accepted[i] for i in sorted(accepted)], sorted(errors, key=lambda e: e.index)
 
     def _node(self, ev: dict, counts: dict[str, int]) -> dict:
         ntype = ev.get("ntype")
         if ntype not in counts:
-            raise ValueError(f"node type {ntype!r} is unknown; known: {sorted(counts)}")
+            raise EventError(f"node type {ntype!r} is unknown; known: {sorted(counts)}")
         nid = _int(ev.get("id"), "id")
         if nid != counts[ntype]:
-            raise ValueError(f"node id {nid} of type {ntype!r}: expected the next id, {counts[ntype]}")
+            raise EventError(f"node id {nid} of type {ntype!r}: expected the next id, {counts[ntype]}")
         attrs = ev.get("attrs") or {}
         if isinstance(attrs, str):
             try:
                 attrs = json.loads(attrs)
             except json.JSONDecodeError as e:
-                raise ValueError(f"field 'attrs' is not JSON ({e})") from None
+                raise EventError(f"field 'attrs' is not JSON ({e})") from None
         if not isinstance(attrs, dict):
-            raise ValueError(f"field 'attrs' must be an object, got {attrs!r}")
+            raise EventError(f"field 'attrs' must be an object, got {attrs!r}")
         specs = self.specs[ntype]
         for name, value in attrs.items():
             if name not in specs:
-                raise ValueError(f"node type {ntype!r} has no attribute {name!r}; known: {sorted(specs)}")
+                raise EventError(f"node type {ntype!r} has no attribute {name!r}; known: {sorted(specs)}")
             parse_value(specs[name], value)
         out = {"op": "node", "ntype": ntype, "id": nid, "attrs": attrs}
         if ev.get("raw_id") is not None:
@@ -123,33 +116,33 @@ class EventValidator:
     def _edge(self, ev: dict, counts: dict[str, int]) -> dict:
         etype = self.forward.get(ev.get("etype"))
         if etype is None:
-            raise ValueError(f"edge type {ev.get('etype')!r} is unknown; known: {sorted(self.forward)}")
+            raise EventError(f"edge type {ev.get('etype')!r} is unknown; known: {sorted(self.forward)}")
         out = {"op": ev["op"], "etype": etype.key}
         for field, ntype in (("src", etype.src), ("dst", etype.dst)):
             nid = _int(ev.get(field), field)
             if not 0 <= nid < counts[ntype]:
-                raise ValueError(f"field {field!r}: {ntype} {nid} does not exist ({counts[ntype]} {ntype} nodes) "
+                raise EventError(f"field {field!r}: {ntype} {nid} does not exist ({counts[ntype]} {ntype} nodes) "
                                  "and is not created in this batch")
             out[field] = nid
         if ev.get("ts") is not None:
             out["ts"] = _int(ev["ts"], "ts")
             if not 0 <= out["ts"] < MAX_TS:
-                raise ValueError(f"field 'ts': {out['ts']} is not a time in seconds in [0, {MAX_TS})")
+                raise EventError(f"field 'ts': {out['ts']} is not a time in seconds in [0, {MAX_TS})")
         if ev.get("weight") is not None:
             weight = ev["weight"]
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-                raise ValueError(f"field 'weight' must be a finite number, got {weight!r}")
+                raise EventError(f"field 'weight' must be a finite number, got {weight!r}")
             out["weight"] = float(weight)
         return out
 
 
 def _int(value, field: str) -> int:
     if isinstance(value, bool) or value is None or (isinstance(value, float) and not value.is_integer()):
-        raise ValueError(f"field {field!r} must be an integer, got {value!r}")
+        raise EventError(f"field {field!r} must be an integer, got {value!r}")
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"field {field!r} must be an integer, got {value!r}") from None
+        raise EventError(f"field {field!r} must be an integer, got {value!r}") from None
 
 
 class EventLog:
@@ -164,7 +157,7 @@ class EventLog:
                 fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 self._lock.close()
-                raise RuntimeError(f"{self.folder}: another process is writing this event log "
+                raise RunDirError(f"{self.folder}: another process is writing this event log "
                                    "(an update pool or a served Updater); stop it first") from None
             for stale in self.folder.glob(".*.tmp"):      # a crash mid-append: never acknowledged
                 stale.unlink()
@@ -174,7 +167,7 @@ class EventLog:
     def append(self, events: list[dict]) -> int:
         """Write ``events`` durably as one segment; returns its first offset."""
         if not events:
-            raise ValueError("EventLog.append: no events")
+            raise EventError("EventLog.append: no events")
         first = self.end
         final = self.folder / f"{first:012d}.jsonl"
         tmp = self.folder / f".{final.name}.tmp"

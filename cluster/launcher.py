@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from graphs.exceptions import ClusterError, ConfigError, NotFoundError
+
 LOCAL_PROFILE = Path(__file__).with_name("local_cluster.yaml")
 HEAD_TYPES = ("ray.head.default", "head")
 
@@ -30,17 +32,17 @@ def _ray_exe() -> str:
     local = Path(sys.executable).with_name("ray")
     found = str(local) if local.is_file() else shutil.which("ray")
     if found is None:
-        raise FileNotFoundError("the `ray` command was not found (pip install 'ray[default]')")
+        raise ClusterError("the `ray` command was not found (pip install 'ray[default]')")
     return found
 
 
 def cloud_command(action: str, config: str | Path) -> list[str]:
     """``ray up`` / ``ray down`` argv for a cluster-launcher file."""
     if action not in ("up", "down"):
-        raise ValueError(f"action must be 'up' or 'down', got {action!r}")
+        raise ConfigError(f"action must be 'up' or 'down', got {action!r}")
     config = Path(config)
     if not config.is_file():
-        raise FileNotFoundError(f"cluster config {config} does not exist")
+        raise NotFoundError(f"cluster config {config} does not exist")
     return [_ray_exe(), action, "-y", str(config)]
 
 
@@ -72,7 +74,7 @@ def up_local(port: int = 6379, dashboard_port: int = 8265, config: Path = LOCAL_
            f"--dashboard-port={dashboard_port}", "--disable-usage-stats"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+        raise ClusterError(f"`{' '.join(cmd)}` failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     address = f"http://127.0.0.1:{dashboard_port}"
     deadline = time.monotonic() + timeout_s
     while True:
@@ -142,7 +144,7 @@ def serve_shutdown(address: str) -> None:
     cmd = [str(serve_exe) if serve_exe.is_file() else "serve", "shutdown", "-y", "--address", address]
     done = subprocess.run(cmd, env=ray_cli_env(), capture_output=True, text=True, timeout=120)
     if done.returncode != 0 or "Unable" in done.stderr + done.stdout:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed: {(done.stderr or done.stdout).strip()[-1000:]}")
+        raise ClusterError(f"`{' '.join(cmd)}` failed: {(done.stderr or done.stdout).strip()[-1000:]}")
 
 
 class NodeWatch:

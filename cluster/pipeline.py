@@ -36,6 +36,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import ray
 
+from graphs.exceptions import ConfigError, OutputExistsError
 from cluster import storage
 from graphs.paths import absolute_fields
 from graphs.store import write_json_atomic
@@ -87,9 +88,9 @@ class PipelineConfig:
         for name in ("parts", "epochs", "workers", "ille_actors", "ranker_steps", "port"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"PipelineConfig.{name} must be an int >= 1, got {value!r}")
+                raise ConfigError(f"PipelineConfig.{name} must be an int >= 1, got {value!r}")
         if self.steps is not None and self.steps < 1:
-            raise ValueError(f"PipelineConfig.steps must be >= 1 or None, got {self.steps!r}")
+            raise ConfigError(f"PipelineConfig.steps must be >= 1 or None, got {self.steps!r}")
 
     def role(self, name: str, cpus: float = 1.0) -> dict[str, float]:
         """Custom resources of one task or actor of the ``name`` role, using ``cpus`` CPUs."""
@@ -121,7 +122,7 @@ def parse_stages(text: str) -> list[str]:
         return list(STAGES)
     unknown = [n for n in names if n not in STAGES]
     if unknown or not names:
-        raise ValueError(f"unknown stage(s) {unknown or text!r}; choose from {', '.join(STAGES)} or 'pipeline'")
+        raise ConfigError(f"unknown stage(s) {unknown or text!r}; choose from {', '.join(STAGES)} or 'pipeline'")
     return [s for s in STAGES if s in names]
 
 
@@ -146,8 +147,6 @@ def preload(stages: list[str]) -> None:
 def run_pipeline(cfg: PipelineConfig, stages: list[str] | tuple[str, ...] = STAGES) -> dict:
     """Run ``stages`` in order on the connected Ray; returns (and writes to
     ``ROOT/pipeline.json``) what each produced and how long it took."""
-    if not ray.is_initialized():
-        ray.init(log_to_driver=False)
     root = Path(cfg.root)
     root.mkdir(parents=True, exist_ok=True)
     report = {"config": asdict(cfg), "stages": {}}
@@ -194,7 +193,7 @@ def stage_train(cfg: PipelineConfig) -> dict:
 
     if (cfg.run / "config.json").exists():
         if not cfg.overwrite:
-            raise FileExistsError(f"{cfg.run} already holds a training run (pass --overwrite to retrain)")
+            raise OutputExistsError(f"{cfg.run} already holds a training run (pass --overwrite to retrain)")
         shutil.rmtree(cfg.run)
     tcfg = TrainConfig(workers=cfg.workers, epochs=cfg.epochs, steps_per_epoch=cfg.steps, use_gpu=cfg.use_gpu,
                        num_parts=cfg.parts, resources_per_worker=cfg.worker_resources())

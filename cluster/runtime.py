@@ -15,6 +15,8 @@ import os
 
 import ray
 
+from graphs.exceptions import ConfigError
+
 # Loggers whose console handlers Ray configures itself (file handlers are left alone).
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
 QUIET_LEVEL = logging.ERROR
@@ -27,7 +29,7 @@ def ray_console_level(verbose: bool = False) -> int:
     if name:
         level = logging.getLevelName(name)
         if not isinstance(level, int):
-            raise ValueError(f"HETREC_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {name!r}")
+            raise ConfigError(f"HETREC_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {name!r}")
         return level
     return logging.INFO if verbose else QUIET_LEVEL
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from graphs.exceptions import ConfigError, NotFoundError
 from graphs.store import temp_sibling
 
 
@@ -28,7 +29,7 @@ def _open(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
     except ValueError as err:  # pyarrow's ArrowInvalid
-        raise ValueError(f"storage URI {uri!r}: {err}") from err
+        raise ConfigError(f"storage URI {uri!r}: {err}") from err
 
 
 def _manifest(local: Path) -> dict:
@@ -41,7 +42,7 @@ def publish(root: str | Path, uri: str, name: str) -> dict:
     ``{"name", "files", "bytes"}``."""
     local = Path(root) / name
     if not local.is_dir():
-        raise FileNotFoundError(f"cannot publish {local}: no such folder")
+        raise NotFoundError(f"cannot publish {local}: no such folder")
     fs, base = _open(uri)
     manifest = _manifest(local)
     if published(uri, name):          # an older copy: unpublish it before overwriting it

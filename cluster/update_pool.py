@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from graphs.exceptions import ConfigError
 from cluster.events import EventError, EventLog, EventValidator
 from cluster.updater import ShardUpdater, update_dir
 from graphs.shards import ShardStore
@@ -70,7 +71,7 @@ class UpdatePool:
     def __init__(self, run_dir: str | Path, actors: int = 2, cfg: ILLEConfig | None = None,
                  num_cpus: float = 1.0, resources: dict | None = None):
         if actors < 1:
-            raise ValueError(f"actors must be >= 1, got {actors!r}")
+            raise ConfigError(f"actors must be >= 1, got {actors!r}")
         self.run_dir, self.cfg = Path(run_dir).resolve(), cfg or ILLEConfig()
         config = json.loads((self.run_dir / "config.json").read_text())
         self.view = EmbeddingView(self.run_dir)
@@ -82,8 +83,6 @@ class UpdatePool:
         for first in self.log.segments:                   # nodes added by earlier runs
             self.validator.check([e for e in self.log.read(first) if e["op"] == "node"])
         self.base_nodes = sum(store.counts.values())
-        if not ray.is_initialized():
-            ray.init(log_to_driver=False)
         # an actor that dies is always restarted (it rebuilds its state from the log), and a
         # call in flight is retried on it
         actor = ray.remote(ShardUpdater).options(num_cpus=num_cpus, resources=resources or {}, max_restarts=-1,

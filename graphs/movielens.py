@@ -27,7 +27,7 @@ import zipfile
 from pathlib import Path
 
 from graphs.atomic_files import ATOMIC_EXTS
-from graphs.exceptions import DataSourceError
+from graphs.exceptions import DataSourceError, OutputExistsError
 from graphs.recbole import KG_OTHER, RecBoleNames, build_recbole, kg_relation_name
 from graphs.schema import GraphSchema
 from graphs.store import replace_dir, temp_sibling
@@ -115,6 +115,6 @@ def build_movielens(out: Path, source: Path | None = None, overwrite: bool = Fal
     """
     out = Path(out)
     if out.exists() and not overwrite:   # before a download that would be wasted
-        raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+        raise OutputExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
     source = Path(source) if source is not None else fetch_recbole_files(cache_dir)
     return build_recbole(out, source, MOVIELENS_NAMES, overwrite)

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import ray
 
 from graphs.csr_build import build_csr, build_items, spill_columns
-from graphs.exceptions import GraphFormatError
+from graphs.exceptions import ConfigError, GraphFormatError, OutputExistsError
 from graphs.schema import EdgeType, GraphSchema
 from graphs.shards import META_FORMAT, OWNER_RULE, owned_counts
 from graphs.store import GraphDir, replace_dir, temp_sibling, write_json_atomic
@@ -51,7 +51,7 @@ class PartitionConfig:
         for name in ("num_parts", "bucket_edges", "batch_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"PartitionConfig.{name} must be an int >= 1, got {value!r}")
+                raise ConfigError(f"PartitionConfig.{name} must be an int >= 1, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -161,26 +161,23 @@ def _write_spill(columns: dict[str, list[np.ndarray]], counts: list[np.ndarray],
 
 
 def partition_graph(graph: str | Path, out: str | Path, config: PartitionConfig = PartitionConfig(),
-                    overwrite: bool = False, address: str | None = None,
-                    ray_remote_args: dict | None = None) -> dict:
+                    overwrite: bool = False, ray_remote_args: dict | None = None) -> dict:
     """Partition the graph directory ``graph`` into ``config.num_parts`` CSR shards under ``out``.
 
-    Validates the input first, then uses the running Ray, or joins ``address`` (None: an
-    embedded local Ray). ``ray_remote_args`` go to every Ray Data task of both passes (e.g.
+    Validates the input first, then runs on the connected Ray (the caller's ``ray.init``;
+    without one, Ray starts a local instance). ``ray_remote_args`` go to every Ray Data task of both passes (e.g.
     ``{"resources": {"updater": 1}}`` to place them on a node type). Returns the ``meta.json``.
     """
     t0 = time.perf_counter()
     gdir, out = GraphDir(graph, validate="fast"), Path(out).resolve()
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+        raise OutputExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
     schema, P = gdir.schema, config.num_parts
     all_types = list(schema.edge_types) + [e.reverse() for e in schema.edge_types]
     keys = [e.key for e in all_types]
     if len(set(keys)) != len(keys):
         dup = sorted({k for k in keys if keys.count(k) > 1})
         raise GraphFormatError(f"{gdir.path}/schema.json: reverse edge types collide with given ones: {dup}")
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False)
     log.info("partition: %s: %s edges in %d edge types -> %d shards", gdir.path, f"{schema.num_edges:,}",
              len(schema.edge_types), P)
     # errors inside our Ray Data tasks surface as themselves (GraphFormatError, OSError...)

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from graphs.atomic_files import AtomicDataset, AtomicTable, read_source
-from graphs.exceptions import GraphFormatError
+from graphs.exceptions import ConfigError, GraphFormatError, OutputExistsError
 from graphs.recbole_fields import (AGE_GROUP, AGE_GROUPS, ATTRIBUTES, FLOAT32_MAX, Vocab, attribute_values,
                                    feature_name, node_features)
 from graphs.schema import EdgeType, GraphSchema, NodeType
@@ -64,14 +64,14 @@ class RecBoleNames:
         taken = {a.ntype for a in ATTRIBUTES} | {ENTITY}
         for what, name in (("user type", self.user), ("item type", self.item), ("relation", self.interaction)):
             if not isinstance(name, str) or feature_name(name) != name or name.startswith("rev_"):
-                raise ValueError(f"RecBoleNames: {what} {name!r} is not a valid name; use letters, digits, "
+                raise ConfigError(f"RecBoleNames: {what} {name!r} is not a valid name; use letters, digits, "
                                  "'_', '.', '-' (no leading symbol, no '__', no 'rev_' prefix)")
         for what, name in (("user type", self.user), ("item type", self.item)):
             if name in taken:
-                raise ValueError(f"RecBoleNames: {what} {name!r} is an attribute or entity node type "
+                raise ConfigError(f"RecBoleNames: {what} {name!r} is an attribute or entity node type "
                                  f"({sorted(taken)}); pick another name")
         if self.user == self.item:
-            raise ValueError(f"RecBoleNames: user and item types are both {self.user!r}; pick two names")
+            raise ConfigError(f"RecBoleNames: user and item types are both {self.user!r}; pick two names")
 
     @property
     def edge_type(self) -> str:
@@ -83,7 +83,7 @@ def build_recbole(out: Path, source: Path, names: RecBoleNames = RecBoleNames(),
     """Build the graph directory of the data set in ``source`` at ``out``; returns its schema."""
     out = Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+        raise OutputExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
     dataset = read_source(Path(source))
     nodes, edges = _assemble(dataset, names)
     node_types = [NodeType(n, len(cols["raw_id"]), specs)

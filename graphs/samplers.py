@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from graphs.exceptions import ConfigError
 from graphs.shards import ShardStore, first_owned, gather_ranges
 
 
@@ -80,10 +81,10 @@ def sample_fanout(store: ShardStore, seeds: dict[str, np.ndarray], fanouts: list
     Seeds must be unique within each type.
     """
     if any(f < 1 for f in fanouts):
-        raise ValueError(f"fanouts must all be >= 1, got {fanouts}")
+        raise ConfigError(f"fanouts must all be >= 1, got {fanouts}")
     for ntype, ids in seeds.items():
         if len(np.unique(ids)) != len(ids):
-            raise ValueError(f"seeds of type {ntype!r} repeat ids; pass np.unique(ids) and map back "
+            raise ConfigError(f"seeds of type {ntype!r} repeat ids; pass np.unique(ids) and map back "
                              "with return_inverse")
     index = _NodeIndex(seeds)
     frontier = {t: np.asarray(v, dtype=np.int64) for t, v in seeds.items()}
@@ -239,7 +240,7 @@ def select_neighbors(graph, types: list[str], targets: np.ndarray, k: int | Call
     degree1 = np.bincount(o1, minlength=B)
     want = k(degree1) if callable(k) else np.full(B, k, np.int64)
     if (want < 1).any():
-        raise ValueError(f"k must be >= 1, got {k if not callable(k) else int(want.min())}")
+        raise ConfigError(f"k must be >= 1, got {k if not callable(k) else int(want.min())}")
     # 2-hop ring, from the best `expand` 1-hop neighbours of the targets still short of k.
     order = np.lexsort((-t1, -w1, o1))
     o1, k1, p1, w1, t1 = o1[order], k1[order], p1[order], w1[order], t1[order]
@@ -281,7 +282,7 @@ def iter_seed_edges(store: ShardStore, ekey: str, parts: list[int], batch_size: 
     edge arrays of this type, not by the graph.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     etype = store.edge_types[ekey]
     offset = store.schema.offsets[etype.src]
     for part in rng.permutation(np.asarray(parts, dtype=np.int64)):

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from graphs.exceptions import GraphFormatError
+from graphs.exceptions import ConfigError, GraphFormatError, OutputExistsError
 from graphs.schema import GraphSchema
 
 PART_ROWS = 1 << 26  # rows per part file before the writer starts a new one
@@ -63,7 +63,7 @@ def replace_dir(tmp: Path, final: Path, overwrite: bool) -> None:
     if final.exists():
         if not overwrite:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise FileExistsError(f"{final} already exists (pass overwrite=True / --overwrite to replace it)")
+            raise OutputExistsError(f"{final} already exists (pass overwrite=True / --overwrite to replace it)")
         if exchange(tmp, final):
             shutil.rmtree(tmp, ignore_errors=True)          # tmp now holds the old folder
             return
@@ -125,7 +125,7 @@ class GraphWriter:
     def __init__(self, out: str | Path, schema: GraphSchema, overwrite: bool = False):
         self.out = Path(out)
         if self.out.exists() and not overwrite:
-            raise FileExistsError(f"{self.out} already exists (pass overwrite=True / --overwrite to replace it)")
+            raise OutputExistsError(f"{self.out} already exists (pass overwrite=True / --overwrite to replace it)")
         self.schema, self.overwrite = schema, overwrite
         self.tmp = temp_sibling(self.out)
         self.tmp.mkdir(parents=True)
@@ -202,7 +202,7 @@ class GraphDir:
 
     def __init__(self, path: str | Path, validate: str = "fast"):
         if validate not in ("none", "fast", "full"):
-            raise ValueError(f"validate must be 'none', 'fast' or 'full', got {validate!r}")
+            raise ConfigError(f"validate must be 'none', 'fast' or 'full', got {validate!r}")
         self.path = Path(path).resolve()      # Ray tasks read it from other working directories
         if not self.path.is_dir():
             raise GraphFormatError(f"{self.path}: not a directory")

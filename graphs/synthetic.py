@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
+from graphs.exceptions import ConfigError
 from graphs.schema import EdgeType, FeatureSpec, GraphSchema, NodeType
 from graphs.store import GraphWriter
 
@@ -92,10 +93,10 @@ class SyntheticConfig:
 
 def _check_int(name: str, value: object, lo: int, hi: int | None) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     if value < lo or (hi is not None and value > hi):
         bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"{name} must be {bound}, got {value}")
+        raise ConfigError(f"{name} must be {bound}, got {value}")
 
 
 @dataclass(frozen=True)

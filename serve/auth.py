@@ -17,6 +17,8 @@ from pathlib import Path
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from graphs.exceptions import ConfigError, NotFoundError
+
 TOKEN_ENV = "HETREC_TOKEN"
 bearer = HTTPBearer(auto_error=False, description=f"the service token ({TOKEN_ENV} or ServeConfig.token_file)")
 
@@ -30,10 +32,10 @@ def load_token(token_file: str | None) -> str | None:
         return None
     path = Path(token_file)
     if not path.is_file():
-        raise FileNotFoundError(f"ServeConfig.token_file {path} does not exist")
+        raise NotFoundError(f"ServeConfig.token_file {path} does not exist")
     lines = path.read_text().strip().splitlines()
     if not lines or not lines[0].strip():
-        raise ValueError(f"ServeConfig.token_file {path} is empty")
+        raise ConfigError(f"ServeConfig.token_file {path} is empty")
     return lines[0].strip()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from graphs.exceptions import ConfigError
 from graphs.paths import absolute_fields
 from serve.index import IndexConfig
 
@@ -68,29 +69,29 @@ class ServeConfig:
                      "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ServeConfig.{name} must be an int >= 1, got {value!r}")
+                raise ConfigError(f"ServeConfig.{name} must be an int >= 1, got {value!r}")
         for name in ("protect_reads", "colocate"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"ServeConfig.{name} must be true or false, got {getattr(self, name)!r}")
+                raise ConfigError(f"ServeConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if self.batch_wait_s < 0:
-            raise ValueError(f"ServeConfig.batch_wait_s must be >= 0, got {self.batch_wait_s!r}")
+            raise ConfigError(f"ServeConfig.batch_wait_s must be >= 0, got {self.batch_wait_s!r}")
         if not self.call_timeout_s > 0:
-            raise ValueError(f"ServeConfig.call_timeout_s must be > 0, got {self.call_timeout_s!r}")
+            raise ConfigError(f"ServeConfig.call_timeout_s must be > 0, got {self.call_timeout_s!r}")
         if self.min_replicas > self.max_replicas:
-            raise ValueError(f"ServeConfig.min_replicas ({self.min_replicas}) must be <= max_replicas "
+            raise ConfigError(f"ServeConfig.min_replicas ({self.min_replicas}) must be <= max_replicas "
                              f"({self.max_replicas})")
         for name in ("ingress_cpus", "retriever_cpus", "ranker_cpus", "updater_cpus", "ille_cpus"):
             if not 0 < getattr(self, name) <= 64:
-                raise ValueError(f"ServeConfig.{name} must be in (0, 64], got {getattr(self, name)!r}")
+                raise ConfigError(f"ServeConfig.{name} must be in (0, 64], got {getattr(self, name)!r}")
         for name in ("resources", "ille_resources"):
             bad = {k: v for k, v in getattr(self, name).items()
                    if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0}
             if bad:
-                raise ValueError(f"ServeConfig.{name} must map resource names to amounts > 0, got {bad!r}")
+                raise ConfigError(f"ServeConfig.{name} must map resource names to amounts > 0, got {bad!r}")
         if self.candidates < self.max_k:
-            raise ValueError(f"ServeConfig.candidates ({self.candidates}) must be >= max_k ({self.max_k})")
+            raise ConfigError(f"ServeConfig.candidates ({self.candidates}) must be >= max_k ({self.max_k})")
         if self.default_k > self.max_k:
-            raise ValueError(f"ServeConfig.default_k ({self.default_k}) must be <= max_k ({self.max_k})")
+            raise ConfigError(f"ServeConfig.default_k ({self.default_k}) must be <= max_k ({self.max_k})")
 
     @property
     def colocated_cpus(self) -> float:
@@ -102,7 +103,7 @@ class ServeConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(args) - known)
         if unknown:
-            raise ValueError(f"unknown serve args {unknown}; known: {sorted(known)}")
+            raise ConfigError(f"unknown serve args {unknown}; known: {sorted(known)}")
         args = dict(args)
         if isinstance(args.get("index"), dict):
             args["index"] = IndexConfig(**args["index"])

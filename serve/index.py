@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import faiss
+
+from graphs.exceptions import ConfigError
 import numpy as np
 
 
@@ -36,7 +38,7 @@ class IndexConfig:
     def __post_init__(self) -> None:
         for name in ("exact_max", "ivf_max", "nprobe", "hnsw_m", "hnsw_ef_search", "compact_at"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"IndexConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
+                raise ConfigError(f"IndexConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
 
 
 def index_spec(count: int, cfg: IndexConfig = IndexConfig()) -> str:
@@ -52,9 +54,9 @@ def _unit(vectors: np.ndarray, dim: int, what: str) -> np.ndarray:
     """Validated, L2-normalised, C-contiguous float32 ``[N, dim]`` (faiss crashes on less)."""
     vectors = np.asarray(vectors)
     if vectors.ndim != 2 or vectors.shape[1] != dim:
-        raise ValueError(f"{what}: expected shape [N, {dim}], got {list(vectors.shape)}")
+        raise ConfigError(f"{what}: expected shape [N, {dim}], got {list(vectors.shape)}")
     if not np.isfinite(vectors).all():
-        raise ValueError(f"{what}: contains NaN or infinite values")
+        raise ConfigError(f"{what}: contains NaN or infinite values")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12))
@@ -90,11 +92,11 @@ class ItemIndex:
                  version: str = ""):
         vectors = np.asarray(vectors)
         if vectors.ndim != 2 or vectors.shape[1] < 1:
-            raise ValueError(f"vectors: expected shape [N, d], got {list(vectors.shape)}")
+            raise ConfigError(f"vectors: expected shape [N, d], got {list(vectors.shape)}")
         self.dim, self.cfg, self.version = vectors.shape[1], cfg, version
         ids = np.arange(len(vectors), dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
         if ids.shape != (len(vectors),) or len(np.unique(ids)) != len(ids):
-            raise ValueError(f"ids: expected {len(vectors)} distinct ids, got shape {list(ids.shape)}")
+            raise ConfigError(f"ids: expected {len(vectors)} distinct ids, got shape {list(ids.shape)}")
         vectors = _unit(vectors, self.dim, "vectors")
         self.spec = index_spec(len(vectors), cfg)
         self.main, self.main_ids = _build(vectors, ids, self.spec, cfg), np.sort(ids)
@@ -133,7 +135,7 @@ class ItemIndex:
         ids = np.asarray(ids, np.int64).ravel()
         vectors = _unit(vectors, self.dim, "upsert vectors")
         if len(ids) != len(vectors):
-            raise ValueError(f"upsert: {len(ids)} ids for {len(vectors)} vectors")
+            raise ConfigError(f"upsert: {len(ids)} ids for {len(vectors)} vectors")
         self.side.remove_ids(ids)
         self.side.add_with_ids(vectors, ids)
         self.stale.update(ids[np.isin(ids, self.main_ids)].tolist())
@@ -156,11 +158,11 @@ class ItemIndex:
                ) -> tuple[np.ndarray, np.ndarray]:
         """Best ``k`` items per query, none of ``exclude[b]`` (e.g. the user's history)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be an int >= 1, got {k!r}")
+            raise ConfigError(f"k must be an int >= 1, got {k!r}")
         queries = _unit(queries, self.dim, "queries")
         B = len(queries)
         if exclude is not None and len(exclude) != B:
-            raise ValueError(f"exclude: {len(exclude)} sets for {B} queries")
+            raise ConfigError(f"exclude: {len(exclude)} sets for {B} queries")
         skip = max((len(e) for e in exclude), default=0) if exclude else 0
         fetch = k + skip + len(self.stale)
         out_ids = np.full((B, k), -1, np.int64)

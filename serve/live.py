@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graphs.exceptions import EventError
 from cluster.events import EventLog
 from graphs.store import GraphDir
 from trainers.embedding_view import base_version
@@ -47,7 +48,7 @@ class RawIds:
 
     def add(self, node_id: int, raw_id: str) -> None:
         if node_id != len(self):
-            raise ValueError(f"new node id {node_id} out of order: expected {len(self)}")
+            raise EventError(f"new node id {node_id} out of order: expected {len(self)}")
         self.new[str(raw_id)] = node_id
         self.new_raw.append(str(raw_id))
 

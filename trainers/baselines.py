@@ -20,6 +20,7 @@ from torch import nn
 from torch_geometric.nn import LightGCN
 from torch_geometric.utils import to_torch_csr_tensor
 
+from graphs.exceptions import ConfigError
 from trainers.metrics import ScoreFn
 from trainers.splits import Interactions
 
@@ -36,9 +37,9 @@ class BPRConfig:
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"dim, epochs and batch_size must be >= 1, got {self.dim}, {self.epochs}, {self.batch_size}")
+            raise ConfigError(f"dim, epochs and batch_size must be >= 1, got {self.dim}, {self.epochs}, {self.batch_size}")
         if self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+            raise ConfigError(f"lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
 
 
 def fit_popularity(train: Interactions, seed: int = 0) -> ScoreFn:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from graphs.exceptions import ConfigError
+
 GAL_KINDS = ("kernel", "sgformer", "none")
 
 
@@ -35,20 +37,20 @@ class HetSGFormerConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f"dim must be an int >= 1, got {self.dim!r}")
+            raise ConfigError(f"dim must be an int >= 1, got {self.dim!r}")
         if not isinstance(self.v_max, int) or self.v_max < 1:
-            raise ValueError(f"v_max must be an int >= 1, got {self.v_max!r}")
+            raise ConfigError(f"v_max must be an int >= 1, got {self.v_max!r}")
         for name in ("beta", "gcn_weight"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+                raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
         if self.gal_kind not in GAL_KINDS:
-            raise ValueError(f"gal_kind must be one of {GAL_KINDS}, got {self.gal_kind!r}")
+            raise ConfigError(f"gal_kind must be one of {GAL_KINDS}, got {self.gal_kind!r}")
         if self.num_gcn_layers not in (1, 2):
-            raise ValueError(f"num_gcn_layers must be 1 or 2, got {self.num_gcn_layers!r}")
+            raise ConfigError(f"num_gcn_layers must be 1 or 2, got {self.num_gcn_layers!r}")
         if not isinstance(self.num_heads, int) or self.num_heads < 1 or self.dim % self.num_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"num_heads must be an int >= 1 dividing dim={self.dim}, got {self.num_heads!r}"
             )
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from graphs.exceptions import ConfigError
+
 
 @dataclass(frozen=True)
 class DSGLConfig:
@@ -43,9 +45,9 @@ class DSGLConfig:
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
-            raise ValueError(f"heads ({self.heads}) must divide dim ({self.dim})")
+            raise ConfigError(f"heads ({self.heads}) must divide dim ({self.dim})")
         if self.depth < 1:
-            raise ValueError(f"depth must be >= 1, got {self.depth}")
+            raise ConfigError(f"depth must be >= 1, got {self.depth}")
 
 
 class _Aggregate(nn.Module):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from graphs.exceptions import ConfigError
 from trainers.splits import Interactions
 
 
@@ -51,7 +52,7 @@ class _History:
         self.t0 = int(ts.min()) if len(ts) else 0
         self.span = (int(ts.max()) - self.t0 + 2) if len(ts) else 2
         if count * self.span >= 2**62:
-            raise ValueError(f"timestamps span {self.span} over {count} nodes overflow the int64 search key; "
+            raise ConfigError(f"timestamps span {self.span} over {count} nodes overflow the int64 search key; "
                              "use seconds, not milli- or nanoseconds")
         self.key = node[order].astype(np.int64) * self.span + (self.ts - self.t0)
 
@@ -80,9 +81,9 @@ class SequenceGraphs:
     def __init__(self, inter: Interactions, length: int = 20, depth: int = 2, base: float = 2.0,
                  num_buckets: int = 32):
         if length < 1 or depth < 1:
-            raise ValueError(f"length and depth must be >= 1, got {length}, {depth}")
+            raise ConfigError(f"length and depth must be >= 1, got {length}, {depth}")
         if base <= 1:
-            raise ValueError(f"base must be > 1, got {base}")
+            raise ConfigError(f"base must be > 1, got {base}")
         self.length, self.depth, self.base, self.num_buckets = length, depth, base, num_buckets
         self.by_user = _History(inter.user, inter.item, inter.ts, inter.num_users)
         self.by_item = _History(inter.item, inter.user, inter.ts, inter.num_items)

@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.stats import rankdata
 
+from graphs.exceptions import ConfigError
 from trainers.splits import Interactions
 
 
@@ -40,7 +41,7 @@ def make_samples(positives: Interactions, known: Interactions, negatives: int, r
     Raises ValueError naming the user when a user has interacted with (nearly) every item.
     """
     if negatives < 0:
-        raise ValueError(f"negatives must be >= 0, got {negatives!r}")
+        raise ConfigError(f"negatives must be >= 0, got {negatives!r}")
     seen = sp.csr_matrix((np.ones(len(known), bool), (known.user, known.item)),
                          shape=(known.num_users, known.num_items))
     seen.sum_duplicates()
@@ -54,7 +55,7 @@ def make_samples(positives: Interactions, known: Interactions, negatives: int, r
         items[bad] = rng.integers(0, known.num_items, int(bad.sum()))
         bad[bad] = np.asarray(seen[users[bad], items[bad]]).ravel().astype(bool)
     if bad.any():
-        raise ValueError(f"user {users[bad][0]}: no item left to draw as a negative after {max_tries} tries")
+        raise ConfigError(f"user {users[bad][0]}: no item left to draw as a negative after {max_tries} tries")
     out = Samples(np.concatenate([positives.user, users]), np.concatenate([positives.item, items]),
                   np.concatenate([positives.ts, np.repeat(positives.ts, negatives)]),
                   np.concatenate([np.ones(P, np.float32), np.zeros(len(users), np.float32)]))
@@ -66,7 +67,7 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     labels = np.asarray(labels).astype(bool)
     pos, neg = labels.sum(), (~labels).sum()
     if pos == 0 or neg == 0:
-        raise ValueError(f"auc needs both classes, got {pos} positives and {neg} negatives")
+        raise ConfigError(f"auc needs both classes, got {pos} positives and {neg} negatives")
     ranks = rankdata(scores)
     return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
 

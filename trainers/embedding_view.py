@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from graphs.exceptions import NotFoundError
+
 import numpy as np
 
 
@@ -24,7 +26,7 @@ def base_version(run_dir: Path) -> Path:
     """The run's newest embeddings version folder (``embeddings/LATEST``)."""
     latest = run_dir / "embeddings" / "LATEST"
     if not latest.is_file():
-        raise FileNotFoundError(f"{latest}: not found; export embeddings first (hetrec export {run_dir})")
+        raise NotFoundError(f"{latest}: not found; export embeddings first (hetrec export {run_dir})")
     return run_dir / "embeddings" / latest.read_text().strip()
 
 

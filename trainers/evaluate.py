@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from graphs.exceptions import ConfigError
 from trainers.baselines import BASELINES
 from trainers.hetero_peer import HETERO_PEERS
 from trainers.metrics import ScoreFn, evaluate_scores
@@ -45,7 +46,7 @@ def make_split(inter: Interactions, protocol: str, seed: int) -> Split:
         return random_split(inter, seed)
     if protocol == "temporal":
         return temporal_split(inter, seed=seed)
-    raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
 
 
 def score_split(score_fn: ScoreFn, split: Split, ks: Sequence[int]) -> dict[str, float]:
@@ -102,9 +103,9 @@ def run_eval(graph_dir: str | Path, models: Sequence[str] = ("pop", "mf", "light
     """
     unknown = [m for m in models if m not in MODELS]
     if unknown:
-        raise ValueError(f"unknown models {unknown}; known: {list(MODELS)}")
+        raise ConfigError(f"unknown models {unknown}; known: {list(MODELS)}")
     if not seeds:
-        raise ValueError("seeds must name at least one seed")
+        raise ConfigError("seeds must name at least one seed")
     graph_dir = Path(graph_dir).resolve()
     inter = load_interactions(graph_dir, etype)
     per_seed: dict[str, list[dict[str, float]]] = {m: [] for m in models}

@@ -26,6 +26,7 @@ import numpy as np
 import ray
 import torch
 
+from graphs.exceptions import ConfigError, NotFoundError, OutputExistsError
 from graphs.shards import ShardStore
 from graphs.store import GraphDir, temp_sibling, write_json_atomic
 from trainers.features import FeatureStore
@@ -38,7 +39,7 @@ def latest_checkpoint(run_dir: Path) -> Path:
     """The newest checkpoint folder of a run (Ray Train names them by time)."""
     found = sorted(p for p in (run_dir / "ray").glob("*/checkpoint_*") if (p / "state.pt").is_file())
     if not found:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint under {run_dir / 'ray'} (train first)")
+        raise NotFoundError(f"{run_dir}: no checkpoint under {run_dir / 'ray'} (train first)")
     return found[-1]
 
 
@@ -92,8 +93,6 @@ def export_embeddings(run_dir: str | Path, chunk_nodes: int = 2048, actors: int 
                                       shape=(count, cfg.model.dim)).flush()
         chunks = [{"ntype": t, "lo": lo, "hi": min(c, lo + chunk_nodes)}
                   for t, c in counts.items() for lo in range(0, c, chunk_nodes)]
-        if not ray.is_initialized():
-            ray.init(log_to_driver=False)
         written = (ray.data.from_items(chunks, override_num_blocks=max(1, min(len(chunks), 64)))
                    .map_batches(_embed_chunks, batch_size=1, concurrency=actors,
                                 fn_kwargs={"config_json": json.dumps(config), "checkpoint": str(checkpoint),
@@ -127,10 +126,10 @@ def serving_run(trained: str | Path, parts: str | Path, out: str | Path, **expor
     config = json.loads((trained / "config.json").read_text())
     have, want = ShardStore(config["parts"]), ShardStore(parts)
     if have.counts != want.counts or sorted(have.edge_types) != sorted(want.edge_types):
-        raise ValueError(f"{parts} does not match the graph {trained} was trained on: node counts "
+        raise ConfigError(f"{parts} does not match the graph {trained} was trained on: node counts "
                          f"{want.counts} vs {have.counts}, or other edge types")
     if (out / "config.json").exists():
-        raise FileExistsError(f"{out} already holds a run")
+        raise OutputExistsError(f"{out} already holds a run")
     checkpoint = latest_checkpoint(trained)
     shutil.copytree(checkpoint, out / "ray" / "train" / checkpoint.name)
     graph = json.loads((parts / "meta.json").read_text())["graph"]

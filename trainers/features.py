@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from graphs.exceptions import ConfigError
 from graphs.schema import FeatureSpec
 from graphs.store import GraphDir
 from trainers.identity import TypeFeatures
@@ -76,7 +77,7 @@ def parse_value(spec: FeatureSpec, value) -> np.ndarray:
         out[:len(tokens)] = tokens
         return out
     except (TypeError, ValueError, OverflowError) as e:
-        raise ValueError(f"{where}: bad value {str(repr(value))[:80]} ({e})") from None
+        raise ConfigError(f"{where}: bad value {str(repr(value))[:80]} ({e})") from None
 
 
 class FeatureStore:
@@ -108,7 +109,7 @@ class FeatureStore:
         for row in rows:
             unknown = sorted(set(row) - names)
             if unknown:
-                raise ValueError(f"node type {ntype!r}: unknown attribute {unknown[0]!r}; "
+                raise ConfigError(f"node type {ntype!r}: unknown attribute {unknown[0]!r}; "
                                  f"known: {sorted(names)}")
         for spec in specs:
             new[spec.name] = np.stack([parse_value(spec, row.get(spec.name)) for row in rows]) \
@@ -119,7 +120,7 @@ class FeatureStore:
             if have is None:
                 have = np.stack([parse_value(spec, None)] * count) if count else new[spec.name][:0]
             if len(have) != count:
-                raise ValueError(f"node type {ntype!r}: new ids must start at {len(have)}, got {count}")
+                raise ConfigError(f"node type {ntype!r}: new ids must start at {len(have)}, got {count}")
             arrays[spec.name] = np.concatenate([have, new[spec.name]])
 
     def gather(self, ntype: str, ids: np.ndarray) -> TypeFeatures:

@@ -28,6 +28,7 @@ from torch_geometric.nn.module_dict import ModuleDict  # PyG's: type names may h
 from torch_geometric.nn.parameter_dict import ParameterDict
 from torch_geometric.utils import to_torch_csr_tensor
 
+from graphs.exceptions import ConfigError
 from graphs.store import GraphDir
 from trainers.baselines import BPRConfig, bpr_batches
 from trainers.metrics import ScoreFn
@@ -45,7 +46,7 @@ class PeerModelConfig:
 
     def __post_init__(self) -> None:
         if self.heads < 1 or not 0 <= self.dropout < 1:
-            raise ValueError(f"heads must be >= 1 and dropout in [0, 1), got {self.heads}, {self.dropout}")
+            raise ConfigError(f"heads must be >= 1 and dropout in [0, 1), got {self.heads}, {self.dropout}")
 
 
 def build_hetero_data(graph_dir: str | Path, train: Interactions, etype: str = "user__rates__movie") -> HeteroData:
@@ -54,10 +55,10 @@ def build_hetero_data(graph_dir: str | Path, train: Interactions, etype: str = "
     g = GraphDir(graph_dir)
     target = g.schema.edge_type(etype)  # GraphFormatError naming etype and the known ones
     if target.reverse().key in {e.key for e in g.schema.edge_types}:
-        raise ValueError(f"{graph_dir} stores {target.reverse().key}, which would leak held-out interactions")
+        raise ConfigError(f"{graph_dir} stores {target.reverse().key}, which would leak held-out interactions")
     n_src, n_dst = g.schema.node_type(target.src).count, g.schema.node_type(target.dst).count
     if (n_src, n_dst) != (train.num_users, train.num_items):
-        raise ValueError(f"{etype} joins {n_src} x {n_dst} nodes but train has "
+        raise ConfigError(f"{etype} joins {n_src} x {n_dst} nodes but train has "
                          f"{train.num_users} users x {train.num_items} items")
     data = HeteroData()
     for n in g.schema.node_types:
@@ -197,7 +198,7 @@ def fit_hetero_peer(train: Interactions, seed: int, graph_dir: str | Path, etype
     """BPR on ``train``: a full-graph forward per batch, Adam, lr decayed by a cosine (without
     it the last epoch's valid NDCG@10 swings by +-0.02). Returns ``users [B] -> [B, N]``."""
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise ConfigError(f"kind must be one of {KINDS}, got {kind!r}")
     config, model_config = config or DEFAULTS[kind][0], model_config or DEFAULTS[kind][1]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

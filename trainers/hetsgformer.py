@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from graphs.exceptions import ConfigError
 from graphs.samplers import SampledSubgraph
 from graphs.schema import GraphSchema
 from trainers.config import HetSGFormerConfig
@@ -107,7 +108,7 @@ def link_loss(user_emb: Tensor, pos_item_emb: Tensor, pos_logq: Tensor | None = 
     With all logits equal the loss is ``log(B + R + H)``.
     """
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        raise ConfigError(f"temperature must be > 0, got {temperature!r}")
     B = user_emb.shape[0]
     logits = user_emb @ pos_item_emb.t() / temperature                 # [B, B]
     if pos_logq is not None:

@@ -23,6 +23,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 
+from graphs.exceptions import ConfigError
+
 # Per-node outcome, returned with every solve so callers can report it.
 LLE, SINGLE, DEGREE_FALLBACK, ISOLATED = 0, 1, 2, 3
 STATUS_NAMES = ("lle", "single_neighbor", "degree_fallback", "isolated")
@@ -63,13 +65,13 @@ class ILLEConfig:
         for name in ("k", "k_min", "k_max", "scan", "expand", "scan2"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ILLEConfig.{name} must be an int >= 1, got {value!r}")
+                raise ConfigError(f"ILLEConfig.{name} must be an int >= 1, got {value!r}")
         if self.k_min > self.k_max:
-            raise ValueError(f"ILLEConfig.k_min ({self.k_min}) must be <= k_max ({self.k_max})")
+            raise ConfigError(f"ILLEConfig.k_min ({self.k_min}) must be <= k_max ({self.k_max})")
         if not self.reg > 0:
-            raise ValueError(f"ILLEConfig.reg must be > 0, got {self.reg!r}")
+            raise ConfigError(f"ILLEConfig.reg must be > 0, got {self.reg!r}")
         if self.structure_weight < 0 or self.change_threshold < 0:
-            raise ValueError("ILLEConfig.structure_weight and change_threshold must be >= 0, got "
+            raise ConfigError("ILLEConfig.structure_weight and change_threshold must be >= 0, got "
                              f"{self.structure_weight!r}, {self.change_threshold!r}")
 
     def k_for(self, degree: np.ndarray) -> np.ndarray:

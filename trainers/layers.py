@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.utils import scatter, softmax
 
+from graphs.exceptions import ConfigError
 from trainers.config import GAL_KINDS
 
 
@@ -37,7 +38,7 @@ class GlobalAttention(nn.Module):
     def __init__(self, dim: int, kind: str = "kernel", beta: float = 0.5, dropout: float = 0.0):
         super().__init__()
         if kind not in GAL_KINDS:
-            raise ValueError(f"kind must be one of {GAL_KINDS}, got {kind!r}")
+            raise ConfigError(f"kind must be one of {GAL_KINDS}, got {kind!r}")
         self.kind, self.beta = kind, beta
         self.qkv = nn.Linear(dim, 3 * dim)
         self.norm = nn.LayerNorm(dim)
@@ -70,7 +71,7 @@ def split_key(ekey: str) -> tuple[str, str, str]:
     """``"src__rel__dst"`` -> ``(src, rel, dst)``; names never contain ``__`` (schema.py)."""
     parts = ekey.split("__")
     if len(parts) != 3:
-        raise ValueError(f"edge key {ekey!r} is not of the form 'src__rel__dst'")
+        raise ConfigError(f"edge key {ekey!r} is not of the form 'src__rel__dst'")
     return parts[0], parts[1], parts[2]
 
 
@@ -128,7 +129,7 @@ class EdgeAttention(nn.Module):
 
     def _rel(self, ekey: str) -> int:
         if ekey not in self.rels:
-            raise ValueError(f"edge type {ekey!r} is not in the model's relations {list(self.rels)}")
+            raise ConfigError(f"edge type {ekey!r} is not in the model's relations {list(self.rels)}")
         return self.rels[ekey]
 
 
@@ -173,7 +174,7 @@ class HeteroGCN(nn.Module):
         for ekey, ei in edge_index_dict.items():
             src, _, dst = split_key(ekey)
             if ekey not in self.rels:
-                raise ValueError(f"edge type {ekey!r} is not in the model's relations {list(self.rels)}")
+                raise ConfigError(f"edge type {ekey!r} is not in the model's relations {list(self.rels)}")
             n = h[src].shape[0]
             total[src] = total[src] + scatter(rel_w[self.rels[ekey]](h[dst][ei[1]]), ei[0],
                                               dim=0, dim_size=n, reduce="sum")

@@ -21,6 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from graphs.exceptions import ConfigError
 from trainers.splits import Interactions
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # users [B] int64 -> scores [B, num_items]
@@ -46,9 +47,9 @@ def evaluate_scores(score_fn: ScoreFn, target: Interactions, train: Interactions
     masked = [train] if isinstance(train, Interactions) else list(train)
     n_users, n_items = target.num_users, target.num_items
     if any(p.num_items != n_items or p.num_users != n_users for p in masked):
-        raise ValueError("target and masked interactions must share the same user and item id spaces")
+        raise ConfigError("target and masked interactions must share the same user and item id spaces")
     if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive cutoffs, got {ks}")
+        raise ConfigError(f"ks must be positive cutoffs, got {ks}")
     k_max = min(max(ks), n_items)
     mask, truth = _csr(masked, n_users, n_items), _csr([target], n_users, n_items)
     users = target.users()
@@ -61,7 +62,7 @@ def evaluate_scores(score_fn: ScoreFn, target: Interactions, train: Interactions
         with torch.no_grad():
             scores = score_fn(torch.from_numpy(batch)).detach().float().clone()  # [B, N]
         if scores.shape != (len(batch), n_items):
-            raise ValueError(f"score_fn returned {tuple(scores.shape)}, expected {(len(batch), n_items)}")
+            raise ConfigError(f"score_fn returned {tuple(scores.shape)}, expected {(len(batch), n_items)}")
         rows, cols = mask[batch].nonzero()
         scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -torch.inf
         top_val, top_idx = torch.topk(scores, k_max, dim=1)  # [B, K]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,9 +28,9 @@ import numpy as np
 import ray
 import ray.train
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer, prepare_model
+from ray.train.torch import prepare_model
 
+from graphs.exceptions import ConfigError, NotFoundError
 from graphs.paths import absolute_fields
 from graphs.store import GraphDir, write_json_atomic
 from trainers.dsgl import DSGLConfig, hops_to_tensors
@@ -40,7 +39,7 @@ from trainers.dsgl_samples import Samples, auc, log_loss, make_samples
 from trainers.embedding_view import base_version
 from trainers.rankers import RANKERS, build_ranker, categorical_fields
 from trainers.splits import load_interactions, temporal_split
-from trainers.train import _module
+from trainers.ray_train import fit, load_state, report, restore, unwrap
 
 
 @dataclass(frozen=True)
@@ -74,12 +73,12 @@ class RankerConfig:
     def __post_init__(self) -> None:
         absolute_fields(self, "embeddings")
         if self.model not in RANKERS:
-            raise ValueError(f"RankerConfig.model must be one of {RANKERS}, got {self.model!r}")
+            raise ConfigError(f"RankerConfig.model must be one of {RANKERS}, got {self.model!r}")
         for name in ("length", "epochs", "batch_size", "workers", "eval_negatives", "eval_samples"):
             if getattr(self, name) < 1:
-                raise ValueError(f"RankerConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"RankerConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.negatives < 0 or not 0 <= self.id_dropout < 1 or not 0 < self.valid_frac < 1:
-            raise ValueError(f"RankerConfig: negatives >= 0, id_dropout in [0, 1), valid_frac in (0, 1); got "
+            raise ConfigError(f"RankerConfig: negatives >= 0, id_dropout in [0, 1), valid_frac in (0, 1); got "
                              f"{self.negatives}, {self.id_dropout}, {self.valid_frac}")
 
     @classmethod
@@ -169,14 +168,7 @@ def _loop(conf: dict) -> None:
     device = ray.train.torch.get_device()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    start, history = 0, []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), weights_only=True, map_location=device)
-        _module(model).load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, history = state["epoch"] + 1, json.loads(state["history"])
+    start, history = restore(model, opt, device)
     for epoch in range(start, cfg.epochs):
         samples = data.samples("train", cfg.negatives, cfg.seed * 1000 + epoch)     # identical on every worker
         mine = samples.take(np.arange(rank, len(samples), world))
@@ -199,15 +191,9 @@ def _loop(conf: dict) -> None:
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
                    "samples_per_s": world * steps * cfg.batch_size / seconds, "epoch_s": seconds}
         if rank == 0:
-            metrics.update(evaluate_ranker(_module(model), data, "valid", cfg))
+            metrics.update(evaluate_ranker(unwrap(model), data, "valid", cfg))
         history.append(metrics)
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint = None
-            if rank == 0:
-                torch.save({"model": _module(model).state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                            "history": json.dumps(history)}, os.path.join(d, "state.pt"))
-                checkpoint = Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        report(metrics, model, opt, epoch, history, rank)
 
 
 def train_ranker(graph: str | Path, out: str | Path, cfg: RankerConfig = RankerConfig(),
@@ -215,17 +201,10 @@ def train_ranker(graph: str | Path, out: str | Path, cfg: RankerConfig = RankerC
     """Fit ``cfg.model`` on ``graph`` into ``out``; returns the meta (metrics included)."""
     graph, out = Path(graph).resolve(), Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if not ray.is_initialized():
-        ray.init(log_to_driver=False)
-    trainer = TorchTrainer(
-        _loop, train_loop_config={"cfg": cfg, "graph": str(graph)},
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker=cfg.resources_per_worker),
-        run_config=RunConfig(name="ranker", storage_path=str(out / "ray"), failure_config=FailureConfig(max_failures=2),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1)))
-    result = trainer.fit()
+    result = fit(_loop, {"cfg": cfg, "graph": str(graph)}, name="ranker", storage=out / "ray", workers=cfg.workers,
+                 use_gpu=cfg.use_gpu, resources_per_worker=cfg.resources_per_worker, keep=1)
     with result.checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, "state.pt"), weights_only=True, map_location="cpu")
+        state = load_state(d)
     data = RankerData(graph, cfg)
     model = data.model()
     model.load_state_dict(state["model"])
@@ -243,7 +222,7 @@ def load_ranker(out: str | Path) -> tuple[torch.nn.Module, RankerConfig, dict]:
     """A trained ranker from ``out`` (``model.pt`` + ``meta.json``), in eval mode."""
     out = Path(out)
     if not (out / "meta.json").is_file():
-        raise FileNotFoundError(f"{out}: no trained ranker (meta.json missing); run `hetrec rank {out.parent}`")
+        raise NotFoundError(f"{out}: no trained ranker (meta.json missing); run `hetrec rank {out.parent}`")
     meta = json.loads((out / "meta.json").read_text())
     cfg = RankerConfig.from_json(meta["config"])
     src, _, dst = cfg.etype.split("__")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from graphs.exceptions import ConfigError
 from graphs.store import GraphDir
 from trainers.dsgl import DSGL, DSGLConfig
 
@@ -84,12 +85,12 @@ def build_ranker(kind: str, num_users: int, num_items: int, dsgl: DSGLConfig, fi
     and, for DSGL, the start of its id tables (unit rows through a fixed random orthonormal
     map to ``dsgl.dim``, so inner products are kept up to the projection's distortion)."""
     if kind not in RANKERS:
-        raise ValueError(f"ranker must be one of {RANKERS}, got {kind!r}")
+        raise ConfigError(f"ranker must be one of {RANKERS}, got {kind!r}")
     if kind == "din":
         return DIN(num_users, num_items, dsgl.dim, dsgl.mlp_hidden, dsgl.dropout)
     if kind == "mlp":
         if pretrained is None:
-            raise ValueError("ranker 'mlp' needs pretrained embeddings (RankerConfig.embeddings: a run directory)")
+            raise ConfigError("ranker 'mlp' needs pretrained embeddings (RankerConfig.embeddings: a run directory)")
         return EmbeddingMLP(*pretrained, hidden=dsgl.mlp_hidden, dropout=dsgl.dropout)
     fields = fields or {}
     (uf, uc), (itf, ic) = fields.get("user", (None, [])), fields.get("item", (None, []))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graphs.exceptions import ConfigError
 from graphs.store import GraphDir, GraphWriter, replace_dir, temp_sibling, write_json_atomic
 from trainers.splits import Interactions
 
@@ -38,7 +39,7 @@ def write_split_graph(graph: str | Path, out: str | Path, train: Interactions,
     schema = src.schema
     et = schema.edge_type(etype)
     if (train.num_users, train.num_items) != (schema.node_type(et.src).count, schema.node_type(et.dst).count):
-        raise ValueError(f"train interactions span {train.num_users} x {train.num_items} ids, but {etype} "
+        raise ConfigError(f"train interactions span {train.num_users} x {train.num_items} ids, but {etype} "
                          f"joins {schema.node_type(et.src).count} x {schema.node_type(et.dst).count} nodes")
     tmp = temp_sibling(out)
     try:

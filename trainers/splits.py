@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graphs.exceptions import ConfigError
 from graphs.store import GraphDir
 
 
@@ -28,11 +29,11 @@ class Interactions:
 
     def __post_init__(self) -> None:
         if not (len(self.user) == len(self.item) == len(self.ts)):
-            raise ValueError(f"user/item/ts lengths differ: {len(self.user)}, {len(self.item)}, {len(self.ts)}")
+            raise ConfigError(f"user/item/ts lengths differ: {len(self.user)}, {len(self.item)}, {len(self.ts)}")
         if len(self.user) and (self.user.min() < 0 or self.user.max() >= self.num_users):
-            raise ValueError(f"user ids must lie in [0, {self.num_users}), got [{self.user.min()}, {self.user.max()}]")
+            raise ConfigError(f"user ids must lie in [0, {self.num_users}), got [{self.user.min()}, {self.user.max()}]")
         if len(self.item) and (self.item.min() < 0 or self.item.max() >= self.num_items):
-            raise ValueError(f"item ids must lie in [0, {self.num_items}), got [{self.item.min()}, {self.item.max()}]")
+            raise ConfigError(f"item ids must lie in [0, {self.num_items}), got [{self.item.min()}, {self.item.max()}]")
 
     def __len__(self) -> int:
         return len(self.user)
@@ -116,7 +117,7 @@ def random_split(inter: Interactions, seed: int = 0, ratios: tuple[float, float,
     Users with fewer than ``min_interactions`` keep everything in train.
     """
     if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1) > 1e-9:
-        raise ValueError(f"ratios must be three non-negative shares summing to 1, got {ratios}")
+        raise ConfigError(f"ratios must be three non-negative shares summing to 1, got {ratios}")
     rng = np.random.default_rng(seed)
     rank, n = _rank_within_user(inter.user, rng.random(len(inter)))
     cnt = _ratio_counts(n, ratios)  # [M, 3], the row's user's part sizes
@@ -134,11 +135,11 @@ def temporal_split(inter: Interactions, train_frac: float = 0.8, cold_user_frac:
     and the rest to ``cold_test``. ``valid`` is empty: tune on a random split or a train prefix.
     """
     if not 0 < train_frac < 1:
-        raise ValueError(f"train_frac must be in (0, 1), got {train_frac}")
+        raise ConfigError(f"train_frac must be in (0, 1), got {train_frac}")
     if not 0 <= cold_user_frac < 1:
-        raise ValueError(f"cold_user_frac must be in [0, 1), got {cold_user_frac}")
+        raise ConfigError(f"cold_user_frac must be in [0, 1), got {cold_user_frac}")
     if len(inter) and inter.ts.min() == inter.ts.max():
-        raise ValueError("temporal_split needs timestamps; all interactions share one ts")
+        raise ConfigError("temporal_split needs timestamps; all interactions share one ts")
     cut = int(np.quantile(inter.ts, train_frac, method="higher"))
     after = inter.ts >= cut
     eligible = np.unique(inter.user[after])

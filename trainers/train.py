@@ -18,13 +18,9 @@ edges/s, validation NDCG@10), ``embeddings/`` (after export).
 from __future__ import annotations
 
 import json
-import os
 import resource
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,10 +29,9 @@ import ray
 import ray.train
 import torch
 import torch.nn.functional as F
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer, prepare_model
-from ray.util.queue import Empty, Queue
+from ray.train.torch import prepare_model
 
+from graphs.exceptions import ConfigError, OutputExistsError
 from graphs.partition import PartitionConfig, partition_graph
 from graphs.paths import absolute_fields
 from graphs.samplers import iter_seed_edges
@@ -48,6 +43,7 @@ from trainers.curves import write_metrics
 from trainers.features import FeatureStore
 from trainers.hetsgformer import HetSGFormer
 from trainers.inference import embed_nodes
+from trainers.ray_train import fit, load_state, report, restore, unwrap
 from trainers.validation import Validator
 
 
@@ -95,14 +91,14 @@ class TrainConfig:
         for name in ("workers", "epochs", "batch_size", "random_negatives", "num_parts", "hard_top",
                      "hard_pool", "valid_users"):
             if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.hard_negatives < 0 or self.aux_weight < 0:
-            raise ValueError(f"TrainConfig.hard_negatives and aux_weight must be >= 0, "
+            raise ConfigError(f"TrainConfig.hard_negatives and aux_weight must be >= 0, "
                              f"got {self.hard_negatives}, {self.aux_weight}")
         if self.lr <= 0 or self.temperature <= 0:
-            raise ValueError(f"TrainConfig.lr and temperature must be > 0, got {self.lr}, {self.temperature}")
+            raise ConfigError(f"TrainConfig.lr and temperature must be > 0, got {self.lr}, {self.temperature}")
         if not self.fanouts or min(self.fanouts) < 1:
-            raise ValueError(f"TrainConfig.fanouts must be a non-empty list of ints >= 1, got {self.fanouts}")
+            raise ConfigError(f"TrainConfig.fanouts must be a non-empty list of ints >= 1, got {self.fanouts}")
 
     @classmethod
     def from_json(cls, doc: dict) -> TrainConfig:
@@ -113,7 +109,7 @@ class TrainConfig:
 def _target(store: ShardStore, target: str | None) -> str:
     if target is not None:
         if target not in store.edge_types:
-            raise ValueError(f"target edge type {target!r} not in the graph; known: {sorted(store.edge_types)}")
+            raise ConfigError(f"target edge type {target!r} not in the graph; known: {sorted(store.edge_types)}")
         return target
     given = [e for e in store.schema.edge_types if not e.rel.startswith("rev_") and e.src != e.dst]
     return max(given, key=lambda e: e.count).key
@@ -131,16 +127,8 @@ def _train_loop(loop: dict) -> None:
     model = prepare_model(HetSGFormer(store.schema, cfg.model),
                           parallel_strategy_kwargs={"find_unused_parameters": True})
     device = ray.train.torch.get_device()
-    opt = Optimizers(_module(model), cfg.lr)
-    start, history = 0, []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), weights_only=True, map_location=device)
-            history = _read_history(Path(d))
-        _module(model).load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start = state["epoch"] + 1
+    opt = Optimizers(unwrap(model), cfg.lr)
+    start, history = restore(model, opt, device)
     validator = Validator(cfg.valid, store, target, cfg.valid_users, cfg.seed) if cfg.valid and rank == 0 else None
     owned = [p for p in range(store.num_parts) if p % world == rank]
     steps = cfg.steps_per_epoch or max(1, target.count // (world * cfg.batch_size))
@@ -149,7 +137,7 @@ def _train_loop(loop: dict) -> None:
         # so a resumed run repeats exactly what the uninterrupted one would have done
         rng = np.random.default_rng([cfg.seed, epoch, rank])
         torch.manual_seed(int(rng.integers(2**62)))
-        pool = _hard_pool(_module(model), store, features, target, cfg, epoch) if cfg.hard_negatives and epoch else None
+        pool = _hard_pool(unwrap(model), store, features, target, cfg, epoch) if cfg.hard_negatives and epoch else None
         t0, losses, aux, edges = time.perf_counter(), [], [], 0
         batches = _cycle(store, target.key, owned, cfg.batch_size, rng)
         for _ in range(steps):  # the same count on every worker keeps DDP in step
@@ -167,17 +155,10 @@ def _train_loop(loop: dict) -> None:
                    "epoch_s": seconds, "steps": steps,
                    "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this worker's peak
                    **_rss_split_mb(),
-                   "valid_ndcg@10": validator.ndcg10(_module(model), features, list(cfg.fanouts))
+                   "valid_ndcg@10": validator.ndcg10(unwrap(model), features, list(cfg.fanouts))
                    if validator else float("nan")}
         history.append(metrics)
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint = None
-            if rank == 0:
-                torch.save({"model": _module(model).state_dict(), "optimizer": opt.state_dict(),
-                            "epoch": epoch}, os.path.join(d, "state.pt"))
-                Path(d, "history.json").write_text(json.dumps(history))  # every epoch so far
-                checkpoint = Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        report(metrics, model, opt, epoch, history, rank)
 
 
 class Optimizers:
@@ -207,7 +188,7 @@ class Optimizers:
 
     def load_state_dict(self, state: dict) -> None:
         if len(state["parts"]) != len(self.parts):
-            raise ValueError(f"checkpoint has {len(state['parts'])} optimizers, the model needs {len(self.parts)} "
+            raise ConfigError(f"checkpoint has {len(state['parts'])} optimizers, the model needs {len(self.parts)} "
                              "(sparse_ids changed since the checkpoint?)")
         for opt, part in zip(self.parts, state["parts"]):
             opt.load_state_dict(part)
@@ -222,15 +203,6 @@ def _rss_split_mb() -> dict[str, float]:
                 for k in ("RssAnon", "RssFile")}
     except (OSError, KeyError, ValueError):
         return {}
-
-
-def _read_history(checkpoint: Path) -> list[dict]:
-    path = checkpoint / "history.json"
-    return json.loads(path.read_text()) if path.is_file() else []
-
-
-def _module(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
 
 
 def _hard_pool(model, store, features, target, cfg: TrainConfig, epoch: int) -> HardPool:
@@ -253,43 +225,6 @@ def _cycle(store, ekey, parts, batch_size, rng):
             parts = list(range(store.num_parts))
 
 
-class _Progress(ray.train.UserCallback):
-    """Runs on the Train controller: forwards rank 0's metrics of every epoch to the driver."""
-
-    def __init__(self, queue: Queue):
-        self.queue = queue
-
-    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        self.queue.put(metrics[0])
-
-
-@contextmanager
-def epoch_progress(progress: Callable[[dict], None] | None) -> Iterator[list]:
-    """Yields the ``RunConfig.callbacks`` that call ``progress(metrics)`` on the driver as
-    each epoch ends (through a Ray queue that the controller's callback feeds)."""
-    if progress is None:
-        yield []
-        return
-    queue = Queue(actor_options={"num_cpus": 0})
-    done = threading.Event()
-
-    def drain() -> None:
-        while not (done.is_set() and queue.empty()):
-            try:
-                progress(queue.get(timeout=0.2))
-            except Empty:
-                pass
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        yield [_Progress(queue)]
-    finally:
-        done.set()
-        reader.join(timeout=5)
-        ray.kill(queue.actor)
-
-
 def train(graph: str | Path, run_dir: str | Path, cfg: TrainConfig = TrainConfig(),
           resume: bool = False, progress: Callable[[dict], None] | None = None) -> ray.train.Result:
     """Pretrain HetSGFormer on ``graph`` (a graph directory or a partitioned graph) into ``run_dir``.
@@ -297,10 +232,8 @@ def train(graph: str | Path, run_dir: str | Path, cfg: TrainConfig = TrainConfig
     ``edges_per_s``, ``valid_ndcg@10``...) as it ends."""
     graph, run_dir = Path(graph).resolve(), Path(run_dir).resolve()
     if (run_dir / "config.json").exists() and not resume:
-        raise FileExistsError(f"{run_dir} already holds a run (pass resume=True / --resume to continue it)")
+        raise OutputExistsError(f"{run_dir} already holds a run (pass resume=True / --resume to continue it)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not ray.is_initialized():
-        ray.init(log_to_driver=False)
     if (graph / "meta.json").is_file():
         parts = graph
         graph = Path(json.loads((parts / "meta.json").read_text())["graph"])
@@ -311,17 +244,10 @@ def train(graph: str | Path, run_dir: str | Path, cfg: TrainConfig = TrainConfig
     target = _target(ShardStore(parts), cfg.target)
     write_json_atomic(run_dir / "config.json", {"graph": str(graph), "parts": str(parts), "target": target,
                                                  "train": asdict(cfg)})
-    with epoch_progress(progress) as callbacks:
-        result = TorchTrainer(
-            _train_loop,
-            train_loop_config={"cfg": cfg, "graph": str(graph), "parts": str(parts), "target": target},
-            scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-                                         resources_per_worker=cfg.resources_per_worker),
-            run_config=RunConfig(name="train", storage_path=str(run_dir / "ray"), callbacks=callbacks,
-                                 failure_config=FailureConfig(max_failures=2),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        ).fit()
+    result = fit(_train_loop, {"cfg": cfg, "graph": str(graph), "parts": str(parts), "target": target},
+                 name="train", storage=run_dir / "ray", workers=cfg.workers, use_gpu=cfg.use_gpu,
+                 resources_per_worker=cfg.resources_per_worker, progress=progress)
     with result.checkpoint.as_directory() as d:
-        history = _read_history(Path(d))
+        history = json.loads(load_state(d)["history"])
     write_metrics(run_dir, history, result.metrics)
     return result
