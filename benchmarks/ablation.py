@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray  # noqa: E402
 
-from trainers.config import HetSGFormerConfig  # noqa: E402
-from trainers.evaluate import fit_hetsgformer, make_split, score_split  # noqa: E402
-from trainers.splits import load_interactions  # noqa: E402
-from trainers.train import TrainConfig  # noqa: E402
+from trainers.evaluation.evaluate import fit_hetsgformer, make_split, score_split  # noqa: E402
+from trainers.evaluation.splits import load_interactions  # noqa: E402
+from trainers.hetsgformer.config import HetSGFormerConfig  # noqa: E402
+from trainers.hetsgformer.train import TrainConfig  # noqa: E402
 
 MODEL = HetSGFormerConfig()
 VARIANTS = {

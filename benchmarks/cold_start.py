@@ -38,13 +38,13 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from cluster.update_pool import UpdatePool  # noqa: E402
-from trainers.baselines import BASELINES  # noqa: E402
-from trainers.export import export_embeddings  # noqa: E402
-from trainers.holdout_graph import node_events, renumber, write_renumbered_graph  # noqa: E402
-from trainers.metrics import evaluate_scores  # noqa: E402
-from trainers.splits import Interactions, concat, load_interactions  # noqa: E402
-from trainers.train import TrainConfig, train  # noqa: E402
+from trainers.evaluation.baselines import BASELINES  # noqa: E402
+from trainers.evaluation.holdout_graph import node_events, renumber, write_renumbered_graph  # noqa: E402
+from trainers.evaluation.metrics import evaluate_scores  # noqa: E402
+from trainers.evaluation.splits import Interactions, concat, load_interactions  # noqa: E402
+from trainers.hetsgformer.export import export_embeddings  # noqa: E402
+from trainers.hetsgformer.train import TrainConfig, train  # noqa: E402
+from trainers.ille.pool import UpdatePool  # noqa: E402
 
 ETYPE = "user__rates__movie"
 

@@ -27,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
-from cluster.update_pool import UpdatePool  # noqa: E402
 from graphs.shards import ShardStore  # noqa: E402
 from graphs.store import write_json_atomic  # noqa: E402
 from graphs.synthetic import generate_synthetic  # noqa: E402
-from trainers.config import HetSGFormerConfig  # noqa: E402
-from trainers.export import latest_checkpoint  # noqa: E402
-from trainers.train import TrainConfig, train  # noqa: E402
+from trainers.hetsgformer.config import HetSGFormerConfig  # noqa: E402
+from trainers.hetsgformer.train import TrainConfig, train  # noqa: E402
+from trainers.ille.pool import UpdatePool  # noqa: E402
+from trainers.run_dir import RunDir  # noqa: E402
 
 
 def base_run(work: Path, edges: int, dim: int) -> tuple[Path, dict[str, int]]:
@@ -55,7 +55,7 @@ def base_run(work: Path, edges: int, dim: int) -> tuple[Path, dict[str, int]]:
                 rows[lo:lo + (1 << 20)] = rng.normal(size=(min(count - lo, 1 << 20), dim)).astype(np.float32)
             rows.flush()
         write_json_atomic(version / "meta.json", {"version": 1, "dim": dim, "counts": counts,
-                                                  "checkpoint": str(latest_checkpoint(run)),
+                                                  "checkpoint": str(RunDir(run).latest_checkpoint()),
                                                   "note": "random rows: throughput benchmark"})
         (run / "embeddings" / "LATEST").write_text("v0001")
     return run, ShardStore(run / "parts").counts

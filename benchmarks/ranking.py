@@ -2,7 +2,7 @@
 
     python benchmarks/ranking.py --epochs 3
 
-Temporal protocol (:mod:`trainers.ranker_train`): every model trains on the same samples
+Temporal protocol (:mod:`trainers.ranking.train`): every model trains on the same samples
 (the train part before the last 10% of its time span, one sampled negative per positive)
 and is scored on the same test samples (warm users after the cut, one negative each) and
 cold samples (held-out users' later interactions). AUC and log loss, one run, one seed.
@@ -30,12 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ray  # noqa: E402
 
 from benchmarks.results_io import write_result  # noqa: E402
-
-from trainers.dsgl import DSGLConfig  # noqa: E402
-from trainers.export import export_embeddings  # noqa: E402
-from trainers.ranker_train import RankerConfig, RankerData, train_ranker  # noqa: E402
-from trainers.split_graph import write_split_graph  # noqa: E402
-from trainers.train import TrainConfig, train  # noqa: E402
+from trainers.evaluation.split_graph import write_split_graph  # noqa: E402
+from trainers.hetsgformer.export import export_embeddings  # noqa: E402
+from trainers.hetsgformer.train import TrainConfig, train  # noqa: E402
+from trainers.ranking.dsgl import DSGLConfig  # noqa: E402
+from trainers.ranking.train import RankerConfig, RankerData, train_ranker  # noqa: E402
 
 VARIANTS = {
     "dsgl": {},

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import socket
 import sys
@@ -55,9 +54,9 @@ def percentiles(ms: list[float]) -> dict[str, float]:
 
 def prepare_run(work: Path, graph: str) -> Path:
     """A small run: 1 short HetSGFormer epoch, exported, plus a short DSGL ranker."""
-    from trainers.export import export_embeddings
-    from trainers.ranker_train import RankerConfig, train_ranker
-    from trainers.train import TrainConfig, train
+    from trainers.hetsgformer.export import export_embeddings
+    from trainers.hetsgformer.train import TrainConfig, train
+    from trainers.ranking.train import RankerConfig, train_ranker
 
     run = work / "run"
     if not (run / "embeddings" / "LATEST").is_file():
@@ -182,8 +181,9 @@ def main() -> None:
     ray.init(log_to_driver=False)
     run = Path(args.run) if args.run else prepare_run(Path(args.work), args.movielens)
     from graphs.store import GraphDir
+    from trainers.run_dir import RunDir
 
-    graph = json.loads((run / "config.json").read_text())["graph"]
+    graph = RunDir(run).graph
     raw_users = GraphDir(graph, validate="none").read_nodes("user", columns=["id", "raw_id"])["raw_id"].to_pylist()
     users = np.random.default_rng(0).choice(len(raw_users), args.floor_requests)
     result = {"floor_ms": floor(run, users, args.candidates)}

@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ray  # noqa: E402
 
 from graphs.synthetic import generate_synthetic  # noqa: E402
-from trainers.baselines import BPRConfig, fit_lightgcn  # noqa: E402
-from trainers.evaluate import make_split  # noqa: E402
-from trainers.split_graph import write_split_graph  # noqa: E402
-from trainers.splits import load_interactions  # noqa: E402
-from trainers.train import TrainConfig, train  # noqa: E402
+from trainers.evaluation.baselines import BPRConfig, fit_lightgcn  # noqa: E402
+from trainers.evaluation.evaluate import make_split  # noqa: E402
+from trainers.evaluation.split_graph import write_split_graph  # noqa: E402
+from trainers.evaluation.splits import load_interactions  # noqa: E402
+from trainers.hetsgformer.train import TrainConfig, train  # noqa: E402
 
 
 def hetsgformer_epochs(graph: Path, run: Path, workers: int, epochs: int, **kw) -> list[dict]:
@@ -84,7 +84,7 @@ def main() -> None:
 def movielens(args, work: Path) -> dict:
     inter = load_interactions(args.movielens)
     split = make_split(inter, "random", 0)
-    graph = write_split_graph(args.movielens, work / "ml-train", split.train, overwrite=True)
+    graph = write_split_graph(args.movielens, work / "ml-train", split.train, "user__rates__movie", overwrite=True)
     ml = {"train_edges": len(split.train)}
     for workers in (1, 2):
         ml[f"hetsgformer_{workers}w"] = summarise(hetsgformer_epochs(graph, work / f"ml-{workers}w", workers,

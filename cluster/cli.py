@@ -97,7 +97,7 @@ def data_recbole(out: Path, source: Path, user_type: str, item_type: str, relati
     names = RecBoleNames(user=user_type, item=item_type, interaction=relation)
     build_recbole(out, source, names, overwrite=overwrite)
     click.echo(format_stats(graph_stats(out)))
-    click.echo(f"user-item edges: {names.edge_type} (hetrec eval {out} --etype {names.edge_type})")
+    click.echo(f"user-item edges: {names.edge_type} (what hetrec train and hetrec eval learn by default)")
 
 
 @data.command("synthetic")
@@ -158,7 +158,7 @@ def train_cmd(graph: Path, run_dir: Path, workers: int, epochs: int, batch_size:
               address: str | None) -> None:
     """Pretrain HetSGFormer on GRAPH (graph directory or partitioned graph) into RUN_DIR."""
 
-    from trainers.train import TrainConfig, train
+    from trainers.hetsgformer.train import TrainConfig, train
 
     cfg = TrainConfig(workers=workers, epochs=epochs, batch_size=batch_size, lr=lr, hard_negatives=hard_negatives,
                       valid=str(valid.resolve()) if valid else None, use_gpu=use_gpu)
@@ -174,7 +174,7 @@ def train_cmd(graph: Path, run_dir: Path, workers: int, epochs: int, batch_size:
     click.echo(f"trained {result.metrics['epoch'] + 1} epochs: loss {result.metrics['loss']:.4f}, "
                f"{result.metrics['edges_per_s']:,.0f} edges/s; checkpoint {result.checkpoint.path}")
     if not no_export:
-        from trainers.export import export_embeddings
+        from trainers.hetsgformer.export import export_embeddings
 
         click.echo(f"embeddings: {export_embeddings(run_dir)}")
 
@@ -185,7 +185,7 @@ def train_cmd(graph: Path, run_dir: Path, workers: int, epochs: int, batch_size:
 def export_cmd(run_dir: Path, address: str | None) -> None:
     """Embed every node with RUN_DIR's last checkpoint into a new embeddings version."""
 
-    from trainers.export import export_embeddings
+    from trainers.hetsgformer.export import export_embeddings
 
     init_ray(address)
     click.echo(f"embeddings: {export_embeddings(run_dir)}")
@@ -197,7 +197,8 @@ def export_cmd(run_dir: Path, address: str | None) -> None:
               help="Comma-separated: hetsgformer, lightgcn, mf, pop, rgcn, hgt.")
 @click.option("--protocol", type=click.Choice(["random", "temporal"]), default="random", show_default=True)
 @click.option("--seeds", type=int, default=1, show_default=True, help="Seeds 0..N-1; mean ± std over them.")
-@click.option("--etype", default="user__rates__movie", show_default=True, help="The user-item edge type.")
+@click.option("--etype", default=None, help="The user-item edge type (default: the graph's largest type "
+              "between two node types, e.g. user__rates__movie).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON.")
 @click.option("--epochs", type=int, default=8, show_default=True, help="HetSGFormer epochs.")
 @click.option("--workers", type=int, default=2, show_default=True, help="HetSGFormer's Ray Train workers.")
@@ -208,8 +209,8 @@ def eval_cmd(graph: Path, models: str, protocol: str, seeds: int, etype: str, js
     """Train and score recommendation models on GRAPH with full ranking; print a table."""
 
     from graphs.store import write_json_atomic
-    from trainers.evaluate import format_table, run_eval
-    from trainers.train import TrainConfig
+    from trainers.evaluation.evaluate import format_table, run_eval
+    from trainers.hetsgformer.train import TrainConfig
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     if "hetsgformer" in names:
@@ -239,10 +240,10 @@ def update_cmd(run_dir: Path, events: Path, actors: int, batch_size: int, k: int
     crash applies what was logged and not yet applied, never twice.
     """
 
-    from cluster.events import read_events
-    from cluster.update_pool import UpdatePool, stats_json
+    from graphs.events import read_events
     from graphs.store import write_json_atomic
-    from trainers.ille import ILLEConfig
+    from trainers.ille.pool import UpdatePool, stats_json
+    from trainers.ille.weights import ILLEConfig
 
     if batch_size < 1:
         raise click.BadParameter(f"must be >= 1, got {batch_size}", param_hint="--batch-size")
@@ -279,18 +280,15 @@ def rank_cmd(run_dir: Path, model: str, epochs: int, workers: int, steps: int | 
              address: str | None) -> None:
     """Train the ranker of RUN_DIR's graph into RUN_DIR/ranker (temporal protocol) and
     print its test and cold-user AUC / log loss. ``mlp`` reads RUN_DIR's embeddings."""
-    import json
+    from trainers.ranking.train import RankerConfig, train_ranker
+    from trainers.run_dir import RunDir
 
-
-    from trainers.ranker_train import RankerConfig, train_ranker
-
-    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else None
-    if config is None:
-        raise click.BadParameter(f"{run_dir} holds no training run (config.json missing)", param_hint="RUN_DIR")
+    run = RunDir(run_dir)
+    graph = run.graph                   # RunDirError (one line) if RUN_DIR holds no run
     init_ray(address)
     cfg = RankerConfig(model=model, epochs=epochs, workers=workers, use_gpu=use_gpu, steps_per_epoch=steps,
-                       embeddings=str(run_dir.resolve()) if model == "mlp" else None)
-    meta = train_ranker(config["graph"], run_dir / "ranker", cfg)
+                       etype=run.target, embeddings=str(run.path) if model == "mlp" else None)
+    meta = train_ranker(graph, run.ranker, cfg)
     for name, value in meta["final"].items():
         click.echo(f"{name}: {value:.4f}" if isinstance(value, float) else f"{name}: {value}")
 

@@ -4,7 +4,7 @@
 2. partition it with Ray Data;
 3. evaluate: train HetSGFormer on 2 Ray Train workers on the random split's train
    interactions (one line per epoch, validation NDCG@10), export, and score the test split
-   against popularity, MF-BPR and LightGCN in one table (``hetrec eval`` adds the
+   against popularity and MF-BPR in one table (``hetrec eval`` adds LightGCN, the
    heterogeneous peers and more seeds);
 4. the served run: the trained weights embed the full graph (every rating), exported;
 5. cold start: a new user arrives with three ratings; the ILLE update pool gives them an
@@ -29,11 +29,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from graphs.exceptions import ConfigError
 from cluster.runtime import init_ray
+from graphs.exceptions import ConfigError
+from trainers.run_dir import RunDir
 
-DEMO_MODELS = ("hetsgformer", "pop", "mf", "lightgcn")
-ETYPE = "user__rates__movie"
+DEMO_MODELS = ("hetsgformer", "pop", "mf")
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,14 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     """Run the stages above under ``cfg.root``; returns the evaluation results."""
+    import ray
+
     from graphs.movielens import build_movielens
     from graphs.partition import PartitionConfig, partition_graph
     from graphs.stats import format_stats, graph_stats
-    from trainers.evaluate import format_table, run_eval
-    from trainers.export import serving_run
-    from trainers.train import TrainConfig
-
-    import ray
+    from trainers.evaluation.evaluate import format_table, run_eval
+    from trainers.hetsgformer.export import serving_run
+    from trainers.hetsgformer.train import TrainConfig
 
     root = Path(cfg.root)
     root.mkdir(parents=True, exist_ok=True)
@@ -75,19 +75,19 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     init_ray(verbose=cfg.verbose)
     say(f"hetrec demo: outputs in {root}; Ray's logs in /tmp/ray/session_latest/logs "
         "(HETREC_LOG_LEVEL=INFO shows them here)")
-    step(1, "MovieLens-100K -> heterogeneous graph")
+    step(1, "MovieLens-100K -> heterogeneous graph", t0)
     graph = root / "ml-100k"
     build_movielens(graph, overwrite=True)
     say(format_stats(graph_stats(graph), top=5))
 
-    step(2, f"partition into {cfg.parts} shards with Ray Data")
+    step(2, f"partition into {cfg.parts} shards with Ray Data", t0)
     parts = root / "ml-100k.parts"
     partition_graph(graph, parts, PartitionConfig(num_parts=cfg.parts), overwrite=True)
     say(format_stats(graph_stats(parts), top=4))
 
     step(3, f"evaluate on the random 80/10/10 split: HetSGFormer ({cfg.epochs} epochs, 2 Ray Train "
-            f"workers) vs {', '.join(m for m in cfg.models if m != 'hetsgformer')}")
-    results = run_eval(graph, cfg.models, protocol="random", etype=ETYPE,
+            f"workers) vs {', '.join(m for m in cfg.models if m != 'hetsgformer')}", t0)
+    results = run_eval(graph, cfg.models, protocol="random",
                        train_cfg=TrainConfig(workers=2, epochs=cfg.epochs), work_dir=root / "eval",
                        log=lambda line: say(f"  {line}"))
     say(format_table({m: {k: v for k, v in r.items() if k in ("ndcg@10", "recall@20", "hit@10", "mrr@10")}
@@ -95,14 +95,14 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     trained = root / "eval" / "hetsgformer-random-0" / "run"
     say(f"training curves: {trained / 'metrics.png'}")
 
-    step(4, "the served run: the trained weights embed the full graph (all 100,000 ratings)")
+    step(4, "the served run: the trained weights embed the full graph (all 100,000 ratings)", t0)
     run = root / "run"
     shutil.rmtree(run, ignore_errors=True)
     say(f"embeddings: {serving_run(trained, parts, run)}")
 
-    step(5, "cold start: a new user with three ratings, embedded by ILLE (2 Ray actors)")
+    step(5, "cold start: a new user with three ratings, embedded by ILLE (2 Ray actors)", t0)
     cold_start_step(run)
-    step(6, "serving: DSGL ranker (Ray Train), then Ray Serve on loopback")
+    step(6, "serving: DSGL ranker (Ray Train), then Ray Serve on loopback", t0)
     try:
         serve_step(run, steps=cfg.ranker_steps, port=cfg.port)
     finally:
@@ -115,30 +115,30 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def step(number: int, title: str) -> None:
-    say(f"\n== {number}/6 {title}")
+def step(number: int, title: str, t0: float) -> None:
+    say(f"\n== {number}/6 {title} (at {time.perf_counter() - t0:.0f} s)")
 
 
 def movie_titles(run: Path) -> tuple[list[str], list[str]]:
     """``(titles, raw ids)`` of the run's movies, by id."""
     from graphs.store import GraphDir
 
-    graph = GraphDir(json.loads((run / "config.json").read_text())["graph"], validate="none")
+    graph = GraphDir(RunDir(run).graph, validate="none")
     table = graph.read_nodes("movie", columns=["id", "raw_id", "title"])
     return table["title"].to_pylist(), [str(r) for r in table["raw_id"].to_pylist()]
 
 
 def cold_start_step(run: Path, liked: tuple[str, ...] = ("Star Wars", "Empire Strikes Back", "Return of the Jedi"),
-                    etype: str = ETYPE) -> tuple[list[str], list[str]]:
+                    etype: str | None = None) -> tuple[list[str], list[str]]:
     """Add one user who rated ``liked`` (title prefixes) to ``run``; print and return the top
     10 titles before (popularity: nothing is known of them) and after the ILLE update."""
     import numpy as np
 
-    from cluster.update_pool import UpdatePool
     from graphs.store import GraphDir
+    from trainers.ille.pool import UpdatePool
 
     titles, _ = movie_titles(run)
-    graph = GraphDir(json.loads((run / "config.json").read_text())["graph"], validate="none")
+    graph, etype = GraphDir(RunDir(run).graph, validate="none"), etype or RunDir(run).target
     popular = np.bincount(graph.read_edges(etype)["dst"], minlength=len(titles)).astype(np.float64)
     picks = [i for name in liked for i in [next((i for i, t in enumerate(titles) if t and t.startswith(name)), None)]
              if i is not None] or list(np.argsort(-popular)[:3])          # not in this graph: 3 popular ones
@@ -178,17 +178,17 @@ def serve_step(run: Path, steps: int = 60, port: int = 8765) -> tuple[dict, dict
     from serve.app import start
     from serve.auth import write_token_file
     from serve.config import ServeConfig
-    from trainers.ranker_train import RankerConfig, train_ranker
+    from trainers.ranking.train import RankerConfig, train_ranker
 
-    config = json.loads((run / "config.json").read_text())
-    meta = train_ranker(config["graph"], run / "ranker", RankerConfig(workers=2, epochs=1, steps_per_epoch=steps))
+    meta = train_ranker(RunDir(run).graph, RunDir(run).ranker,
+                        RankerConfig(workers=2, epochs=1, steps_per_epoch=steps, etype=RunDir(run).target))
     say(f"DSGL ranker ({steps} steps): test AUC {meta['final']['test_auc']:.3f}, "
         f"cold-user AUC {meta['final']['cold_auc']:.3f}")
     titles, raw_ids = movie_titles(run)
     title_of = dict(zip(raw_ids, titles))
-    graph = GraphDir(config["graph"], validate="none")
+    graph = GraphDir(RunDir(run).graph, validate="none")
     user_raw = [str(r) for r in graph.read_nodes("user", columns=["id", "raw_id"])["raw_id"].to_pylist()]
-    edges = graph.read_edges(ETYPE)
+    edges = graph.read_edges(RunDir(run).target)
     known_user = "1"
     rated = {raw_ids[i] for i in edges["dst"][edges["src"] == user_raw.index(known_user)]}
     token = write_token_file(run / "serve.token")          # POST /events needs it (serve/auth.py)

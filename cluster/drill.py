@@ -15,9 +15,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from graphs.exceptions import ClusterError
 from cluster.jobs import job_logs, job_status, submit_stages, wait_job
 from cluster.launcher import NodeWatch, serve_shutdown, status
+from graphs.exceptions import ClusterError
 
 
 def autoscaling_drill(address: str, root: str | Path, serve_port: int, pipeline_args: list[str] = (),

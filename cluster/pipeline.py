@@ -36,10 +36,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import ray
 
-from graphs.exceptions import ConfigError, OutputExistsError
 from cluster import storage
+from graphs.exceptions import ConfigError, OutputExistsError
 from graphs.paths import absolute_fields
 from graphs.store import write_json_atomic
+from trainers.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,8 @@ def parse_stages(text: str) -> list[str]:
     return [s for s in STAGES if s in names]
 
 
-_MODULES = {"data": "graphs.movielens", "partition": "graphs.partition", "train": "trainers.train",
-            "export": "trainers.export", "update": "cluster.update_pool", "rank": "trainers.ranker_train",
+_MODULES = {"data": "graphs.movielens", "partition": "graphs.partition", "train": "trainers.hetsgformer.train",
+            "export": "trainers.hetsgformer.export", "update": "trainers.ille.pool", "rank": "trainers.ranking.train",
             "serve": "serve.app"}
 
 
@@ -189,9 +190,9 @@ def stage_partition(cfg: PipelineConfig) -> dict:
 
 
 def stage_train(cfg: PipelineConfig) -> dict:
-    from trainers.train import TrainConfig, train
+    from trainers.hetsgformer.train import TrainConfig, train
 
-    if (cfg.run / "config.json").exists():
+    if RunDir(cfg.run).exists():
         if not cfg.overwrite:
             raise OutputExistsError(f"{cfg.run} already holds a training run (pass --overwrite to retrain)")
         shutil.rmtree(cfg.run)
@@ -203,7 +204,7 @@ def stage_train(cfg: PipelineConfig) -> dict:
 
 
 def stage_export(cfg: PipelineConfig) -> dict:
-    from trainers.export import export_embeddings
+    from trainers.hetsgformer.export import export_embeddings
 
     args = {"num_cpus": 1, "resources": cfg.role("trainer"), **({"num_gpus": 1} if cfg.use_gpu else {})}
     return {"embeddings": str(export_embeddings(cfg.run, ray_remote_args=args))}
@@ -214,8 +215,7 @@ def default_events(run: Path, counts: dict[str, int]) -> list[dict]:
     to the targets of the first three edges of that type: a cold-start arrival."""
     from graphs.store import GraphDir
 
-    config = json.loads((run / "config.json").read_text())
-    graph, etype = GraphDir(config["graph"], validate="none"), config["target"]
+    graph, etype = GraphDir(RunDir(run).graph, validate="none"), RunDir(run).target
     src_type, new = etype.split("__")[0], counts[etype.split("__")[0]]
     first = next(pq.ParquetFile(graph.edge_files(etype)[0]).iter_batches(batch_size=3, columns=["dst"]))
     return ([{"op": "node", "ntype": src_type, "id": new, "attrs": {}}]
@@ -224,8 +224,8 @@ def default_events(run: Path, counts: dict[str, int]) -> list[dict]:
 
 
 def stage_update(cfg: PipelineConfig) -> dict:
-    from cluster.events import read_events
-    from cluster.update_pool import UpdatePool
+    from graphs.events import read_events
+    from trainers.ille.pool import UpdatePool
 
     pool = UpdatePool(cfg.run, actors=cfg.ille_actors, resources=cfg.role("updater"))
     try:
@@ -238,12 +238,12 @@ def stage_update(cfg: PipelineConfig) -> dict:
 
 
 def stage_rank(cfg: PipelineConfig) -> dict:
-    from trainers.ranker_train import RankerConfig, train_ranker
+    from trainers.ranking.train import RankerConfig, train_ranker
 
-    config = json.loads((cfg.run / "config.json").read_text())
+    run = RunDir(cfg.run)
     rcfg = RankerConfig(workers=cfg.workers, epochs=1, steps_per_epoch=cfg.ranker_steps, use_gpu=cfg.use_gpu,
-                        etype=config["target"], resources_per_worker=cfg.worker_resources())
-    meta = train_ranker(config["graph"], cfg.run / "ranker", rcfg)
+                        etype=run.target, resources_per_worker=cfg.worker_resources())
+    meta = train_ranker(run.graph, run.ranker, rcfg)
     return {k: round(v, 4) for k, v in meta["final"].items() if isinstance(v, float)}
 
 
@@ -253,8 +253,7 @@ def stage_serve(cfg: PipelineConfig) -> dict:
     from serve.app import start
     from serve.config import ServeConfig
 
-    config = json.loads((cfg.run / "config.json").read_text())
-    scfg = ServeConfig(run_dir=str(cfg.run.resolve()), etype=config["target"], resources=cfg.role("serving"),
+    scfg = ServeConfig(run_dir=str(cfg.run), resources=cfg.role("serving"),
                        ille_resources=cfg.role("updater"), token_file=cfg.token_file)
     start(scfg, host=cfg.host, port=cfg.port, proxy_location=cfg.proxy_location)
     return {"url": f"http://{cfg.host}:{cfg.port}", "run": scfg.run_dir}

@@ -38,8 +38,16 @@ import numpy as np
 
 from graphs.atomic_files import AtomicDataset, AtomicTable, read_source
 from graphs.exceptions import ConfigError, GraphFormatError, OutputExistsError
-from graphs.recbole_fields import (AGE_GROUP, AGE_GROUPS, ATTRIBUTES, FLOAT32_MAX, Vocab, attribute_values,
-                                   feature_name, node_features)
+from graphs.recbole_fields import (
+    AGE_GROUP,
+    AGE_GROUPS,
+    ATTRIBUTES,
+    FLOAT32_MAX,
+    Vocab,
+    attribute_values,
+    feature_name,
+    node_features,
+)
 from graphs.schema import EdgeType, GraphSchema, NodeType
 from graphs.store import GraphWriter
 

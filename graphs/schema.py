@@ -204,6 +204,17 @@ class GraphSchema:
                 return e
         raise GraphFormatError(f"unknown edge type {key!r}; known: {[e.key for e in self.edge_types]}")
 
+    def interaction_type(self, key: str | None = None) -> str:
+        """``key`` if the graph has it, else (None) the default user-item edge type: the
+        largest type between two different node types that is not a reverse (MovieLens:
+        ``user__rates__movie``, a RecBole data set: ``user__interacts__item``)."""
+        if key is not None:
+            return self.edge_type(key).key
+        given = [e for e in self.edge_types if not e.rel.startswith("rev_") and e.src != e.dst]
+        if not given:
+            raise GraphFormatError(f"graph {self.name!r} has no edge type between two different node types")
+        return max(given, key=lambda e: e.count).key
+
     def with_counts(self, node_counts: dict[str, int], edge_counts: dict[str, int]) -> GraphSchema:
         """A copy with counts replaced (writers learn counts as they stream)."""
         nodes = tuple(NodeType(n.name, node_counts.get(n.name, n.count), n.features) for n in self.node_types)

@@ -112,6 +112,11 @@ class ShardStore:
     def counts(self) -> dict[str, int]:
         return {n.name: n.count for n in self.schema.node_types}
 
+    @property
+    def graph(self) -> Path:
+        """The graph directory these shards were built from."""
+        return Path(self.meta["graph"])
+
     def edge_types_from(self, ntype: str) -> list[EdgeType]:
         """Edge types whose source is ``ntype`` (reverses included): all of a node's neighbours."""
         return [e for e in self.schema.edge_types if e.src == ntype]

@@ -20,6 +20,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -75,13 +76,34 @@ def replace_dir(tmp: Path, final: Path, overwrite: bool) -> None:
         os.rename(tmp, final)
 
 
-def write_json_atomic(path: Path, doc: dict) -> None:
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary sibling of ``path`` to write; when the block ends it is fsynced
+    and renamed onto ``path`` (readers see the old file or the whole new one), and removed
+    if the block raised. The one way this project writes a file in place::
+
+        with atomic_file(out / "model.pt") as tmp:
+            torch.save(state, tmp)
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: str | Path, doc: dict) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 class _PartWriter:

@@ -44,7 +44,7 @@ from ray.serve import Application
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.util import metrics
 
-from cluster.events import MAX_TS
+from graphs.events import MAX_TS
 from serve.auth import load_token, require_read, require_write
 from serve.config import ServeConfig
 from serve.deployments import Ranker, Retriever, Updater

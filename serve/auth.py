@@ -18,6 +18,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from graphs.exceptions import ConfigError, NotFoundError
+from graphs.store import atomic_file
 
 TOKEN_ENV = "HETREC_TOKEN"
 bearer = HTTPBearer(auto_error=False, description=f"the service token ({TOKEN_ENV} or ServeConfig.token_file)")
@@ -42,11 +43,8 @@ def load_token(token_file: str | None) -> str | None:
 def write_token_file(path: str | Path) -> str:
     """A new random token in ``path`` (mode 0600, written whole or not at all); returns it."""
     path, token = Path(path), secrets.token_urlsafe(32)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
+    with atomic_file(path) as tmp, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
         f.write(token + "\n")
-    os.replace(tmp, path)
     return token
 
 

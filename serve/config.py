@@ -12,7 +12,8 @@ from serve.index import IndexConfig
 @dataclass(frozen=True)
 class ServeConfig:
     """``run_dir``: a training run with exported embeddings and a trained ranker
-    (``<run>/ranker``, from ``hetrec rank``). ``candidates``: N items retrieved and ranked
+    (``<run>/ranker``, from ``hetrec rank``). ``etype``: the user-item edge type served
+    (None: the run's training target). ``candidates``: N items retrieved and ranked
     per request; ``max_k`` caps ``k``; ``max_events`` caps one ``POST /events`` body.
     ``*_cpus``: each deployment's ``num_cpus`` (Ray sets a replica's thread count from it);
     ``ille_actors``/``ille_cpus``: the update pool's actors. ``min_replicas``/``max_replicas``:
@@ -34,7 +35,7 @@ class ServeConfig:
     False: retrieval and ranking scale as deployments of their own."""
 
     run_dir: str
-    etype: str = "user__rates__movie"
+    etype: str | None = None
     candidates: int = 200
     default_k: int = 10
     max_k: int = 100

@@ -2,13 +2,13 @@
 
 * :class:`Retriever`: the faiss :class:`~serve.index.ItemIndex` over item embeddings, which
   follows ILLE's deltas (new and changed items, without a restart); user vectors from the
-  same :class:`~trainers.embedding_view.EmbeddingView`.
+  same :class:`~trainers.ille.embedding_view.EmbeddingView`.
 * :class:`Ranker`: the trained DSGL (or baseline) ranker scoring one user's N candidates,
   requests grouped by ``@serve.batch``; sequences from the :class:`~serve.live.LiveCatalog`,
   so a new user's posted events are in its next ranking.
 * :class:`Updater`: the single writer of the event log. Turns raw-id events into graph
   events (an unknown raw id creates its node), submits them to the
-  :class:`~cluster.update_pool.UpdatePool` (durable before it returns), and applies them
+  :class:`~trainers.ille.pool.UpdatePool` (durable before it returns), and applies them
   with ILLE in a background thread, so a response never waits for the solve.
 """
 
@@ -18,20 +18,20 @@ import logging
 import threading
 import time
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 import torch
 from ray import serve
 
-from cluster.update_pool import UpdatePool, stats_json
 from serve.config import ServeConfig
 from serve.index import ItemIndex
 from serve.live import LiveCatalog
-from trainers.dsgl import hops_to_tensors
-from trainers.dsgl_data import SequenceGraphs
-from trainers.embedding_view import EmbeddingView
-from trainers.ranker_train import load_ranker
+from trainers.ille.embedding_view import EmbeddingView
+from trainers.ille.pool import UpdatePool, stats_json
+from trainers.ranking.dsgl import hops_to_tensors
+from trainers.ranking.dsgl_data import SequenceGraphs
+from trainers.ranking.train import load_ranker
+from trainers.run_dir import RunDir
 
 log = logging.getLogger("ray.serve")
 
@@ -79,7 +79,7 @@ class Ranker:
 
     def __init__(self, cfg: ServeConfig, threads: int = 1):
         torch.set_num_threads(max(1, threads))
-        self.model, self.rcfg, _ = load_ranker(Path(cfg.run_dir) / "ranker")
+        self.model, self.rcfg, _ = load_ranker(RunDir(cfg.run_dir).ranker)
         self.catalog = LiveCatalog(cfg.run_dir, cfg.etype)
         self.graphs = self._build()
         # item -> first-layer encoding [L, D] and mask [L], valid where `cached`

@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import faiss
+import numpy as np
 
 from graphs.exceptions import ConfigError
-import numpy as np
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class ItemIndex:
 
     @classmethod
     def from_view(cls, view, ntype: str, cfg: IndexConfig = IndexConfig()) -> ItemIndex:
-        """Index every ``ntype`` row of an :class:`~trainers.embedding_view.EmbeddingView`
+        """Index every ``ntype`` row of an :class:`~trainers.ille.embedding_view.EmbeddingView`
         (base plus applied updates); :meth:`follow` then keeps it current."""
         view.refresh()
         index = cls(view.rows(ntype, np.arange(view.count(ntype))), cfg=cfg, version=_version(view))

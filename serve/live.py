@@ -13,17 +13,16 @@ catalogue of one recommendation domain; the graph's other types are never loaded
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from graphs.events import EventLog
 from graphs.exceptions import EventError
-from cluster.events import EventLog
 from graphs.store import GraphDir
-from trainers.embedding_view import base_version
-from trainers.splits import Interactions, load_interactions
+from trainers.evaluation.splits import Interactions, load_interactions
+from trainers.run_dir import RunDir
 
 
 class RawIds:
@@ -60,9 +59,9 @@ class RawIds:
 class LiveCatalog:
     """Raw ids, histories and popularity of the run's user and item types (see module doc)."""
 
-    def __init__(self, run_dir: str | Path, etype: str = "user__rates__movie"):
-        self.run_dir = Path(run_dir)
-        graph = json.loads((self.run_dir / "config.json").read_text())["graph"]
+    def __init__(self, run_dir: str | Path, etype: str | None = None):
+        run = RunDir(run_dir)
+        self.run_dir, graph, etype = run.path, run.graph, etype or run.target
         gdir = GraphDir(graph, validate="none")
         et = gdir.schema.edge_type(etype)
         self.etype, self.user_type, self.item_type = etype, et.src, et.dst
@@ -79,16 +78,16 @@ class LiveCatalog:
         self.removed: set[tuple[int, int]] = set()              # (user, item) pairs removed since
         self.popularity = np.bincount(base.item, minlength=base.num_items).astype(np.int64)
         self.latest = int(base.ts.max()) if len(base) else 0
-        self.log = EventLog(self.run_dir / "updates" / base_version(self.run_dir).name / "log", writer=False)
+        self.log = EventLog(run.updates() / "log", writer=False)
         self.offset, self.changes = 0, 0
         self._lock = threading.Lock()
         self.follow()
 
     @staticmethod
-    def types(run_dir: str | Path, etype: str) -> tuple[str, str]:
-        """The (user, item) node types of ``etype`` in the run's graph."""
-        graph = json.loads((Path(run_dir) / "config.json").read_text())["graph"]
-        et = GraphDir(graph, validate="none").schema.edge_type(etype)
+    def types(run_dir: str | Path, etype: str | None = None) -> tuple[str, str]:
+        """The (user, item) node types of ``etype`` (None: the run's target) in the run's graph."""
+        run = RunDir(run_dir)
+        et = GraphDir(run.graph, validate="none").schema.edge_type(etype or run.target)
         return et.src, et.dst
 
     def follow(self) -> bool:

@@ -30,6 +30,33 @@ def ml100k(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, ray_local):
+    """A small trained and exported HetSGFormer run on a synthetic graph (20,000 edges, one
+    epoch of 3 steps, dim 16), built once per session. Treat it as read-only: a test that
+    writes into a run (updates, another export) works on :func:`copy_run`."""
+    from graphs.synthetic import generate_synthetic
+    from trainers.hetsgformer.config import HetSGFormerConfig
+    from trainers.hetsgformer.export import export_embeddings
+    from trainers.hetsgformer.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("trained")
+    generate_synthetic(root / "g", 20_000, seed=1)
+    train(root / "g", root / "run", TrainConfig(workers=1, epochs=1, batch_size=128, fanouts=(4,), steps_per_epoch=3,
+                                                random_negatives=32,
+                                                model=HetSGFormerConfig(dim=16, v_max=20_000, num_heads=2)))
+    export_embeddings(root / "run", actors=1)
+    return root / "run"
+
+
+def copy_run(run, dest):
+    """A copy of ``run`` without its updates, sharing its (read-only) graph and shards."""
+    import shutil
+
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("updates"))
+    return dest
+
+
 def random_graph(path, seed: int, counts: dict[str, int], edges: dict[tuple, int]):
     """Write a random graph; ``edges`` maps ``(src, rel, dst, ts, weight) -> count``.
 

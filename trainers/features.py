@@ -15,11 +15,10 @@ import pyarrow.compute as pc
 import torch
 
 from graphs.exceptions import ConfigError
+from graphs.feature_rows import MAX_TOKENS, parse_value
 from graphs.schema import FeatureSpec
 from graphs.store import GraphDir
-from trainers.identity import TypeFeatures
-
-MAX_TOKENS = 16  # token lists are cut to this many tokens per node
+from trainers.hetsgformer.identity import TypeFeatures
 
 
 def _column(values: pa.ChunkedArray, spec: FeatureSpec, count: int) -> np.ndarray:
@@ -43,41 +42,6 @@ def _column(values: pa.ChunkedArray, spec: FeatureSpec, count: int) -> np.ndarra
     keep = pos < MAX_TOKENS
     out[rows[keep], pos[keep]] = flat[keep]
     return out
-
-
-def parse_value(spec: FeatureSpec, value) -> np.ndarray:
-    """One node's value of a column, in :func:`_column`'s row format; None is a null."""
-    where = f"attribute {spec.name!r} ({spec.kind})"
-
-    def code(v) -> int:                     # a category or token id: an int in [0, cardinality)
-        if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
-            raise ValueError("not an integer")
-        v = int(v)
-        if v < 0 or (spec.cardinality and v >= spec.cardinality):
-            raise ValueError(f"outside [0, {spec.cardinality or 'inf'})")
-        return v
-
-    try:
-        if spec.kind == "categorical":
-            return np.asarray(-1 if value is None else code(value), np.int64)
-        if spec.kind == "dense":
-            if value is None:
-                return np.full(spec.dim, np.nan, np.float32)
-            with np.errstate(over="ignore"):
-                out = np.asarray(value, np.float32).reshape(-1)
-            if out.shape != (spec.dim,):
-                raise ValueError(f"expected {spec.dim} value(s)")
-            if not np.isfinite(out).all():
-                raise ValueError("not finite in float32 (send null for a missing value)")
-            return out
-        if not isinstance(value, (list, tuple, type(None))):
-            raise ValueError("expected a list of token ids")
-        out = np.full(MAX_TOKENS, -1, np.int64)
-        tokens = [code(v) for v in (value or [])][:MAX_TOKENS]
-        out[:len(tokens)] = tokens
-        return out
-    except (TypeError, ValueError, OverflowError) as e:
-        raise ConfigError(f"{where}: bad value {str(repr(value))[:80]} ({e})") from None
 
 
 class FeatureStore:

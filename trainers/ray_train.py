@@ -71,13 +71,14 @@ class _Progress(ray.train.UserCallback):
         self.queue = queue
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        self.queue.put(metrics[0])
+        self.queue.put({**metrics[0], "worker_pids": [m.get("pid") for m in metrics]})
 
 
 @contextmanager
 def epoch_progress(progress: Callable[[dict], None] | None) -> Iterator[list]:
     """Yields the ``RunConfig.callbacks`` that call ``progress(metrics)`` on the driver as
-    each epoch ends (through a Ray queue that the controller's callback feeds)."""
+    each epoch ends (through a Ray queue that the controller's callback feeds): rank 0's
+    metrics plus ``worker_pids``, every worker's ``pid`` metric by rank."""
     if progress is None:
         yield []
         return

@@ -4,6 +4,8 @@ reached a Train worker, a Ray Data task or an actor unresolved would point elsew
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import math
 from pathlib import Path
@@ -13,15 +15,17 @@ from click.testing import CliRunner
 
 from cluster.cli import main
 from cluster.pipeline import PipelineConfig
-from cluster.update_pool import UpdatePool
 from graphs.partition import PartitionConfig, partition_graph
 from graphs.synthetic import generate_synthetic
 from serve.config import ServeConfig
-from trainers.config import HetSGFormerConfig
-from trainers.evaluate import run_eval
-from trainers.export import serving_run
-from trainers.ranker_train import RankerConfig, train_ranker
-from trainers.train import TrainConfig
+from trainers.evaluation.evaluate import run_eval
+from trainers.hetsgformer.config import HetSGFormerConfig
+from trainers.hetsgformer.export import serving_run
+from trainers.hetsgformer.train import TrainConfig
+from trainers.ille.pool import UpdatePool
+from trainers.ranking.train import RankerConfig, train_ranker
+
+pytestmark = pytest.mark.slow          # minutes on 2 cores: `pytest -m "not slow and not cluster"` skips it
 
 SMALL = TrainConfig(workers=2, epochs=1, batch_size=128, fanouts=(4,), steps_per_epoch=3, random_negatives=32,
                     model=HetSGFormerConfig(dim=16, v_max=20_000, num_heads=2))

@@ -14,16 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import copy_run
 
 from graphs.movielens import build_movielens
 from graphs.partition import PartitionConfig, partition_graph
 from graphs.shards import ShardStore
 from graphs.store import GraphDir, exchange
-from graphs.synthetic import generate_synthetic
-from trainers.config import HetSGFormerConfig
-from trainers.embedding_view import EmbeddingView
-from trainers.export import export_embeddings
-from trainers.train import TrainConfig, train
+from trainers.hetsgformer.export import export_embeddings
+from trainers.ille.embedding_view import EmbeddingView
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,6 +73,7 @@ def test_killed_graph_rebuild_leaves_the_old_graph(tmp_path):
     assert GraphDir(out, validate="full").schema.num_edges == 196_410
 
 
+@pytest.mark.slow
 def test_killed_partition_leaves_the_old_shards(ml100k, tmp_path, ray_local):
     parts = tmp_path / "parts"
     partition_graph(ml100k, parts, PartitionConfig(num_parts=2))
@@ -90,18 +89,16 @@ def test_killed_partition_leaves_the_old_shards(ml100k, tmp_path, ray_local):
     assert sum(store.counts.values()) == GraphDir(ml100k, validate="none").schema.num_nodes
 
 
-def test_killed_export_leaves_the_last_version_current(tmp_path, ray_local):
-    graph, run = tmp_path / "g", tmp_path / "run"
-    generate_synthetic(graph, 20_000, seed=2)
-    train(graph, run, TrainConfig(workers=1, epochs=1, batch_size=128, fanouts=(4,), steps_per_epoch=2,
-                                  random_negatives=32, model=HetSGFormerConfig(dim=16, v_max=20_000, num_heads=2)))
-    first = export_embeddings(run, actors=1)
+@pytest.mark.slow
+def test_killed_export_leaves_the_last_version_current(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
+    first = run / "embeddings" / "v0001"
     view = EmbeddingView(run)
     rows = {t: view.rows(t, np.arange(min(c, 50))) for t, c in view.base_counts.items()}
     kill_mid_write(f"""
         import ray
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-        from trainers.export import export_embeddings
+        from trainers.hetsgformer.export import export_embeddings
         export_embeddings({str(run)!r}, actors=1)
         """, run / "embeddings", ".v0002.tmp-*/*.npy")
     assert (run / "embeddings" / "LATEST").read_text() == first.name == "v0001"

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import random_graph
+
 from graphs.exceptions import GraphFormatError
 from graphs.partition import PartitionConfig, partition_graph
 from graphs.shards import ShardStore, first_owned, owned_counts

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import random_graph
+
 from graphs.partition import PartitionConfig, partition_graph
 from graphs.samplers import iter_seed_edges, node_key, sample_fanout, select_neighbors, split_key
 from graphs.schema import EdgeType, GraphSchema, NodeType

@@ -7,11 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
+from test_store import SCHEMA
 
 from graphs.exceptions import GraphFormatError
 from graphs.schema import EdgeType, FeatureSpec, GraphSchema, NodeType
 from graphs.store import GraphDir
-from test_store import SCHEMA
 
 # --- schema ----------------------------------------------------------------------------
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from conftest import random_graph
+
 from graphs.exceptions import GraphFormatError
 from graphs.schema import EdgeType, FeatureSpec, GraphSchema, NodeType
 from graphs.store import GraphDir, GraphWriter

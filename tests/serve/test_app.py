@@ -17,9 +17,11 @@ from graphs.store import GraphDir
 from serve.app import app_builder, start
 from serve.auth import write_token_file
 from serve.config import ServeConfig
-from trainers.export import export_embeddings
-from trainers.ranker_train import RankerConfig, train_ranker
-from trainers.train import TrainConfig, train
+from trainers.hetsgformer.export import export_embeddings
+from trainers.hetsgformer.train import TrainConfig, train
+from trainers.ranking.train import RankerConfig, train_ranker
+
+pytestmark = pytest.mark.slow          # minutes on 2 cores: `pytest -m "not slow and not cluster"` skips it
 
 
 @pytest.fixture(scope="module")
@@ -222,8 +224,9 @@ def _replicas(deployment: str) -> list[str]:
 def test_killing_replicas_under_load_fails_no_read(service):
     """It kills a Ranker and a Retriever replica (2 of each) while
     /recommend runs at 20 requests/s; the ingress retries on the survivor."""
-    import ray
     from concurrent.futures import ThreadPoolExecutor
+
+    import ray
 
     assert len(_replicas("Ranker")) == 2 and len(_replicas("Retriever")) == 2
     rate, seconds = 20, 8

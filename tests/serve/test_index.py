@@ -74,7 +74,7 @@ def test_bad_input_is_named():
 def test_index_follows_the_embedding_view_deltas(tmp_path):
     import json
 
-    from trainers.embedding_view import EmbeddingView
+    from trainers.ille.embedding_view import EmbeddingView
 
     rng = np.random.default_rng(3)
     base = tmp_path / "embeddings" / "v0001"

@@ -10,10 +10,10 @@ from graphs.partition import PartitionConfig, partition_graph
 from graphs.samplers import sample_fanout
 from graphs.shards import ShardStore
 from graphs.store import GraphDir
-from trainers.config import HetSGFormerConfig
 from trainers.features import FeatureStore
-from trainers.hetsgformer import HetSGFormer, link_loss
-from trainers.train import Optimizers
+from trainers.hetsgformer.config import HetSGFormerConfig
+from trainers.hetsgformer.model import HetSGFormer, link_loss
+from trainers.hetsgformer.train import Optimizers
 
 
 @pytest.fixture(scope="module")

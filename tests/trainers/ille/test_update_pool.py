@@ -1,0 +1,197 @@
+"""The ILLE update pool on a real local Ray: events in, embeddings out, exactly once."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import numpy as np
+import pytest
+import ray
+from conftest import copy_run
+
+from graphs.events import EventLog
+from trainers.ille.pool import UpdatePool
+
+pytestmark = pytest.mark.slow          # minutes on 2 cores: `pytest -m "not slow and not cluster"` skips it
+
+@pytest.fixture(scope="module")
+def run(trained_run):
+    return trained_run
+
+
+def _stream(users: int = 1000, items: int = 400, batches: int = 3) -> list[list[dict]]:
+    """``batches`` batches: new users and items linked to old ones and to each other."""
+    rng = np.random.default_rng(7)
+    out = []
+    for b in range(batches):
+        u0, i0 = users + 4 * b, items + 2 * b
+        evs = [{"op": "node", "ntype": "user", "id": u0 + j, "attrs": {"age": int(j % 8)}} for j in range(4)]
+        evs += [{"op": "node", "ntype": "item", "id": i0 + j, "attrs": '{"price": 9.5, "tags": [1, 2]}'}
+                for j in range(2)]
+        for j in range(4):
+            for item in rng.choice(items, 3, replace=False):
+                evs.append({"op": "edge", "etype": "user__clicks__item", "src": u0 + j, "dst": int(item),
+                            "ts": 10**9 + b, "weight": 1.0})
+            evs.append({"op": "edge", "etype": "user__clicks__item", "src": u0 + j, "dst": i0 + j % 2})
+        evs.append({"op": "edge", "etype": "item__in_category__category", "src": i0, "dst": 3})
+        evs.append({"op": "edge", "etype": "user__clicks__item", "src": int(rng.integers(users)), "dst": i0 + 1})
+        out.append(evs)
+    return out
+
+
+def _cos(a, b):
+    a, b = a / np.linalg.norm(a, axis=-1, keepdims=True), b / np.linalg.norm(b, axis=-1, keepdims=True)
+    return (a * b).sum(-1)
+
+
+def test_events_become_embeddings_and_bad_ones_are_rejected(run, tmp_path):
+    copy = tmp_path / "run"
+    copy_run(run, copy)
+    pool = UpdatePool(copy, actors=2)
+    try:
+        good = _stream()[0]
+        bad = [{"op": "node", "ntype": "planet", "id": 0},
+               {"op": "node", "ntype": "user", "id": 5},
+               {"op": "edge", "etype": "user__clicks__item", "src": 1, "dst": 99_999},
+               {"op": "edge", "etype": "user__buys__item", "src": 1, "dst": 2},
+               {"op": "edge", "etype": "user__clicks__item", "src": 1, "dst": 2, "weight": "heavy"},
+               {"op": "node", "ntype": "user", "id": 1003, "attrs": {"age": "old"}},
+               {"op": "edge", "etype": "user__clicks__item", "src": 1, "dst": 2, "ts": 10**13},
+               {"op": "teleport"}]
+        ack = pool.submit(good[:3] + bad + good[3:])
+        assert ack.accepted == len(good) and ack.first == 0
+        assert len(ack.errors) == len(bad)
+        text = "\n".join(map(str, ack.errors))
+        for needle in ("event 3: node type 'planet' is unknown", "event 4: node id 5 of type 'user': expected the next id, 1003",
+                       "item 99999 does not exist", "edge type 'user__buys__item' is unknown",
+                       "field 'weight' must be a finite number, got 'heavy'", "attribute 'age' (categorical): bad value 'old'",
+                       "field 'ts': 10000000000000 is not a time in seconds", "field 'op' is 'teleport'"):
+            assert needle in text, needle
+        with pytest.raises(RuntimeError, match="another process is writing this event log"):
+            EventLog(pool.log.folder)                     # one writer at a time
+        (stats,) = pool.apply()
+        assert stats.new_nodes == 6 and stats.unanchored == 0 and stats.status.get("lle", 0) >= 4
+        view = pool.embeddings()
+        assert view.count("user") == 1004 and view.count("item") == 402
+        new_user = view.rows("user", [1000])[0]
+        assert np.abs(new_user).sum() > 0
+        items = [e["dst"] for e in good if e["op"] == "edge" and e["src"] == 1000 and e["dst"] < 400]
+        all_items = view.rows("item", np.arange(400))
+        centre = all_items.mean(0)                       # cosines around the items' mean
+        own = _cos(new_user - centre, view.rows("item", items) - centre).mean()
+        rand = _cos(new_user - centre, all_items - centre).mean()
+        assert own > rand + 0.1, (own, rand)
+        assert pool.pending() == [] and pool.apply() == []          # nothing applied twice
+    finally:
+        pool.close()
+
+
+def test_killed_actor_restarts_and_applies_every_event_once(run, tmp_path):
+    batches = _stream()
+    results = {}
+    for name, kill in (("clean", False), ("killed", True)):
+        copy = tmp_path / name
+        copy_run(run, copy)
+        pool = UpdatePool(copy, actors=2)
+        try:
+            for b, evs in enumerate(batches):
+                assert pool.submit(evs).accepted == len(evs)
+                if kill and b == 1:
+                    victim = pool.actors[1]
+                    first = pool.log.segments[-1]
+                    pending = victim.prepare.remote(first, pool.log.read(first))   # mid-segment
+                    ray.kill(victim, no_restart=False)
+                    assert len(ray.get(pending)["targets"])   # retried on the restarted actor
+                pool.apply()
+            edges = sum(ray.get([a.new_edges.remote() for a in pool.actors]))
+            view = pool.embeddings()
+            results[name] = (edges, view.rows("user", np.arange(1000, 1012)), view.rows("item", np.arange(400, 406)),
+                             sorted(view.applied))
+        finally:
+            pool.close()
+    clicks = sum(1 for evs in batches for e in evs if e["op"] == "edge")
+    assert results["killed"][0] == results["clean"][0] == 2 * clicks   # each half-edge once
+    assert results["killed"][3] == results["clean"][3] == [0, len(batches[0]), len(batches[0]) + len(batches[1])]
+    np.testing.assert_allclose(results["killed"][1], results["clean"][1], atol=1e-6)
+    np.testing.assert_allclose(results["killed"][2], results["clean"][2], atol=1e-6)
+
+
+def test_update_cli_applies_a_parquet_and_reports_bad_rows(run, tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from cluster.cli import main
+
+    copy = tmp_path / "run"
+    copy_run(run, copy)
+    events = [{"op": "node", "ntype": "user", "id": 1000, "attrs": '{"age": 3}'},
+              {"op": "edge", "etype": "user__clicks__item", "src": 1000, "dst": 5, "ts": 7},
+              {"op": "edge", "etype": "user__clicks__item", "src": 1000, "dst": 12, "ts": 8},
+              {"op": "edge", "etype": "user__clicks__item", "src": 1001, "dst": 12, "ts": 9}]
+    columns = ("op", "ntype", "id", "attrs", "etype", "src", "dst", "ts")
+    pq.write_table(pa.Table.from_pylist([{c: e.get(c) for c in columns} for e in events]),
+                   tmp_path / "events.parquet")
+    out = tmp_path / "stats.json"
+    result = CliRunner().invoke(main, ["update", str(copy), str(tmp_path / "events.parquet"), "--actors", "1",
+                                       "--batch-size", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "row 3: field 'src': user 1001 does not exist" in result.output
+    assert "applied 2 batches; 3 events accepted, 1 rejected" in result.output
+    batches = json.loads(out.read_text())["batches"]
+    assert [b["new_nodes"] for b in batches] == [1, 0] and batches[1]["resolved"] == 1   # re-solved on its 2nd edge
+    pq.write_table(pa.table({"kind": ["node"]}), tmp_path / "bad.parquet")
+    result = CliRunner().invoke(main, ["update", str(copy), str(tmp_path / "bad.parquet")])
+    assert result.exit_code == 1 and "bad.parquet: missing column 'op'" in result.output
+
+
+def test_actors_killed_at_random_points_apply_every_event_once(run, tmp_path):
+    """Eight batches stream in; at six of them, chosen at random, a timer kills a random ILLE
+    actor after a random delay (the kill lands while a batch is logged, prepared, solved or
+    committed, or while the actor restarts).
+    Every acknowledged event is applied exactly once, and the embeddings equal a run
+    without kills."""
+    batches = _stream(batches=8)
+    results, kills, phase, took = {}, [], ["idle"], {}
+    for name in ("clean", "killed"):
+        copy = tmp_path / name
+        copy_run(run, copy)
+        pool = UpdatePool(copy, actors=2)
+        rng = random.Random(5)
+        doomed = set(rng.sample(range(len(batches)), 6)) if name == "killed" else set()
+        try:
+            timers, t0 = [], time.perf_counter()
+            for b, evs in enumerate(batches):
+                if b in doomed:                     # fires during this batch or the next ones
+                    victim = pool.actors[rng.randrange(2)]
+                    timers.append(threading.Timer(rng.uniform(0.0, 0.1), lambda v=victim: (
+                        kills.append(phase[0]), ray.kill(v, no_restart=False))))
+                    timers[-1].start()
+                phase[0] = "submit"
+                assert pool.submit(evs).accepted == len(evs)       # acknowledged: must be applied
+                phase[0] = "apply"
+                pool.apply()
+            phase[0] = "after the stream"
+            for timer in timers:
+                timer.join()
+            pool.apply()                                          # whatever a kill left pending
+            took[name] = time.perf_counter() - t0
+            assert pool.pending() == []
+            edges = sum(ray.get([a.new_edges.remote() for a in pool.actors]))
+            view = pool.embeddings()
+            results[name] = (edges, view.rows("user", np.arange(1000, 1000 + 4 * len(batches))),
+                             view.rows("item", np.arange(400, 400 + 2 * len(batches))), sorted(view.applied))
+        finally:
+            pool.close()
+    assert len(kills) == 6
+    print(f"kills during: {kills}; 8 batches applied in {took['killed']:.1f} s with kills, "
+          f"{took['clean']:.1f} s without")
+    clicks = sum(1 for evs in batches for e in evs if e["op"] == "edge")
+    assert results["killed"][0] == results["clean"][0] == 2 * clicks   # each half-edge once
+    assert results["killed"][3] == results["clean"][3] and len(results["clean"][3]) == len(batches)
+    np.testing.assert_allclose(results["killed"][1], results["clean"][1], atol=1e-6)
+    np.testing.assert_allclose(results["killed"][2], results["clean"][2], atol=1e-6)

@@ -1,0 +1,152 @@
+"""Evaluation entry point: split, fit every model, score them all with one metric code.
+
+    results = run_eval("graphs/ml-100k", models=["hetsgformer", "lightgcn", "pop"], protocol="random")
+    print(format_table(results))
+
+Every model sees the same training interactions: the split's train part, plus for the
+temporal protocol the cold users' first events (they arrived before scoring time).
+HetSGFormer is trained on Ray Train over a copy of the graph whose user-item edges are
+exactly that part (:func:`trainers.evaluation.split_graph.write_split_graph`), validated every epoch
+on the split's valid part, exported, and scored from the exported embeddings.
+
+The parts live in :mod:`trainers.evaluation.splits` (interactions, random/temporal splits),
+:mod:`trainers.evaluation.metrics` (full-ranking Recall/NDCG/Hit/MRR), :mod:`trainers.evaluation.baselines`
+and :mod:`trainers.evaluation.hetero_peer` (HGT / R-GCN on the same heterogeneous graph).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from graphs.exceptions import ConfigError
+from graphs.store import GraphDir
+from trainers.evaluation.baselines import BASELINES
+from trainers.evaluation.hetero_peer import HETERO_PEERS
+from trainers.evaluation.metrics import ScoreFn, evaluate_scores
+from trainers.evaluation.splits import Interactions, Split, concat, load_interactions, random_split, temporal_split
+from trainers.hetsgformer.train import TrainConfig
+
+__all__ = ["Interactions", "Split", "ScoreFn", "evaluate_scores", "load_interactions", "random_split",
+           "temporal_split", "run_eval", "format_table", "PROTOCOLS"]
+
+PROTOCOLS = ("random", "temporal")
+MODELS = ("hetsgformer", *BASELINES, *HETERO_PEERS)
+
+
+def make_split(inter: Interactions, protocol: str, seed: int) -> Split:
+    if protocol == "random":
+        return random_split(inter, seed)
+    if protocol == "temporal":
+        return temporal_split(inter, seed=seed)
+    raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+
+
+def score_split(score_fn: ScoreFn, split: Split, ks: Sequence[int]) -> dict[str, float]:
+    """Test metrics (train and valid masked); for a temporal split also ``cold_*`` metrics
+    on the cold users' test set, with their ``cold_events`` masked."""
+    metrics = evaluate_scores(score_fn, split.test, [split.train, split.valid], ks)
+    if split.cold_test is not None and len(split.cold_test):
+        cold = evaluate_scores(score_fn, split.cold_test, [split.train, split.cold_events], ks)
+        metrics.update({f"cold_{name}": value for name, value in cold.items()})
+    return metrics
+
+
+def fit_part(split: Split) -> Interactions:
+    """What every model trains on: train, plus the cold users' first events if any."""
+    return split.train if split.cold_events is None else concat(split.train, split.cold_events)
+
+
+def fit_hetsgformer(graph_dir: Path, split: Split, seed: int, etype: str, work_dir: Path,
+                    cfg: TrainConfig, log=None) -> ScoreFn:
+    """Train HetSGFormer on the split's graph, export, score users by cosine from the export.
+    ``log``: called with one line per epoch."""
+    from trainers.evaluation.split_graph import write_split_graph
+    from trainers.hetsgformer.export import export_embeddings
+    from trainers.hetsgformer.train import train
+    from trainers.hetsgformer.validation import write_pairs
+
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True)
+    graph = write_split_graph(graph_dir, work_dir / "graph", fit_part(split), etype)
+    valid = str(write_pairs(work_dir / "valid.parquet", split.valid)) if len(split.valid) else None
+    def progress(m: dict) -> None:
+        log(f"hetsgformer epoch {m['epoch'] + 1}/{cfg.epochs}: loss {m['loss']:.3f}, "
+            f"valid ndcg@10 {m['valid_ndcg@10']:.4f}, {m['edges_per_s']:,.0f} edges/s")
+
+    train(graph, work_dir / "run", replace(cfg, seed=seed, target=etype, valid=valid),
+          progress=progress if log else None)
+    version = export_embeddings(work_dir / "run")
+    src, _, dst = etype.split("__")
+    users = F.normalize(torch.from_numpy(np.load(version / f"{src}.npy")), dim=-1)  # [U, D]
+    items = F.normalize(torch.from_numpy(np.load(version / f"{dst}.npy")), dim=-1)  # [N, D]
+    return lambda u: users[u] @ items.T
+
+
+def run_eval(graph_dir: str | Path, models: Sequence[str] = ("pop", "mf", "lightgcn"), protocol: str = "random",
+             seeds: Sequence[int] = (0,), ks: Sequence[int] = (10, 20), etype: str | None = None,
+             train_cfg: TrainConfig | None = None, work_dir: str | Path | None = None,
+             log=None) -> dict[str, dict[str, dict[str, float]]]:
+    """Fit and score each model on each seed's split.
+
+    ``etype``: the user-item edge type (None: the graph's default, the largest type between
+    two node types). ``train_cfg`` sets HetSGFormer's training (default :class:`TrainConfig`); its runs go
+    under ``work_dir`` (default: a temporary folder, removed after). ``log``: a callable
+    taking one progress line. Returns ``{model: {metric: {"mean": m, "std": s}}}`` over
+    ``seeds`` (population std).
+    """
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ConfigError(f"unknown models {unknown}; known: {list(MODELS)}")
+    if not seeds:
+        raise ConfigError("seeds must name at least one seed")
+    graph_dir = Path(graph_dir).resolve()
+    etype = GraphDir(graph_dir, validate="none").schema.interaction_type(etype)
+    inter = load_interactions(graph_dir, etype)
+    per_seed: dict[str, list[dict[str, float]]] = {m: [] for m in models}
+    with tempfile.TemporaryDirectory(prefix="hetrec-eval-") as tmp:
+        root = Path(work_dir).resolve() if work_dir is not None else Path(tmp)
+        for seed in seeds:
+            split = make_split(inter, protocol, seed)
+            for name in models:
+                t0 = time.perf_counter()
+                if name == "hetsgformer":
+                    score = fit_hetsgformer(graph_dir, split, seed, etype, root / f"hetsgformer-{protocol}-{seed}",
+                                            train_cfg or TrainConfig(), log)
+                elif name in HETERO_PEERS:
+                    score = HETERO_PEERS[name](fit_part(split), seed, graph_dir, etype)
+                else:
+                    score = BASELINES[name](fit_part(split), seed)
+                per_seed[name].append(score_split(score, split, ks))
+                if log:
+                    log(f"{protocol} seed {seed} {name}: ndcg@10 {per_seed[name][-1]['ndcg@10']:.4f} "
+                        f"({time.perf_counter() - t0:.0f} s)")
+    return {name: {metric: {"mean": float(np.mean([r[metric] for r in runs])),
+                            "std": float(np.std([r[metric] for r in runs]))}
+                   for metric in runs[0]}
+            for name, runs in per_seed.items()}
+
+
+def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    """A plain-text table: one row per model, one column per metric, ``mean±std`` (the mean
+    alone when every std is 0, e.g. for one seed)."""
+    if not results:
+        return ""
+    metrics = list(next(iter(results.values())))
+    spread = any(r[m]["std"] for r in results.values() for m in metrics)
+    width = max(16 if spread else 10, *(len(m) + 2 for m in metrics))   # "0.2574±0.0185" plus a gap
+    first = max(12, *(len(name) + 2 for name in results))
+    head = f"{'model':<{first}}" + "".join(f"{m:>{width}}" for m in metrics)
+    rows = []
+    for name, r in results.items():
+        cells = (f"{r[m]['mean']:.4f}±{r[m]['std']:.4f}" if spread else f"{r[m]['mean']:.4f}" for m in metrics)
+        rows.append(f"{name:<{first}}" + "".join(f"{c:>{width}}" for c in cells))
+    return "\n".join([head, "-" * len(head), *rows])

@@ -1,0 +1,69 @@
+"""A graph directory whose user-item edges are one split's training part.
+
+A graph model trained for evaluation must not see the valid or test interactions, but
+may use every other edge type (attributes, knowledge graph). :func:`write_split_graph`
+writes such a graph next to the source: the target edge type is rewritten from the
+split's train interactions, every other part file is hard-linked (copied where links are
+not possible), so it costs the size of the train edges only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from graphs.exceptions import ConfigError
+from graphs.store import GraphDir, GraphWriter, replace_dir, temp_sibling, write_json_atomic
+from trainers.evaluation.splits import Interactions
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dst)
+
+
+def write_split_graph(graph: str | Path, out: str | Path, train: Interactions,
+                      etype: str, overwrite: bool = False) -> Path:
+    """Copy ``graph`` to ``out`` with ``etype``'s edges replaced by ``train``.
+
+    ``train.user``/``item``/``ts``: [M]; edge weights of the source are not kept (the
+    rewritten type carries ``ts`` and, if the schema has it, ``weight = 1``).
+    """
+    src, out = GraphDir(graph, validate="none"), Path(out)
+    schema = src.schema
+    et = schema.edge_type(etype)
+    if (train.num_users, train.num_items) != (schema.node_type(et.src).count, schema.node_type(et.dst).count):
+        raise ConfigError(f"train interactions span {train.num_users} x {train.num_items} ids, but {etype} "
+                         f"joins {schema.node_type(et.src).count} x {schema.node_type(et.dst).count} nodes")
+    tmp = temp_sibling(out)
+    try:
+        with GraphWriter(tmp / "edges_only", schema.with_counts(
+                {n.name: 0 for n in schema.node_types}, {e.key: 0 for e in schema.edge_types})) as w:
+            order = np.lexsort((train.item, train.user))
+            columns = {"src": train.user[order], "dst": train.item[order], "ts": train.ts[order],
+                       "weight": np.ones(len(order), dtype=np.float32)}
+            w.write_edges(etype, columns)
+        for f in (tmp / "edges_only" / "edges" / etype).glob("part-*.parquet"):
+            _link(f, tmp / "edges" / etype / f.name)
+        shutil.rmtree(tmp / "edges_only")
+        for n in schema.node_types:
+            for f in src.node_files(n.name):
+                _link(f, tmp / "nodes" / n.name / f.name)
+        for e in schema.edge_types:
+            if e.key != etype:
+                for f in src.edge_files(e.key):
+                    _link(f, tmp / "edges" / e.key / f.name)
+        counts = {e.key: e.count for e in schema.edge_types} | {etype: len(train)}
+        write_json_atomic(tmp / "schema.json",
+                          schema.with_counts({n.name: n.count for n in schema.node_types}, counts).to_json())
+        replace_dir(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,139 @@
+"""The training loss of one batch of seed edges: the target link loss plus auxiliary links.
+
+Negatives (all scored with the model's current weights):
+
+* in-batch: the other positives of the batch, logQ-corrected with the exact item degree;
+* uniform random items, shared by the batch, logQ-corrected for uniform draws;
+* hard: per user, items drawn among the top of a pool of items scored by the current
+  user embedding against the pool's embeddings, refreshed every epoch (:class:`HardPool`).
+
+The auxiliary loss trains the other edge types with a smaller weight: the sampled
+first-hop edges of one other relation (its seed-rooted edges) are scored with in-batch
+negatives, so it costs no extra forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from graphs.samplers import SampledSubgraph, sample_fanout
+from graphs.schema import EdgeType
+from graphs.shards import ShardStore
+from trainers.features import FeatureStore
+from trainers.hetsgformer.model import link_loss
+
+
+@dataclass
+class HardPool:
+    """Items to mine hard negatives from: ``ids: [P]`` and their embeddings ``emb: [P, D]``
+    (L2-normalised, computed at the start of the epoch, no gradient)."""
+
+    ids: np.ndarray
+    emb: Tensor
+
+    def draw(self, users: Tensor, positives: np.ndarray, count: int, top: int,
+             rng: np.random.Generator) -> np.ndarray:
+        """``count`` item ids per user, uniform among the ``top`` best-scored pool items that
+        are not the user's positive: ``users: [B, D]``, ``positives: [B]`` -> ``[B, count]``."""
+        top = min(top, len(self.ids))
+        with torch.no_grad():
+            best = torch.topk(users.detach().to(self.emb.device) @ self.emb.T, top, dim=1).indices.cpu().numpy()
+        cand = self.ids[best]                                             # [B, top]
+        pick = rng.random(cand.shape) + (cand == positives[:, None])      # positives sort last
+        return np.take_along_axis(cand, np.argsort(pick, axis=1)[:, :count], axis=1)
+
+
+def batch_loss(model, store: ShardStore, features: FeatureStore, target: EdgeType, batch: dict[str, np.ndarray],
+               cfg, rng: np.random.Generator, device, pool: HardPool | None = None) -> tuple[Tensor, dict]:
+    """Loss of one batch; ``batch["src"], batch["dst"]: [B]`` positive (user, item) pairs.
+
+    ``cfg`` is a :class:`trainers.hetsgformer.train.TrainConfig`. Returns ``(loss, parts)`` with the
+    float value of each part (``link``, ``aux``).
+    """
+    B, R = len(batch["src"]), cfg.random_negatives
+    users, u_row = np.unique(batch["src"], return_inverse=True)
+    n_items = store.counts[target.dst]
+    negatives = rng.integers(0, n_items, R)
+    hard = np.empty((B, 0), dtype=np.int64)
+    if pool is not None and cfg.hard_negatives:
+        # the pool is scored with the users' current embeddings, computed without gradient
+        u_now = F.normalize(_embed_users(model, store, features, target, users, cfg, rng, device), dim=-1)
+        hard = pool.draw(u_now[u_row], batch["dst"], cfg.hard_negatives, cfg.hard_top, rng)
+    items, i_row = np.unique(np.concatenate([batch["dst"], negatives, hard.ravel()]), return_inverse=True)
+    if target.src != target.dst:
+        seeds = {target.src: users, target.dst: items}
+    else:
+        seeds = {target.src: np.unique(np.concatenate([users, items]))}
+        u_row, i_row = np.searchsorted(seeds[target.src], batch["src"]), np.searchsorted(seeds[target.src], items)[i_row]
+    sub = sample_fanout(store, seeds, list(cfg.fanouts), rng)
+    if cfg.exclude_targets:
+        drop_target_edges(sub, target, batch["src"], batch["dst"])
+    emb = model(sub, features.batch(sub.nodes))
+    # cosine scores: the temperature then sets the logit scale (InfoNCE convention)
+    u = F.normalize(emb[target.src][torch.from_numpy(u_row).to(device)], dim=-1)
+    v = F.normalize(emb[target.dst][torch.from_numpy(i_row).to(device)], dim=-1)
+    # logQ of an in-batch candidate: the chance item c is among B positives drawn by edge,
+    # q_c = 1 - (1 - deg_c / E)^B, from the item's exact degree in the shard store
+    p = store.degree(target.reverse().key, batch["dst"]) / max(1, target.count)
+    logq = torch.from_numpy(np.log(-np.expm1(B * np.log1p(-np.minimum(p, 1 - 1e-12))))).float()
+    rand_logq = float(np.log(-np.expm1(R * np.log1p(-1 / n_items))))  # uniform draws
+    hard_emb = v[B + R:].reshape(B, hard.shape[1], -1) if hard.shape[1] else None
+    link = link_loss(u, v[:B], logq.to(device), rand_neg_emb=v[B:B + R],
+                     rand_neg_logq=torch.full((R,), rand_logq, device=device), hard_neg_emb=hard_emb,
+                     pos_item_ids=torch.from_numpy(batch["dst"]).to(device), temperature=cfg.temperature)
+    aux = _aux_loss(emb, sub, seeds, target, cfg, rng, device) if cfg.aux_weight > 0 else None
+    loss = link if aux is None else link + cfg.aux_weight * aux
+    return loss, {"link": float(link), "aux": float(aux) if aux is not None else 0.0}
+
+
+def drop_target_edges(sub: SampledSubgraph, target: EdgeType, src: np.ndarray, dst: np.ndarray) -> None:
+    """Remove the batch's positive pairs ``(src[b], dst[b])`` from the sampled subgraph, in both
+    directions, so the model must predict a link without seeing it as a message."""
+    n_dst = max(1, int(dst.max()) + 1)
+    positive = np.unique(src * n_dst + dst)
+    for ekey, flip in ((target.key, False), (target.reverse().key, True)):
+        ei = sub.edges.get(ekey)
+        if ei is None or not ei.shape[1]:
+            continue
+        s_ids = sub.nodes[target.dst if flip else target.src][ei[0]]
+        d_ids = sub.nodes[target.src if flip else target.dst][ei[1]]
+        u, i = (d_ids, s_ids) if flip else (s_ids, d_ids)
+        code = np.where(i < n_dst, u * n_dst + i, -1)
+        at = np.minimum(np.searchsorted(positive, code), len(positive) - 1)
+        keep = positive[at] != code
+        sub.edges[ekey] = ei[:, keep]
+        if ekey in sub.edge_ts:
+            sub.edge_ts[ekey] = sub.edge_ts[ekey][keep]
+
+
+def _embed_users(model, store, features, target, users, cfg, rng, device) -> Tensor:
+    with torch.no_grad():
+        sub = sample_fanout(store, {target.src: users}, list(cfg.fanouts), rng)
+        return model(sub, features.batch(sub.nodes))[target.src][: len(users)]
+
+
+def _aux_loss(emb: dict[str, Tensor], sub, seeds: dict[str, np.ndarray], target: EdgeType, cfg,
+              rng: np.random.Generator, device, max_pairs: int = 512) -> Tensor | None:
+    """In-batch softmax over the seed-rooted sampled edges of one other relation."""
+    skip = {target.key, target.reverse().key}
+    found = []
+    for ekey, ei in sub.edges.items():
+        src = ekey.split("__")[0]
+        if ekey in skip or src not in seeds:
+            continue
+        rooted = np.flatnonzero(np.asarray(ei[0]) < len(seeds[src]))
+        if len(rooted) > 1:
+            found.append((ekey, rooted))
+    if not found:
+        return None
+    ekey, rooted = found[rng.integers(len(found))]
+    src, _, dst = ekey.split("__")
+    ei = np.asarray(sub.edges[ekey])[:, rng.permutation(rooted)[:max_pairs]]
+    a = F.normalize(emb[src][torch.from_numpy(ei[0]).to(device)], dim=-1)
+    b = F.normalize(emb[dst][torch.from_numpy(ei[1]).to(device)], dim=-1)
+    return link_loss(a, b, pos_item_ids=torch.from_numpy(ei[1]).to(device), temperature=cfg.temperature)

@@ -1,0 +1,122 @@
+"""Export the embedding of every node of every type from a trained run (DESIGN.md contract).
+
+Layout::
+
+    <run>/embeddings/v0001/<ntype>.npy    float32 [count, d], row = node id within the type
+    <run>/embeddings/v0001/meta.json      version, dim, counts, checkpoint
+    <run>/embeddings/LATEST               the newest version's folder name
+
+Inference is a Ray Data job: chunks of node ids go to ``map_batches`` tasks (at most
+``actors`` at once; each worker process loads the model once and keeps it for the next
+chunk) that sample every chunk's neighbourhood from the shard store and write their rows
+straight into the version's ``.npy`` files (memory-mapped, disjoint rows). A failed task
+is retried by Ray; rewriting a chunk's rows is idempotent.
+The version folder is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+
+from graphs.exceptions import ConfigError
+from graphs.shards import ShardStore
+from graphs.store import GraphDir, temp_sibling, write_json_atomic, write_text_atomic
+from trainers.features import FeatureStore
+from trainers.hetsgformer.inference import embed_nodes
+from trainers.hetsgformer.model import HetSGFormer
+from trainers.hetsgformer.train import TrainConfig
+from trainers.run_dir import RunDir
+
+
+@functools.lru_cache(maxsize=1)
+def _embedder(config_json: str, checkpoint: str) -> tuple:
+    """The stores and the model of one export, loaded once per Ray worker process (Ray
+    reuses the process for the export's next tasks)."""
+    config = json.loads(config_json)
+    cfg = TrainConfig.from_json(config["train"])
+    store = ShardStore(config["parts"])
+    features = FeatureStore(GraphDir(config["graph"], validate="none"))
+    model = HetSGFormer(store.schema, cfg.model)
+    state = torch.load(os.path.join(checkpoint, "state.pt"), weights_only=True, map_location="cpu")
+    model.load_state_dict(state["model"])
+    return store, features, model.eval(), cfg
+
+
+def _embed_chunks(chunk: dict[str, np.ndarray], config_json: str, checkpoint: str, out: str) -> dict[str, np.ndarray]:
+    """A Ray Data task: ``chunk`` holds id ranges ``ntype, lo, hi``; each range's rows are
+    embedded and written into ``out/<ntype>.npy``; returns the rows written per range."""
+    store, features, model, cfg = _embedder(config_json, checkpoint)
+    for ntype, lo, hi in zip(chunk["ntype"], chunk["lo"], chunk["hi"]):
+        ids = np.arange(lo, hi, dtype=np.int64)
+        emb = embed_nodes(model, store, features, str(ntype), ids, list(cfg.fanouts), cfg.seed,
+                          chunk=len(ids))  # same sample on every export
+        rows = np.load(Path(out) / f"{ntype}.npy", mmap_mode="r+")
+        rows[lo:hi] = emb.numpy()
+        rows.flush()
+    return {"rows": chunk["hi"] - chunk["lo"]}
+
+
+def export_embeddings(run_dir: str | Path, chunk_nodes: int = 2048, actors: int = 2,
+                      ray_remote_args: dict | None = None) -> Path:
+    """Embed every node of the run's graph; returns the new version folder. ``ray_remote_args``
+    go to the embedding actors (e.g. ``{"num_gpus": 1, "resources": {"trainer": 1}}``)."""
+    run = RunDir(run_dir)
+    cfg = TrainConfig.from_json(run.train_config)
+    checkpoint = run.latest_checkpoint()
+    store = ShardStore(run.parts)
+    final = run.next_embeddings()
+    version = int(final.name[1:])
+    tmp = temp_sibling(final)
+    tmp.mkdir()
+    try:
+        counts = store.counts
+        for ntype, count in counts.items():
+            np.lib.format.open_memmap(tmp / f"{ntype}.npy", mode="w+", dtype=np.float32,
+                                      shape=(count, cfg.model.dim)).flush()
+        chunks = [{"ntype": t, "lo": lo, "hi": min(c, lo + chunk_nodes)}
+                  for t, c in counts.items() for lo in range(0, c, chunk_nodes)]
+        written = (ray.data.from_items(chunks, override_num_blocks=max(1, min(len(chunks), 64)))
+                   .map_batches(_embed_chunks, batch_size=1, concurrency=actors,
+                                fn_kwargs={"config_json": json.dumps(run.config), "checkpoint": str(checkpoint),
+                                           "out": str(tmp)},
+                                **(ray_remote_args or {}))
+                   .sum("rows"))
+        if written != sum(counts.values()):
+            raise RuntimeError(f"export wrote {written} rows, expected {sum(counts.values())}")
+        write_json_atomic(tmp / "meta.json", {"version": version, "dim": cfg.model.dim, "counts": counts,
+                                              "checkpoint": str(checkpoint)})
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_text_atomic(run.embeddings / "LATEST", final.name)
+    return final
+
+
+def serving_run(trained: str | Path, parts: str | Path, out: str | Path, **export_kwargs) -> Path:
+    """A run in ``out`` that embeds the partitioned graph ``parts`` with the weights trained in
+    the run ``trained``, then exports it; returns the embeddings version.
+
+    The usual use: a model trained on an evaluation split's graph serves the full graph,
+    so every interaction (the held-out ones too) shapes the neighbourhoods it embeds and
+    the history the service excludes. Both graphs must have the same node types with the
+    same counts and the same edge types.
+    """
+    trained, served, parts = RunDir(trained), RunDir(out), Path(parts).resolve()
+    have, want = ShardStore(trained.parts), ShardStore(parts)
+    if have.counts != want.counts or sorted(have.edge_types) != sorted(want.edge_types):
+        raise ConfigError(f"{parts} does not match the graph {trained.path} was trained on: node counts "
+                          f"{want.counts} vs {have.counts}, or other edge types")
+    served.refuse_existing("pick another folder")
+    checkpoint = trained.latest_checkpoint()
+    shutil.copytree(checkpoint, served.checkpoints / "train" / checkpoint.name)
+    served.write_config(want.graph, parts, trained.target, trained.train_config, weights_from=str(trained.path))
+    return export_embeddings(served.path, **export_kwargs)

@@ -1,0 +1,77 @@
+"""Per-epoch validation of a training run: full-ranking NDCG@10 on held-out user-item pairs.
+
+The held-out pairs are a parquet file with ``src`` and ``dst`` columns (ids within the
+target edge type's source and destination types), written for example by the evaluation
+harness from its split's valid part. Up to ``max_users`` users are scored against every
+item; each user's training items (its neighbours in the shard store) are masked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch.nn.functional as F
+
+from graphs.exceptions import GraphFormatError
+from graphs.schema import EdgeType
+from graphs.shards import ShardStore
+from graphs.store import atomic_file
+from trainers.evaluation.metrics import evaluate_scores
+from trainers.evaluation.splits import Interactions
+from trainers.features import FeatureStore
+from trainers.hetsgformer.inference import embed_nodes
+
+
+def write_pairs(path: str | Path, inter: Interactions) -> Path:
+    """Write ``inter``'s (user, item) pairs as a validation file."""
+    import pyarrow as pa
+
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        pq.write_table(pa.table({"src": inter.user, "dst": inter.item}), tmp)
+    return path
+
+
+class Validator:
+    """NDCG@10 of the current model on held-out pairs; see the module docstring."""
+
+    def __init__(self, path: str | Path, store: ShardStore, target: EdgeType, max_users: int = 1000,
+                 seed: int = 0):
+        try:
+            table = pq.read_table(path, columns=["src", "dst"])
+        except (OSError, KeyError, ValueError) as err:
+            raise GraphFormatError(f"validation pairs {path}: cannot read src/dst columns ({err})") from None
+        src, dst = (table[c].to_numpy().astype(np.int64) for c in ("src", "dst"))
+        n_users, n_items = store.counts[target.src], store.counts[target.dst]
+        for name, col, n in (("src", src, n_users), ("dst", dst, n_items)):
+            if len(col) and (col.min() < 0 or col.max() >= n):
+                raise GraphFormatError(f"validation pairs {path}: column {name} has id "
+                                       f"{int(col.min() if col.min() < 0 else col.max())} outside [0, {n})")
+        users = np.unique(src)
+        if len(users) > max_users:
+            users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+        keep = np.isin(src, users)
+        self.users, self.store, self.target, self.seed = users, store, target, seed
+        self.valid = Interactions(src[keep], dst[keep], np.zeros(int(keep.sum()), np.int64), n_users, n_items)
+        seen = store.neighbors(target.key, users)
+        seen_users = np.repeat(users, np.diff(seen.ptr))
+        self.train = Interactions(seen_users, seen.ids, np.zeros(len(seen_users), np.int64), n_users, n_items)
+
+    def ndcg10(self, model, features: FeatureStore, fanouts: list[int]) -> float:
+        """Embed the users and every item with ``model``; NDCG@10 over the held-out pairs."""
+        if not len(self.users):
+            return float("nan")
+        items = np.arange(self.store.counts[self.target.dst])
+        u = F.normalize(embed_nodes(model, self.store, features, self.target.src, self.users, fanouts,
+                                    self.seed), dim=-1).cpu()
+        v = F.normalize(embed_nodes(model, self.store, features, self.target.dst, items, fanouts,
+                                    self.seed), dim=-1).cpu()
+        row = {int(x): i for i, x in enumerate(self.users)}
+        index = np.vectorize(row.__getitem__, otypes=[np.int64])
+
+        def score(batch):
+            return u[index(batch.numpy())] @ v.T
+
+        return evaluate_scores(score, self.valid, self.train, ks=[10])["ndcg@10"]

@@ -1,0 +1,202 @@
+"""The ILLE update pool: events in, durable log, parallel updater actors, embedding deltas out.
+
+    pool = UpdatePool("runs/ml", actors=2)
+    ack = pool.submit(events)        # validated, logged and fsynced: acknowledged
+    stats = pool.apply()             # every logged, unapplied segment -> a delta version
+    view = pool.embeddings()         # base + deltas, what retrieval reads
+
+For each log segment (one submitted batch) the pool broadcasts the events to the ``P``
+:class:`~trainers.ille.shard_updater.ShardUpdater` actors (Ray actors, ``num_cpus`` each, restarted on
+failure), each returns the ILLE rows of the nodes it owns, the pool solves the batch
+jointly (:func:`trainers.ille.weights.solve_joint`, a sparse system the size of the batch) and
+writes ``updates/<base>/deltas/<offset>.npz`` atomically. That file is the commit: a
+segment with a delta is never applied again, one without is (re)applied, in log order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from graphs.events import EventError, EventLog, EventValidator
+from graphs.exceptions import ConfigError
+from graphs.samplers import split_key
+from graphs.shards import ShardStore
+from trainers.ille.embedding_view import EmbeddingView
+from trainers.ille.shard_updater import ShardUpdater
+from trainers.ille.weights import STATUS_NAMES, ILLEConfig, solve_joint
+from trainers.run_dir import RunDir
+
+# Re-anchoring advice: retrain from scratch when updates have drifted this far.
+REANCHOR_MIN_COSINE = 0.8       # mean cosine of re-solved existing nodes to their trained rows
+REANCHOR_NEW_FRACTION = 0.2     # nodes added since the base, as a fraction of the base
+
+
+@dataclass
+class Ack:
+    """Outcome of :meth:`UpdatePool.submit`: ``accepted`` events logged from ``first``."""
+
+    first: int | None
+    accepted: int
+    errors: list[EventError] = field(default_factory=list)   # str(e): "event <i>: <what is wrong>"
+
+
+@dataclass
+class BatchStats:
+    """One applied segment: counts, outcome per node, drift, time."""
+
+    first: int
+    events: int
+    new_nodes: int
+    resolved: int           # nodes added earlier or trained ones, re-solved because they changed
+    status: dict[str, int]
+    unanchored: int
+    moved: float            # mean relative movement of re-solved trained nodes (0 if none)
+    cosine_to_base: float   # their mean cosine to the last full training's rows (1 if none)
+    new_fraction: float     # nodes added since the base / base nodes, after this batch
+    reanchor_advised: bool
+    seconds: float
+    nodes_per_s: float
+
+
+class UpdatePool:
+    """Python API of the update stage (see the module doc). ``close()`` stops the actors.
+    ``num_cpus`` and ``resources`` (custom Ray resources, e.g. ``{"updater": 1}``) per actor."""
+
+    def __init__(self, run_dir: str | Path, actors: int = 2, cfg: ILLEConfig | None = None,
+                 num_cpus: float = 1.0, resources: dict | None = None):
+        if actors < 1:
+            raise ConfigError(f"actors must be >= 1, got {actors!r}")
+        run = RunDir(run_dir)
+        self.run_dir, self.cfg = run.path, cfg or ILLEConfig()
+        self.view = EmbeddingView(run.path)
+        self.dir = run.updates(self.view.version)
+        self.log = EventLog(self.dir / "log")
+        store = ShardStore(run.parts)
+        self.types = [n.name for n in store.schema.node_types]
+        self.validator = EventValidator(store.schema, store.counts)
+        for first in self.log.segments:                   # nodes added by earlier runs
+            self.validator.check([e for e in self.log.read(first) if e["op"] == "node"])
+        self.base_nodes = sum(store.counts.values())
+        # an actor that dies is always restarted (it rebuilds its state from the log), and a
+        # call in flight is retried on it
+        actor = ray.remote(ShardUpdater).options(num_cpus=num_cpus, resources=resources or {}, max_restarts=-1,
+                                                 max_task_retries=3)
+        self.actors = [actor.remote(str(self.run_dir), i, actors, self.cfg) for i in range(actors)]
+        ray.get([a.new_edges.remote() for a in self.actors])      # constructed: state rebuilt, ready
+
+    def submit(self, events: list[dict]) -> Ack:
+        """Validate, log durably, acknowledge. Bad events are reported and skipped."""
+        counts = dict(self.validator.counts)
+        accepted, errors = self.validator.check(events)
+        try:
+            first = self.log.append(accepted) if accepted else None
+        except BaseException:
+            self.validator.counts = counts               # nothing logged: the new ids are free again
+            raise
+        return Ack(first, len(accepted), errors)
+
+    def pending(self) -> list[int]:
+        done = self._committed()
+        return [s for s in self.log.segments if s not in done]
+
+    def apply(self, log=None) -> list[BatchStats]:
+        """Apply every logged segment without a delta, in order; one stats row each."""
+        out = []
+        for first in self.pending():
+            out.append(self._apply_segment(first))
+            if log:
+                log(out[-1])
+        return out
+
+    def embeddings(self) -> EmbeddingView:
+        self.view.refresh()
+        return self.view
+
+    def close(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+        self.log.close()
+
+    def _committed(self) -> set[int]:
+        deltas = self.dir / "deltas"
+        return {int(p.stem) for p in deltas.glob("*.npz")} if deltas.is_dir() else set()
+
+    def _apply_segment(self, first: int) -> BatchStats:
+        t0 = time.perf_counter()
+        events = self.log.read(first)
+        ref = ray.put(events)
+        parts = ray.get([a.prepare.remote(first, ref) for a in self.actors])
+        targets = np.concatenate([p["targets"] for p in parts])
+        offsets = np.cumsum([0] + [len(p["targets"]) for p in parts])
+        rows = np.concatenate([p["rows"] + o for p, o in zip(parts, offsets)])
+        order = np.argsort(targets)
+        cols = np.concatenate([p["cols"] for p in parts])
+        if len(cols):
+            found = order[np.minimum(np.searchsorted(targets, cols, sorter=order), len(targets) - 1)]
+            if (targets[found] != cols).any():
+                raise RuntimeError(f"segment {first}: a neighbour new in the batch is no actor's target")
+            cols = found
+        w = np.concatenate([p["w"] for p in parts])
+        b = np.concatenate([p["b"] for p in parts]) if len(targets) else np.zeros((0, self.view.dim))
+        direct = np.concatenate([p["direct"] for p in parts])
+        Y, anchored = solve_joint(rows, cols, w, b, direct)
+        self._write_delta(first, targets, Y)
+        ray.get([a.commit.remote(first) for a in self.actors])
+        status = np.concatenate([p["status"] for p in parts])
+        old = np.concatenate([p["old"] for p in parts]) if len(targets) else np.zeros((0, self.view.dim))
+        trained = ~np.isnan(old).any(1)
+        moved, cosine = _drift(old[trained], Y[trained])
+        created = sum(1 for e in events if e["op"] == "node")
+        self.view.refresh()
+        added = sum(self.view.count(t) - self.view.base_counts[t] for t in self.types)
+        seconds = time.perf_counter() - t0
+        return BatchStats(
+            first=first, events=len(events), new_nodes=created, resolved=len(targets) - created,
+            status={STATUS_NAMES[s]: int((status == s).sum()) for s in np.unique(status)},
+            unanchored=int((~anchored).sum()), moved=moved, cosine_to_base=cosine,
+            new_fraction=added / max(1, self.base_nodes),
+            reanchor_advised=bool(cosine < REANCHOR_MIN_COSINE or added > REANCHOR_NEW_FRACTION * self.base_nodes),
+            seconds=seconds, nodes_per_s=len(targets) / seconds)
+
+    def _write_delta(self, first: int, targets: np.ndarray, Y: np.ndarray) -> None:
+        folder = self.dir / "deltas"
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"{first:012d}.npz"
+        if final.exists():                 # committed before a crash of the pool: keep it
+            return
+        t_idx, ids = split_key(targets)
+        arrays = {}
+        for t in np.unique(t_idx):
+            sel = np.flatnonzero(t_idx == t)
+            arrays[f"{self.types[t]}.ids"], arrays[f"{self.types[t]}.rows"] = ids[sel], Y[sel]
+        tmp = folder / f".{final.name}.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, final)
+
+
+def _drift(old: np.ndarray, new: np.ndarray) -> tuple[float, float]:
+    """Mean relative movement and mean cosine of re-solved rows against their base rows."""
+    if not len(old):
+        return 0.0, 1.0
+    old, new = old.astype(np.float64), new.astype(np.float64)
+    norm_old, norm_new = np.linalg.norm(old, axis=1), np.linalg.norm(new, axis=1)
+    moved = np.linalg.norm(new - old, axis=1) / np.maximum(norm_old, 1e-12)
+    cosine = (old * new).sum(1) / np.maximum(norm_old * norm_new, 1e-12)
+    return float(moved.mean()), float(cosine.mean())
+
+
+def stats_json(stats: list[BatchStats]) -> list[dict]:
+    return [asdict(s) for s in stats]
+
+
+__all__ = ["Ack", "BatchStats", "EventError", "UpdatePool", "stats_json"]

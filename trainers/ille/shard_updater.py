@@ -1,0 +1,200 @@
+"""One ILLE updater: the state and work of one Ray actor of the update pool.
+
+Actor ``i`` of ``A`` owns the shards ``p`` with ``p % A == i`` (the owner rule, so a
+node's actor is ``owner(g) % A``, computed, never looked up). It holds:
+
+- a :class:`~graphs.delta.DeltaGraph`: the memory-mapped base shards plus the half-edges
+  added or removed at the nodes it owns (the reverse half-edge goes to the other end's
+  owner). Other shards are read from the same shard store (shared storage on a cluster)
+  for the 2-hop ring, without their recent changes;
+- the attributes of every new node (small) and the embeddings as readers see them
+  (:class:`~trainers.ille.embedding_view.EmbeddingView`: base mmapped + applied deltas);
+- HetSGFormer's identity layer, for the input space of the reconstruction weights.
+
+:meth:`prepare` turns one log segment into this actor's rows of the batch's ILLE system;
+the pool solves the batch and writes the delta; :meth:`commit` records the offset. A
+restarted actor rebuilds its state from the log segments already committed (those with a
+delta file), so nothing is applied twice and nothing acknowledged is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from graphs.delta import DeltaGraph
+from graphs.events import EventLog
+from graphs.samplers import node_key, select_neighbors, split_key
+from graphs.shards import ShardStore, owner
+from graphs.store import GraphDir, write_json_atomic
+from trainers.features import FeatureStore
+from trainers.hetsgformer.identity import IdentityEmbedding
+from trainers.hetsgformer.train import TrainConfig
+from trainers.ille.embedding_view import EmbeddingView
+from trainers.ille.inputs import InputSpace
+from trainers.ille.weights import ILLEConfig, lle_weights
+from trainers.run_dir import RunDir
+
+
+def load_identity_layer(run: RunDir, view: EmbeddingView, schema) -> IdentityEmbedding:
+    """The IEL of the checkpoint the base embeddings were exported from."""
+    model_cfg = TrainConfig.from_json(run.train_config).model
+    checkpoint = Path(json.loads((view.version / "meta.json").read_text())["checkpoint"])
+    state = torch.load(checkpoint / "state.pt", weights_only=True, map_location="cpu")["model"]
+    iel = IdentityEmbedding(schema, model_cfg)
+    iel.load_state_dict({k[len("iel."):]: v for k, v in state.items() if k.startswith("iel.")})
+    return iel.eval()
+
+
+class ShardUpdater:
+    """ILLE for the nodes of the shards this actor owns (see the module doc)."""
+
+    def __init__(self, run_dir: str, index: int, num_actors: int, cfg: ILLEConfig):
+        run = RunDir(run_dir)
+        self.run_dir, self.index, self.num_actors, self.cfg = run.path, index, num_actors, cfg
+        self.store = ShardStore(run.parts)
+        self.graph = DeltaGraph(self.store)
+        self.types = [n.name for n in self.store.schema.node_types]
+        self.features = FeatureStore(GraphDir(run.graph, validate="none"))
+        self.view = EmbeddingView(self.run_dir)
+        self.inputs = InputSpace(load_identity_layer(run, self.view, self.store.schema),
+                                 self.features, self.graph, self.types, cfg.structure_weight)
+        self.state_path = run.updates(self.view.version) / f"actor-{index:03d}.json"
+        self.log = EventLog(run.updates(self.view.version) / "log", writer=False)
+        self.applied = -1                      # last segment applied to the graph
+        for first in sorted(self.view.applied):   # replay what was committed before a restart
+            self._apply_events(first, self.log.read(first))
+
+    def owns(self, ntype: str, ids: np.ndarray) -> np.ndarray:
+        g = self.store.schema.offsets[ntype] + np.asarray(ids, np.int64)
+        return owner(g, self.store.num_parts) % self.num_actors == self.index
+
+    def _apply_events(self, first: int, events: list[dict]) -> None:
+        if first <= self.applied:
+            return
+        nodes: dict[str, list[dict]] = {}
+        for ev in events:
+            if ev["op"] == "node":
+                nodes.setdefault(ev["ntype"], []).append(ev.get("attrs") or {})
+        for ntype, rows in nodes.items():
+            self.features.append(ntype, self.graph.counts[ntype], rows)
+            self.graph.add_nodes(ntype, len(rows))
+        for op in ("edge", "remove_edge"):
+            by_type: dict[str, list[dict]] = {}
+            for ev in events:
+                if ev["op"] == op:
+                    by_type.setdefault(ev["etype"], []).append(ev)
+            for ekey, evs in by_type.items():
+                etype = self.graph.edge_types[ekey]
+                src = np.array([e["src"] for e in evs], np.int64)
+                dst = np.array([e["dst"] for e in evs], np.int64)
+                ts = np.array([e.get("ts", 0) for e in evs], np.int64)
+                weight = np.array([e.get("weight", 1.0) for e in evs], np.float32)
+                for key, a, b, mine in ((ekey, src, dst, self.owns(etype.src, src)),
+                                        (etype.reverse().key, dst, src, self.owns(etype.dst, dst))):
+                    if not mine.any():
+                        continue
+                    if op == "edge":
+                        self.graph.add_edges(key, a[mine], b[mine], ts[mine], weight[mine])
+                    else:
+                        self.graph.remove_edges(key, a[mine], b[mine])
+        self.applied = first
+
+    def _targets(self, events: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        """(new-node keys of the whole batch, this actor's targets): its new nodes, then its
+        nodes touched by the batch that were added by earlier batches (few edges: any change
+        matters) or are base nodes whose changes reached ``change_threshold``."""
+        new = [(self.types.index(e["ntype"]), e["id"]) for e in events if e["op"] == "node"]
+        new_keys = node_key(*np.array(new, np.int64).T) if new else np.zeros(0, np.int64)
+        touched = set()
+        for e in events:
+            if e["op"] != "node":
+                etype = self.graph.edge_types[e["etype"]]
+                touched.update({(etype.src, e["src"]), (etype.dst, e["dst"])})
+        changed = []
+        for ntype in self.types:
+            ids = np.array(sorted(i for t, i in touched if t == ntype), np.int64)
+            created = set(new_keys[split_key(new_keys)[0] == self.types.index(ntype)].tolist())
+            ids = ids[self.owns(ntype, ids) & ~np.isin(node_key(self.types.index(ntype), ids), list(created))]
+            if not len(ids):
+                continue
+            base = ids < self.graph.base_counts[ntype]
+            base_deg = np.zeros(len(ids), np.int64)
+            for e in self.graph.edge_types_from(ntype):
+                base_deg[base] += self.store.degree(e.key, ids[base])
+            ok = ~base | (self.graph.changed(ntype, ids) >= np.maximum(1, self.cfg.change_threshold * base_deg))
+            changed.append(node_key(self.types.index(ntype), ids[ok]))
+        t_new, i_new = split_key(new_keys)
+        mine = np.zeros(len(new_keys), bool)
+        for t in np.unique(t_new):
+            mine[t_new == t] = self.owns(self.types[t], i_new[t_new == t])
+        targets = np.concatenate([new_keys[mine] if len(new_keys) else new_keys, *changed])
+        return new_keys, targets
+
+    def prepare(self, first: int, events: list[dict]) -> dict:
+        """Apply a segment to this actor's graph; return its targets' rows of the ILLE system.
+
+        Returns ``targets [B]`` keys, ``status [B]``, ``b [B, D]`` (weighted sum over known
+        neighbours), ``direct [B]`` (has a known neighbour), the unknown-neighbour weights
+        ``rows [M]`` (index into targets), ``cols [M]`` (keys, new in this batch), ``w [M]``,
+        and ``old [B, D]`` the targets' embeddings before (NaN for new nodes), for drift.
+        """
+        self._apply_events(first, events)
+        new_keys, targets = self._targets(events)
+        cfg = self.cfg
+        sets = select_neighbors(self.graph, self.types, targets, cfg.k_for if cfg.adaptive_k else cfg.k,
+                                cfg.scan, cfg.expand, cfg.scan2)
+        B, deg = len(targets), np.diff(sets.ptr)
+        K = int(deg.max()) if B else 0
+        owner_b = np.repeat(np.arange(B), deg)
+        slot = np.arange(len(sets.keys)) - np.repeat(sets.ptr[:-1], deg)
+        x = self.inputs(np.concatenate([targets, sets.keys]))
+        nb = np.zeros((B, K, x.shape[1]))
+        mask = np.zeros((B, K), bool)
+        nb[owner_b, slot], mask[owner_b, slot] = x[B:], True
+        degree = np.zeros((B, K))
+        degree[owner_b, slot] = self._degree(sets.keys)
+        w, status = lle_weights(x[:B], nb, mask, self.cfg.reg, degree)
+        w_flat = w[owner_b, slot]
+        unknown = np.isin(sets.keys, new_keys) | np.isin(sets.keys, targets)
+        b = np.zeros((B, self.view.dim))
+        known = np.flatnonzero(~unknown)
+        if len(known):
+            np.add.at(b, owner_b[known], w_flat[known, None] * self._rows(sets.keys[known]))
+        direct = np.bincount(owner_b[known], minlength=B) > 0
+        old = np.full((B, self.view.dim), np.nan, np.float32)
+        t_idx, ids = split_key(targets)
+        trained = np.array([i < self.graph.base_counts[self.types[t]] for t, i in zip(t_idx, ids)], bool)
+        if trained.any():                                     # rows of the last full training
+            old[trained] = self._rows(targets[trained])
+        return {"targets": targets, "status": status, "b": b, "direct": direct, "old": old,
+                "rows": owner_b[unknown], "cols": sets.keys[unknown], "w": w_flat[unknown]}
+
+    def commit(self, first: int) -> int:
+        """The pool wrote segment ``first``'s delta: read it and record the offset."""
+        self.view.refresh()
+        write_json_atomic(self.state_path, {"applied": first, "deltas_read": len(self.view.applied)})
+        return first
+
+    def new_edges(self) -> int:
+        """Half-edges this actor has added since the base (a check for tests and stats)."""
+        return sum(len(log.columns()[0]) for log in self.graph._added.values())
+
+    def _rows(self, keys: np.ndarray) -> np.ndarray:
+        t_idx, ids = split_key(keys)
+        out = np.empty((len(keys), self.view.dim), np.float32)
+        for t in np.unique(t_idx):
+            sel = np.flatnonzero(t_idx == t)
+            out[sel] = self.view.rows(self.types[t], ids[sel])
+        return out
+
+    def _degree(self, keys: np.ndarray) -> np.ndarray:
+        t_idx, ids = split_key(keys)
+        out = np.zeros(len(keys))
+        for t in np.unique(t_idx):
+            sel = np.flatnonzero(t_idx == t)
+            out[sel] = sum(self.graph.degree(e.key, ids[sel]) for e in self.graph.edge_types_from(self.types[t]))
+        return out
