@@ -4,8 +4,9 @@
     python benchmarks/ablation.py --variants default,gal_sgformer --epochs 10
 
 Each variant is trained by the evaluation harness's own path (split graph, Ray Train,
-export) from the same seed; the table reports the last epoch's validation NDCG@10 and
-the test NDCG@10 / Recall@20. Writes ``benchmarks/results/ablation.json``.
+export) on each of ``--seeds`` seeds; a variant is judged on its last epoch's validation
+NDCG@10 (mean and std over the seeds) only. The test split is read once, for the variant
+that is best on validation. Writes ``benchmarks/results/ablation.json``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
 from trainers.evaluation.evaluate import fit_hetsgformer, make_split, score_split  # noqa: E402
@@ -49,6 +51,7 @@ def main() -> None:
     ap.add_argument("--movielens", default="runs/demo/ml-100k")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--work", default="/tmp/hetrec-bench-ablation")
     ap.add_argument("--out", default="benchmarks/results/ablation.json")
     args = ap.parse_args()
@@ -58,25 +61,27 @@ def main() -> None:
         raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
     ray.init(log_to_driver=False)
     inter = load_interactions(args.movielens)
-    split = make_split(inter, "random", 0)
+    splits = [make_split(inter, "random", seed) for seed in range(args.seeds)]
     out = Path(args.out)
-    done = json.loads(out.read_text())["variants"] if out.is_file() else {}
+    done, scores = {}, {}
     for name in names:
         cfg = TrainConfig(workers=2, epochs=args.epochs, **VARIANTS[name])
-        t0 = time.perf_counter()
-        work = Path(args.work) / name
-        score = fit_hetsgformer(Path(args.movielens), split, 0, "user__rates__movie", work, cfg)
-        history = json.loads((work / "run" / "metrics.json").read_text())["epochs"]
-        test = score_split(score, split, [10, 20])
-        done[name] = {"epochs": args.epochs, "valid_ndcg@10": history[-1]["valid_ndcg@10"],
-                      "test_ndcg@10": test["ndcg@10"], "test_recall@20": test["recall@20"],
-                      "seconds": time.perf_counter() - t0}
-        print(f"{name:<22} valid {done[name]['valid_ndcg@10']:.4f}  test ndcg@10 {test['ndcg@10']:.4f}  "
-              f"recall@20 {test['recall@20']:.4f}", flush=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"command": " ".join([Path(sys.executable).name, *sys.argv]),
-                                   "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                                   "variants": done}, indent=1))
+        t0, valid = time.perf_counter(), []
+        for seed, split in enumerate(splits):
+            work = Path(args.work) / f"{name}-{seed}"
+            scores[name, seed] = fit_hetsgformer(Path(args.movielens), split, seed, "user__rates__movie", work, cfg)
+            valid.append(json.loads((work / "run" / "metrics.json").read_text())["epochs"][-1]["valid_ndcg@10"])
+        done[name] = {"epochs": args.epochs, "valid_ndcg@10": float(np.mean(valid)),
+                      "valid_ndcg@10_std": float(np.std(valid)), "seconds": time.perf_counter() - t0}
+        print(f"{name:<22} valid ndcg@10 {np.mean(valid):.4f} ± {np.std(valid):.4f}", flush=True)
+    best = max(done, key=lambda n: done[n]["valid_ndcg@10"])
+    test = [score_split(scores[best, seed], split, [10, 20]) for seed, split in enumerate(splits)]
+    chosen = {"variant": best, **{f"test_{m}": float(np.mean([t[m] for t in test])) for m in ("ndcg@10", "recall@20")}}
+    print(f"chosen on validation: {best}; test ndcg@10 {chosen['test_ndcg@10']:.4f}", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": " ".join([Path(sys.executable).name, *sys.argv]),
+                               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                               "seeds": args.seeds, "variants": done, "chosen": chosen}, indent=1))
 
 
 if __name__ == "__main__":

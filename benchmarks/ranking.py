@@ -5,7 +5,12 @@
 Temporal protocol (:mod:`trainers.ranking.train`): every model trains on the same samples
 (the train part before the last 10% of its time span, one sampled negative per positive)
 and is scored on the same test samples (warm users after the cut, one negative each) and
-cold samples (held-out users' later interactions). AUC and log loss, one run, one seed.
+cold samples (users without history before the cut, after their first event). AUC, GAUC
+(per-user AUC) and log loss, next to two popularity baselines scored on the same samples
+(the item's interactions before t, and in the 30 days before t), on two test sets:
+negatives drawn uniformly, and negatives drawn by popularity (``popneg``), where
+popularity alone cannot separate positives from negatives. Negatives never include an
+item the user had met by t.
 
 The MLP baseline reads HetSGFormer embeddings pretrained here on the temporal train part
 only (no test interaction reaches it). Variants: ``dsgl`` (all parts), ``no_second_order``
@@ -92,8 +97,10 @@ def main() -> None:
                          "train_s": time.perf_counter() - t0,
                          "samples_per_s": meta["epochs"][-1]["samples_per_s"]}
         r = results[name]
-        print(f"{name:22s} test AUC {r['test_auc']:.4f} logloss {r['test_logloss']:.4f} | cold AUC "
-              f"{r['cold_auc']:.4f} | valid AUC {r['valid_auc']:.4f} | {r['train_s']:.0f} s", flush=True)
+        print(f"{name:22s} test AUC {r['test_auc']:.4f} GAUC {r['test_gauc']:.4f} (pop {r['test_pop_auc']:.4f} / "
+              f"{r['test_pop_gauc']:.4f}) | popneg AUC {r['test_popneg_auc']:.4f} (pop {r['test_popneg_pop_auc']:.4f}) "
+              f"| cold AUC {r['cold_auc']:.4f} (pop {r['cold_pop_auc']:.4f}) | valid AUC {r['valid_auc']:.4f} "
+              f"| {r['train_s']:.0f} s", flush=True)
     write_result(args.out, {"results": results, "epochs": args.epochs, "seed": args.seed, "workers": args.workers})
 
 if __name__ == "__main__":

@@ -204,23 +204,33 @@ def export_cmd(run_dir: Path, address: str | None) -> None:
 @click.option("--workers", type=int, default=2, show_default=True, help="HetSGFormer's Ray Train workers.")
 @click.option("--work-dir", type=click.Path(path_type=Path),
               help="Keep HetSGFormer's split graphs and runs here (default: a temporary folder).")
+@click.option("--first-events", "first_events", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Temporal protocol: the m first interactions of each cold user, given to every model.")
+@click.option("--all-metrics", is_flag=True, help="Print every metric (default: NDCG@10 and Recall@20).")
 def eval_cmd(graph: Path, models: str, protocol: str, seeds: int, etype: str, json_out: Path | None,
-             epochs: int, workers: int, work_dir: Path | None) -> None:
-    """Train and score recommendation models on GRAPH with full ranking; print a table."""
-
+             epochs: int, workers: int, work_dir: Path | None, first_events: int, all_metrics: bool) -> None:
+    """Train and score recommendation models on GRAPH with full ranking; print a table.
+    The temporal protocol scores three segments: warm users, cold users (after their first
+    events) and new items; the table gives each segment's users and interactions."""
     from graphs.store import write_json_atomic
-    from trainers.evaluation.evaluate import format_table, run_eval
+    from trainers.evaluation.evaluate import format_table, run_eval, split_segments
     from trainers.hetsgformer.train import TrainConfig
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     if "hetsgformer" in names:
         init_ray()
     results = run_eval(graph, names, protocol=protocol, seeds=list(range(seeds)), etype=etype,
-                       train_cfg=TrainConfig(epochs=epochs, workers=workers), work_dir=work_dir, log=log.info)
-    click.echo(format_table(results))
+                       train_cfg=TrainConfig(epochs=epochs, workers=workers), work_dir=work_dir, log=log.info,
+                       first_events=first_events)
+    segments = split_segments(graph, protocol, list(range(seeds)), etype, first_events)
+    shown = results if all_metrics else {
+        m: {k: v for k, v in r.items() if k.endswith(("ndcg@10", "recall@20"))} for m, r in results.items()}
+    click.echo(format_table(shown))
+    if segments:
+        click.echo("segments: " + ", ".join(f"{k} {v:,.0f}" for k, v in segments.items()))
     if json_out is not None:
         write_json_atomic(json_out, {"graph": str(graph), "protocol": protocol, "seeds": seeds,
-                                     "results": results})
+                                     "first_events": first_events, "segments": segments, "results": results})
 
 
 @main.command("update")

@@ -42,21 +42,29 @@ PROTOCOLS = ("random", "temporal")
 MODELS = ("hetsgformer", *BASELINES, *HETERO_PEERS)
 
 
-def make_split(inter: Interactions, protocol: str, seed: int) -> Split:
+def make_split(inter: Interactions, protocol: str, seed: int, first_events: int = 1) -> Split:
+    """The seed's split; ``first_events``: the m events each cold user brings (temporal)."""
     if protocol == "random":
         return random_split(inter, seed)
     if protocol == "temporal":
-        return temporal_split(inter, seed=seed)
+        return temporal_split(inter, first_events=first_events, seed=seed)
     raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
 
 
 def score_split(score_fn: ScoreFn, split: Split, ks: Sequence[int]) -> dict[str, float]:
-    """Test metrics (train and valid masked); for a temporal split also ``cold_*`` metrics
-    on the cold users' test set, with their ``cold_events`` masked."""
-    metrics = evaluate_scores(score_fn, split.test, [split.train, split.valid], ks)
-    if split.cold_test is not None and len(split.cold_test):
-        cold = evaluate_scores(score_fn, split.cold_test, [split.train, split.cold_events], ks)
-        metrics.update({f"cold_{name}": value for name, value in cold.items()})
+    """Test metrics, every item ranked and what the model saw masked. A temporal split is
+    scored per segment (:func:`temporal_split`): ``warm_*`` on the warm users' test,
+    ``cold_*`` on the cold users' test (their first events masked), ``new_item_*`` by
+    ranking the new items only; a segment without interactions is left out."""
+    if split.cut is None:
+        return evaluate_scores(score_fn, split.test, [split.train, split.valid], ks)
+    seen = [split.train, split.cold_events]
+    metrics = {}
+    for name, target, candidates in (("warm", split.test, None), ("cold", split.cold_test, None),
+                                     ("new_item", split.new_item_test, split.new_items)):
+        if len(target):
+            scores = evaluate_scores(score_fn, target, seen, ks, candidates=candidates)
+            metrics.update({f"{name}_{metric}": value for metric, value in scores.items()})
     return metrics
 
 
@@ -94,8 +102,10 @@ def fit_hetsgformer(graph_dir: Path, split: Split, seed: int, etype: str, work_d
 def run_eval(graph_dir: str | Path, models: Sequence[str] = ("pop", "mf", "lightgcn"), protocol: str = "random",
              seeds: Sequence[int] = (0,), ks: Sequence[int] = (10, 20), etype: str | None = None,
              train_cfg: TrainConfig | None = None, work_dir: str | Path | None = None,
-             log=None) -> dict[str, dict[str, dict[str, float]]]:
-    """Fit and score each model on each seed's split.
+             log=None, first_events: int = 1) -> dict[str, dict[str, dict[str, float]]]:
+    """Fit and score each model on each seed's split (the temporal protocol's metrics come
+    per segment, ``warm_*``, ``cold_*``, ``new_item_*``: :func:`score_split`;
+    ``first_events``: the m events each cold user brings).
 
     ``etype``: the user-item edge type (None: the graph's default, the largest type between
     two node types). ``train_cfg`` sets HetSGFormer's training (default :class:`TrainConfig`); its runs go
@@ -115,7 +125,7 @@ def run_eval(graph_dir: str | Path, models: Sequence[str] = ("pop", "mf", "light
     with tempfile.TemporaryDirectory(prefix="hetrec-eval-") as tmp:
         root = Path(work_dir).resolve() if work_dir is not None else Path(tmp)
         for seed in seeds:
-            split = make_split(inter, protocol, seed)
+            split = make_split(inter, protocol, seed, first_events)
             for name in models:
                 t0 = time.perf_counter()
                 if name == "hetsgformer":
@@ -127,12 +137,21 @@ def run_eval(graph_dir: str | Path, models: Sequence[str] = ("pop", "mf", "light
                     score = BASELINES[name](fit_part(split), seed)
                 per_seed[name].append(score_split(score, split, ks))
                 if log:
-                    log(f"{protocol} seed {seed} {name}: ndcg@10 {per_seed[name][-1]['ndcg@10']:.4f} "
-                        f"({time.perf_counter() - t0:.0f} s)")
+                    ndcg = ", ".join(f"{k} {v:.4f}" for k, v in per_seed[name][-1].items() if k.endswith("ndcg@10"))
+                    log(f"{protocol} seed {seed} {name}: {ndcg} ({time.perf_counter() - t0:.0f} s)")
     return {name: {metric: {"mean": float(np.mean([r[metric] for r in runs])),
                             "std": float(np.std([r[metric] for r in runs]))}
                    for metric in runs[0]}
             for name, runs in per_seed.items()}
+
+
+def split_segments(graph_dir: str | Path, protocol: str, seeds: Sequence[int] = (0,), etype: str | None = None,
+                   first_events: int = 1) -> dict[str, float]:
+    """Users and interactions per scored segment (``Split.segments``), the mean over
+    ``seeds``; empty for the random protocol."""
+    inter = load_interactions(graph_dir, etype)
+    counts = [make_split(inter, protocol, seed, first_events).segments() for seed in seeds]
+    return {key: float(np.mean([c[key] for c in counts])) for key in counts[0]}
 
 
 def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:

@@ -37,10 +37,12 @@ def _csr(parts: Sequence[Interactions], num_users: int, num_items: int) -> sp.cs
 
 
 def evaluate_scores(score_fn: ScoreFn, target: Interactions, train: Interactions | Sequence[Interactions],
-                    ks: Sequence[int] = (10, 20), batch_users: int = 1024) -> dict[str, float]:
+                    ks: Sequence[int] = (10, 20), batch_users: int = 1024,
+                    candidates: np.ndarray | None = None) -> dict[str, float]:
     """Rank all items for every user of ``target``; return ``{"recall@10": ..., "ndcg@10": ...}``.
 
     ``train``: the interactions to mask to -inf (pass ``[train, valid]`` when scoring test).
+    ``candidates``: item ids [C] to rank (None: every item); the others are masked too.
     Users are scored ``batch_users`` at a time, so memory is [batch_users, num_items].
     A masked item never counts as a hit, even if it is also a target item.
     """
@@ -52,6 +54,10 @@ def evaluate_scores(score_fn: ScoreFn, target: Interactions, train: Interactions
         raise ConfigError(f"ks must be positive cutoffs, got {ks}")
     k_max = min(max(ks), n_items)
     mask, truth = _csr(masked, n_users, n_items), _csr([target], n_users, n_items)
+    outside = None
+    if candidates is not None:
+        outside = torch.ones(n_items, dtype=torch.bool)
+        outside[torch.as_tensor(np.asarray(candidates, dtype=np.int64))] = False
     users = target.users()
     discount = 1.0 / np.log2(np.arange(2, k_max + 2))  # [K]
     ideal = np.cumsum(discount)  # ideal[j - 1] = IDCG with j relevant items
@@ -65,6 +71,8 @@ def evaluate_scores(score_fn: ScoreFn, target: Interactions, train: Interactions
             raise ConfigError(f"score_fn returned {tuple(scores.shape)}, expected {(len(batch), n_items)}")
         rows, cols = mask[batch].nonzero()
         scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -torch.inf
+        if outside is not None:
+            scores[:, outside] = -torch.inf
         top_val, top_idx = torch.topk(scores, k_max, dim=1)  # [B, K]
         t = truth[batch].toarray().astype(bool)  # [B, N]
         hits = np.take_along_axis(t, top_idx.numpy(), axis=1)  # [B, K]

@@ -2,8 +2,10 @@
 
 * :func:`random_split`: each user's interactions shuffled and cut 80/10/10, RecBole's
   protocol (``RS: [0.8, 0.1, 0.1]``, ``group_by: user``), so numbers compare with its tables.
-* :func:`temporal_split`: one global time cut; train on the past, test on the future, and a
-  held-out set of cold users whose first interaction after the cut arrives as an event.
+* :func:`temporal_split`: one global time cut; train on the past, test on the future, in
+  three segments: warm users (history before the cut), cold users (none: their first m
+  interactions after the cut arrive as events, the rest is their test) and new items
+  (first seen after the cut).
 """
 
 from __future__ import annotations
@@ -74,14 +76,28 @@ def load_interactions(graph_dir: str | Path, etype: str | None = None) -> Intera
 
 @dataclass(frozen=True)
 class Split:
-    """Train/valid/test parts; the temporal split adds ``cut`` and the cold users' parts."""
+    """Train/valid/test parts; the temporal split adds ``cut`` and its segments (see
+    :func:`temporal_split`): ``test`` holds the warm users' interactions after the cut."""
 
     train: Interactions
     valid: Interactions
     test: Interactions
-    cold_events: Interactions | None = None  # first interaction of each cold user after the cut
+    cold_events: Interactions | None = None  # first m interactions of each cold user after the cut
     cold_test: Interactions | None = None  # the rest of the cold users' interactions
     cut: int | None = None  # train ts < cut <= test ts
+    new_items: np.ndarray | None = None  # items with no interaction before the cut: [I']
+    new_item_test: Interactions | None = None  # test and cold_test rows on new items
+
+    def segments(self) -> dict[str, int]:
+        """Users and interactions of each scored segment (warm, cold, new_item), and the
+        cold users' events; empty for a split without segments."""
+        if self.cut is None:
+            return {}
+        out = {}
+        for name, part in (("warm", self.test), ("cold", self.cold_test), ("new_item", self.new_item_test)):
+            out[f"{name}_users"], out[f"{name}_interactions"] = len(part.users()), len(part)
+        out["cold_events"], out["new_items"] = len(self.cold_events), len(self.new_items)
+        return out
 
 
 def _rank_within_user(user: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,26 +144,36 @@ def random_split(inter: Interactions, seed: int = 0, ratios: tuple[float, float,
     return Split(inter.subset(part == 0), inter.subset(part == 1), inter.subset(part == 2))
 
 
-def temporal_split(inter: Interactions, train_frac: float = 0.8, cold_user_frac: float = 0.1,
-                   seed: int = 0) -> Split:
-    """Global time cut at the ``train_frac`` quantile of ``ts``: train before, test from the cut on.
+def temporal_split(inter: Interactions, train_frac: float = 0.8, first_events: int = 1,
+                   cold_user_frac: float = 0.0, seed: int = 0) -> Split:
+    """Global time cut at the ``train_frac`` quantile of ``ts``: train before, test from the
+    cut on, in the segments of DESIGN.md's protocol:
 
-    ``cold_user_frac`` of all users, drawn among users active after the cut, are removed
-    from train entirely; each one's first interaction after the cut goes to ``cold_events``
-    and the rest to ``cold_test``. ``valid`` is empty: tune on a random split or a train prefix.
+    * **warm** users have interactions before the cut: those are ``train``, the ones after
+      are ``test``;
+    * **cold** users have none before the cut (plus ``cold_user_frac`` of the warm users,
+      drawn with ``seed``, whose history is dropped): their first ``first_events``
+      interactions after the cut arrive as events (``cold_events``, which every model may
+      use), and the rest is ``cold_test``;
+    * **new items** (``new_items``) have no interaction before the cut; ``new_item_test``
+      holds the ``test`` and ``cold_test`` rows on them, scored by ranking new items only.
+
+    A user without history before the cut is never warm. ``valid`` is empty: tune on a
+    random split or a train prefix.
     """
     if not 0 < train_frac < 1:
         raise ConfigError(f"train_frac must be in (0, 1), got {train_frac}")
     if not 0 <= cold_user_frac < 1:
         raise ConfigError(f"cold_user_frac must be in [0, 1), got {cold_user_frac}")
+    if isinstance(first_events, bool) or not isinstance(first_events, int) or first_events < 1:
+        raise ConfigError(f"first_events (m) must be an int >= 1, got {first_events!r}")
     if len(inter) and inter.ts.min() == inter.ts.max():
         raise ConfigError("temporal_split needs timestamps; all interactions share one ts")
     cut = int(np.quantile(inter.ts, train_frac, method="higher"))
     after = inter.ts >= cut
-    eligible = np.unique(inter.user[after])
-    n_cold = min(len(eligible), int(round(cold_user_frac * inter.num_users)))
-    cold = np.random.default_rng(seed).choice(eligible, size=n_cold, replace=False)
-    is_cold = np.isin(inter.user, cold)
+    warm = np.unique(inter.user[~after])
+    drawn = np.random.default_rng(seed).choice(warm, size=int(round(cold_user_frac * len(warm))), replace=False)
+    is_cold = ~np.isin(inter.user, np.setdiff1d(warm, drawn))
 
     train = inter.subset(~after & ~is_cold)
     test = inter.subset(after & ~is_cold)
@@ -155,8 +181,11 @@ def temporal_split(inter: Interactions, train_frac: float = 0.8, cold_user_frac:
     # order by (ts, row) so that "first" is well defined when a user has ties
     order = np.lexsort((cold_rows, inter.ts[cold_rows], inter.user[cold_rows]))
     cold_sorted = cold_rows[order]
-    first = np.ones(len(cold_sorted), dtype=bool)
-    first[1:] = inter.user[cold_sorted][1:] != inter.user[cold_sorted][:-1]
+    rank, _ = _rank_within_user(inter.user[cold_sorted], np.arange(len(cold_sorted)))
+    cold_test = inter.subset(cold_sorted[rank >= first_events])
+    new_items = np.setdiff1d(np.arange(inter.num_items), inter.item[~after])
+    on_new = concat(test, cold_test)
     assert len(train) == 0 or train.ts.max() < cut, "train leaks past the cut"
-    return Split(train, empty_like(inter), test, cold_events=inter.subset(cold_sorted[first]),
-                 cold_test=inter.subset(cold_sorted[~first]), cut=cut)
+    return Split(train, empty_like(inter), test, cold_events=inter.subset(cold_sorted[rank < first_events]),
+                 cold_test=cold_test, cut=cut, new_items=new_items,
+                 new_item_test=on_new.subset(np.isin(on_new.item, new_items)))

@@ -35,7 +35,7 @@ from graphs.store import GraphDir, atomic_file, write_json_atomic
 from trainers.evaluation.splits import load_interactions, temporal_split
 from trainers.ranking.dsgl import DSGLConfig, hops_to_tensors
 from trainers.ranking.dsgl_data import SequenceGraphs
-from trainers.ranking.dsgl_samples import Samples, auc, log_loss, make_samples
+from trainers.ranking.dsgl_samples import Samples, auc, gauc, log_loss, make_samples, popularity_before
 from trainers.ranking.rankers import RANKERS, build_ranker, categorical_fields
 from trainers.ray_train import fit, load_state, report, restore, unwrap
 from trainers.run_dir import RunDir
@@ -105,8 +105,12 @@ class RankerData:
         self.fields = ranker_fields(self.graph, cfg)
         self.cfg = cfg
 
-    def samples(self, part: str, negatives: int, seed: int, limit: int | None = None) -> Samples:
-        out = make_samples(self.parts[part], self.inter, negatives, np.random.default_rng([seed, 7]))
+    def samples(self, part: str, negatives: int, seed: int, limit: int | None = None,
+                popular: bool = False) -> Samples:
+        """The part's positives with ``negatives`` each; ``popular``: negatives drawn in
+        proportion to the items' training interactions (+1), not uniformly."""
+        weights = np.bincount(self.parts["train"].item, minlength=self.inter.num_items) + 1.0 if popular else None
+        out = make_samples(self.parts[part], self.inter, negatives, np.random.default_rng([seed, 7]), weights=weights)
         return out.take(np.arange(min(limit, len(out)))) if limit else out
 
     def tensors(self, s: Samples, device="cpu") -> tuple:
@@ -145,10 +149,26 @@ def predict(model: torch.nn.Module, data: RankerData, s: Samples, batch_size: in
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
-def evaluate_ranker(model, data: RankerData, part: str, cfg: RankerConfig) -> dict[str, float]:
-    s = data.samples(part, cfg.eval_negatives, cfg.seed + 1000, cfg.eval_samples)
-    p = predict(model, data, s)
-    return {f"{part}_auc": auc(s.labels, p), f"{part}_logloss": log_loss(s.labels, p), f"{part}_samples": len(s)}
+POPULARITY_WINDOW = 30 * 86_400     # the recency-weighted baseline counts the last 30 days
+
+
+def evaluate_ranker(model, data: RankerData, part: str, cfg: RankerConfig, popular_negatives: bool = True
+                    ) -> dict[str, float]:
+    """AUC, GAUC and log loss of ``model`` on the part's samples, next to the popularity
+    baselines on the same samples: the item's interactions before ``t`` (``pop``) and in
+    the 30 days before ``t`` (``pop30d``). With ``popular_negatives`` the same again
+    (``<part>_popneg_*``) on samples whose negatives are drawn by popularity."""
+    out, sets = {}, [(part, False)] + ([(f"{part}_popneg", True)] if popular_negatives else [])
+    for prefix, popular in sets:
+        s = data.samples(part, cfg.eval_negatives, cfg.seed + 1000, cfg.eval_samples, popular=popular)
+        p = predict(model, data, s)
+        out.update({f"{prefix}_auc": auc(s.labels, p), f"{prefix}_gauc": gauc(s.users, s.labels, p),
+                    f"{prefix}_logloss": log_loss(s.labels, p), f"{prefix}_samples": len(s)})
+        for name, window in (("pop", None), ("pop30d", POPULARITY_WINDOW)):
+            counts = popularity_before(data.inter, s.items, s.ts, window)
+            out[f"{prefix}_{name}_auc"] = auc(s.labels, counts)
+            out[f"{prefix}_{name}_gauc"] = gauc(s.users, s.labels, counts)
+    return out
 
 
 def _drop_ids(ids: torch.Tensor, unknown: int, rate: float, gen: torch.Generator) -> torch.Tensor:
@@ -191,7 +211,7 @@ def _loop(conf: dict) -> None:
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
                    "samples_per_s": world * steps * cfg.batch_size / seconds, "epoch_s": seconds}
         if rank == 0:
-            metrics.update(evaluate_ranker(unwrap(model), data, "valid", cfg))
+            metrics.update(evaluate_ranker(unwrap(model), data, "valid", cfg, popular_negatives=False))
         history.append(metrics)
         report(metrics, model, opt, epoch, history, rank)
 

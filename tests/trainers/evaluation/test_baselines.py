@@ -58,8 +58,10 @@ def test_run_eval_pop_both_protocols(ml100k, pop_ndcg):
     random = run_eval(ml100k, models=["pop"], protocol="random", seeds=[0, 1])
     assert random["pop"]["ndcg@10"]["std"] > 0
     assert abs(random["pop"]["ndcg@10"]["mean"] - pop_ndcg) < 0.02
-    temporal = run_eval(ml100k, models=["pop"], protocol="temporal", seeds=[0])
-    assert {"ndcg@20", "cold_ndcg@20", "mrr@10", "hit@10", "recall@20"} <= set(temporal["pop"])
+    temporal = run_eval(ml100k, models=["pop", "mf"], protocol="temporal", seeds=[0])
+    assert {f"{segment}_{metric}" for segment in ("warm", "cold", "new_item") for metric in
+            ("ndcg@20", "mrr@10", "hit@10", "recall@20")} <= set(temporal["pop"])
+    assert "ndcg@10" not in temporal["pop"]                 # no unsegmented number to misread
     assert "pop" in format_table(temporal)
     with pytest.raises(ValueError, match="unknown models"):
         run_eval(ml100k, models=["nope"])

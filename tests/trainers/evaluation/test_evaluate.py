@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainers.evaluation.evaluate import evaluate_scores, format_table, random_split, temporal_split
+from trainers.evaluation.evaluate import evaluate_scores, format_table, random_split, score_split, temporal_split
 from trainers.evaluation.splits import Interactions, _ratio_counts
 
 
@@ -114,23 +114,76 @@ def test_random_split_per_user_sizes_disjoint_and_complete():
     assert not np.array_equal(np.sort(keys(other.test)), np.sort(keys(split.test)))
 
 
-def test_temporal_split_no_leak_and_cold_users():
-    data = synthetic(num_users=80)
-    split = temporal_split(data, train_frac=0.8, cold_user_frac=0.1, seed=0)
+def with_newcomers(base: Interactions, users: int = 5, items: int = 3) -> Interactions:
+    """``base`` plus ``users`` users and ``items`` items that only appear after its 90% time
+    quantile (a user of them has 4 interactions, one on a new item)."""
+    rng = np.random.default_rng(11)
+    late = int(np.quantile(base.ts, 0.95))
+    u = np.repeat(np.arange(base.num_users, base.num_users + users), 4)
+    i = rng.integers(0, base.num_items, len(u))
+    i[::4] = base.num_items + rng.integers(0, items, users)
+    ts = late + rng.integers(0, 1000, len(u))
+    return Interactions(np.concatenate([base.user, u]), np.concatenate([base.item, i]), np.concatenate([base.ts, ts]),
+                        base.num_users + users, base.num_items + items)
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_temporal_segments_follow_the_protocol(m):
+    data = with_newcomers(synthetic(num_users=80))
+    split = temporal_split(data, train_frac=0.8, first_events=m)
+    before = data.ts < split.cut
     assert split.train.ts.max() < split.cut <= split.test.ts.min()
-    assert split.cut == pytest.approx(np.quantile(data.ts, 0.8), rel=0.01)
-    cold = np.unique(split.cold_events.user)
-    assert len(cold) == 8 and len(split.cold_events) == 8  # one event per cold user
+    # warm: every warm test user has training interactions before the cut
+    assert np.isin(split.test.users(), split.train.users()).all()
+    # cold: exactly the users without any interaction before the cut (the 5 newcomers among them)
+    cold = np.setdiff1d(np.unique(data.user[~before]), np.unique(data.user[before]))
+    assert np.isin(np.arange(80, 85), cold).all()
+    assert np.array_equal(np.unique(split.cold_events.user), cold)
     assert not np.isin(cold, split.train.user).any() and not np.isin(cold, split.test.user).any()
-    assert (split.cold_events.ts >= split.cut).all()
+    after_counts = np.bincount(data.user[~before], minlength=data.num_users)
+    assert (np.bincount(split.cold_events.user, minlength=data.num_users)[cold]
+            == np.minimum(m, after_counts[cold])).all()                       # their first m events
     for u in cold:
-        first = split.cold_events.ts[split.cold_events.user == u][0]
-        assert (split.cold_test.ts[split.cold_test.user == u] > first).all()
-    # everything after the cut is kept; before the cut only the cold users' rows are dropped
-    after = data.ts >= split.cut
-    assert len(split.test) + len(split.cold_events) + len(split.cold_test) == after.sum()
-    assert len(split.train) == (~after & ~np.isin(data.user, cold)).sum()
-    assert len(split.valid) == 0
+        if (split.cold_test.user == u).any():
+            assert split.cold_events.ts[split.cold_events.user == u].max() <= split.cold_test.ts[
+                split.cold_test.user == u].min()
+    # new items: none before the cut; their test rows come from the warm and cold tests
+    assert np.array_equal(split.new_items, np.setdiff1d(np.arange(data.num_items), data.item[before]))
+    assert np.isin(np.arange(data.num_items - 3, data.num_items), split.new_items).all()
+    assert np.isin(split.new_item_test.item, split.new_items).all()
+    on_new = np.isin(split.test.item, split.new_items).sum() + np.isin(split.cold_test.item, split.new_items).sum()
+    assert len(split.new_item_test) == on_new > 0
+    # everything after the cut is in exactly one part; nothing before it is lost
+    assert len(split.test) + len(split.cold_events) + len(split.cold_test) == (~before).sum()
+    assert len(split.train) == before.sum() and len(split.valid) == 0
+    seg = split.segments()
+    assert seg["warm_users"] == len(split.test.users()) and seg["cold_users"] == len(split.cold_test.users())
+    assert seg["cold_events"] == len(split.cold_events) and seg["new_items"] == len(split.new_items)
+
+
+def test_temporal_split_holds_out_warm_users_on_request():
+    data = synthetic(num_users=80)
+    natural, held = temporal_split(data), temporal_split(data, cold_user_frac=0.1, seed=0)
+    extra = np.setdiff1d(np.unique(held.cold_events.user), np.unique(natural.cold_events.user))
+    assert 0 < len(extra) <= round(0.1 * len(natural.train.users()))
+    assert np.isin(extra, natural.train.user).all() and not np.isin(extra, held.train.user).any()
+    assert len(held.train) < len(natural.train)
+    with pytest.raises(ValueError, match="first_events"):
+        temporal_split(data, first_events=0)
+
+
+def test_temporal_metrics_come_per_segment():
+    data = with_newcomers(synthetic(num_users=80))
+    split = temporal_split(data, train_frac=0.8)
+    popular = torch.from_numpy(np.bincount(split.train.item, minlength=data.num_items).astype(np.float32))
+    got = score_split(lambda users: popular.expand(len(users), -1), split, ks=(10,))
+    assert {"warm_ndcg@10", "cold_ndcg@10", "new_item_ndcg@10"} <= set(got)
+    # new items are ranked among themselves only: a score that prefers them changes nothing there
+    boost = popular.clone()
+    boost[torch.from_numpy(split.new_items)] += 1e6
+    again = score_split(lambda users: boost.expand(len(users), -1), split, ks=(10,))
+    assert again["new_item_ndcg@10"] == pytest.approx(got["new_item_ndcg@10"])
+    assert again["warm_ndcg@10"] != pytest.approx(got["warm_ndcg@10"])
 
 
 def test_temporal_split_rejects_missing_timestamps():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -16,9 +18,14 @@ def test_dsgl_trains_on_two_workers_and_reloads(ml100k, tmp_path, ray_local):
     meta = train_ranker(ml100k, tmp_path / "ranker", cfg)
     assert [e["epoch"] for e in meta["epochs"]] == [0, 1]
     assert meta["epochs"][1]["loss"] < meta["epochs"][0]["loss"]
-    assert meta["final"]["test_auc"] > 0.6 and meta["final"]["cold_auc"] > 0.6, meta["final"]   # chance: 0.5
+    final = meta["final"]
+    assert final["test_auc"] > 0.6 and final["cold_auc"] > 0.6, final                          # chance: 0.5
+    # the popularity baselines are scored on the same samples; 16 steps do not reach them
+    # (BENCHMARKS.md has the trained rankers against them)
+    for part in ("test", "cold"):
+        assert final[f"{part}_pop_auc"] > 0.7 and 0.5 < final[f"{part}_gauc"] <= 1, final
     model, loaded_cfg, _ = load_ranker(tmp_path / "ranker")
-    assert loaded_cfg == cfg
+    assert loaded_cfg == replace(cfg, etype="user__rates__movie")      # the graph's default, recorded
     data = RankerData(ml100k, cfg)
     s = data.samples("test", 1, 5, limit=300)
     again = predict(model, data, s)
