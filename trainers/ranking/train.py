@@ -92,6 +92,7 @@ class RankerData:
 
     def __init__(self, graph: str | Path, cfg: RankerConfig):
         self.graph = GraphDir(graph, validate="none")
+        cfg = replace(cfg, etype=self.graph.schema.interaction_type(cfg.etype))       # None: the graph's default
         self.inter = load_interactions(graph, cfg.etype)
         src, _, dst = cfg.etype.split("__")
         self.user_type, self.item_type = src, dst

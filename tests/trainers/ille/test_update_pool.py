@@ -12,6 +12,7 @@ import ray
 from conftest import copy_run
 
 from graphs.events import EventLog
+from graphs.exceptions import RunDirError
 from trainers.ille.pool import UpdatePool
 
 pytestmark = pytest.mark.slow          # minutes on 2 cores: `pytest -m "not slow and not cluster"` skips it
@@ -69,7 +70,7 @@ def test_events_become_embeddings_and_bad_ones_are_rejected(run, tmp_path):
                        "field 'weight' must be a finite number, got 'heavy'", "attribute 'age' (categorical): bad value 'old'",
                        "field 'ts': 10000000000000 is not a time in seconds", "field 'op' is 'teleport'"):
             assert needle in text, needle
-        with pytest.raises(RuntimeError, match="another process is writing this event log"):
+        with pytest.raises(RunDirError, match="another process is writing this event log"):
             EventLog(pool.log.folder)                     # one writer at a time
         (stats,) = pool.apply()
         assert stats.new_nodes == 6 and stats.unanchored == 0 and stats.status.get("lle", 0) >= 4
