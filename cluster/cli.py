@@ -16,7 +16,7 @@ import click
 from cluster.runtime import init_ray
 from graphs.exceptions import HetrecError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cluster.cli")       # also when run as python -m cluster.cli
 
 class _Group(click.Group):
     """Runs subcommands under one error handler: the project's errors (HetrecError) print one
