@@ -182,8 +182,9 @@ def serve_step(run: Path, steps: int = 60, port: int = 8765) -> tuple[dict, dict
 
     meta = train_ranker(RunDir(run).graph, RunDir(run).ranker,
                         RankerConfig(workers=2, epochs=1, steps_per_epoch=steps, etype=RunDir(run).target))
-    say(f"DSGL ranker ({steps} steps): test AUC {meta['final']['test_auc']:.3f}, "
-        f"cold-user AUC {meta['final']['cold_auc']:.3f}")
+    final = meta["final"]
+    say(f"DSGL ranker ({steps} steps): test AUC {final['test_auc']:.3f} (popularity {final['test_pop_auc']:.3f}), "
+        f"cold-user AUC {final['cold_auc']:.3f} (popularity {final['cold_pop_auc']:.3f})")
     titles, raw_ids = movie_titles(run)
     title_of = dict(zip(raw_ids, titles))
     graph = GraphDir(RunDir(run).graph, validate="none")
