@@ -161,15 +161,14 @@ def train_cmd(graph: Path, run_dir: Path, workers: int, epochs: int, batch_size:
     from trainers.hetsgformer.train import TrainConfig, train
 
     cfg = TrainConfig(workers=workers, epochs=epochs, batch_size=batch_size, lr=lr, hard_negatives=hard_negatives,
-                      valid=str(valid.resolve()) if valid else None, use_gpu=use_gpu)
+                      valid=str(valid) if valid else None, use_gpu=use_gpu)
     init_ray(address)
 
     def progress(m: dict) -> None:
-        valid = f", valid ndcg@10 {m['valid_ndcg@10']:.4f}" if valid_path else ""
-        click.echo(f"epoch {m['epoch'] + 1}/{epochs}: loss {m['loss']:.4f}{valid}, {m['edges_per_s']:,.0f} edges/s, "
+        ndcg = f", valid ndcg@10 {m['valid_ndcg@10']:.4f}" if cfg.valid else ""
+        click.echo(f"epoch {m['epoch'] + 1}/{epochs}: loss {m['loss']:.4f}{ndcg}, {m['edges_per_s']:,.0f} edges/s, "
                    f"{m['epoch_s']:.0f} s")
 
-    valid_path = cfg.valid
     result = train(graph, run_dir, cfg, resume=resume, progress=progress)
     click.echo(f"trained {result.metrics['epoch'] + 1} epochs: loss {result.metrics['loss']:.4f}, "
                f"{result.metrics['edges_per_s']:,.0f} edges/s; checkpoint {result.checkpoint.path}")
@@ -330,8 +329,8 @@ def serve_cmd(run_dir: Path, host: str, port: int, candidates: int, token_file: 
     from serve.app import start
     from serve.config import ServeConfig
 
-    cfg = ServeConfig(run_dir=str(run_dir.resolve()), candidates=candidates, colocate=colocate,
-                      token_file=str(token_file.resolve()) if token_file else None)
+    cfg = ServeConfig(run_dir=str(run_dir), candidates=candidates, colocate=colocate,
+                      token_file=str(token_file) if token_file else None)
     if token_file is None and not os.environ.get("HETREC_TOKEN"):
         click.echo("warning: no token (--token-file or HETREC_TOKEN): POST /events will answer 401", err=True)
     if haproxy:

@@ -104,8 +104,8 @@ def pipeline_cmd(root: Path, stages: str, ray_address: str | None, roles: bool |
 
     names = parse_stages(stages)
     on_cluster = bool(ray_address or os.environ.get("RAY_ADDRESS"))
-    options = {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in options.items()}
-    cfg = PipelineConfig(root=str(root.resolve()), roles=on_cluster if roles is None else roles, **options)
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}   # made absolute by the config
+    cfg = PipelineConfig(root=str(root), roles=on_cluster if roles is None else roles, **options)
     preload(names)
     if on_cluster:  # see preload: off the job's working_dir, which may vanish on a fake cluster
         cfg_root = Path(cfg.root)

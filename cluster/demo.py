@@ -180,16 +180,17 @@ def serve_step(run: Path, steps: int = 60, port: int = 8765) -> tuple[dict, dict
     from serve.config import ServeConfig
     from trainers.ranking.train import RankerConfig, train_ranker
 
-    meta = train_ranker(RunDir(run).graph, RunDir(run).ranker,
-                        RankerConfig(workers=2, epochs=1, steps_per_epoch=steps, etype=RunDir(run).target))
+    run_dir = RunDir(run)
+    meta = train_ranker(run_dir.graph, run_dir.ranker,
+                        RankerConfig(workers=2, epochs=1, steps_per_epoch=steps, etype=run_dir.target))
     final = meta["final"]
     say(f"DSGL ranker ({steps} steps): test AUC {final['test_auc']:.3f} (popularity {final['test_pop_auc']:.3f}), "
         f"cold-user AUC {final['cold_auc']:.3f} (popularity {final['cold_pop_auc']:.3f})")
     titles, raw_ids = movie_titles(run)
     title_of = dict(zip(raw_ids, titles))
-    graph = GraphDir(RunDir(run).graph, validate="none")
+    graph = GraphDir(run_dir.graph, validate="none")
     user_raw = [str(r) for r in graph.read_nodes("user", columns=["id", "raw_id"])["raw_id"].to_pylist()]
-    edges = graph.read_edges(RunDir(run).target)
+    edges = graph.read_edges(run_dir.target)
     known_user = "1"
     rated = {raw_ids[i] for i in edges["dst"][edges["src"] == user_raw.index(known_user)]}
     token = write_token_file(run / "serve.token")          # POST /events needs it (serve/auth.py)

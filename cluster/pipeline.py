@@ -178,7 +178,7 @@ def _build_graph(out: str, source: str | None) -> dict:
 
 def stage_data(cfg: PipelineConfig) -> dict:
     task = ray.remote(_build_graph).options(num_cpus=1, resources=cfg.role("updater"))
-    return ray.get(task.remote(str(cfg.graph.resolve()), cfg.source))
+    return ray.get(task.remote(str(cfg.graph), cfg.source))
 
 
 def stage_partition(cfg: PipelineConfig) -> dict:

@@ -13,8 +13,10 @@ from pathlib import Path
 def absolute(path: str | Path | None) -> str | None:
     """``path`` resolved against the current directory, as a string; None stays None and a
     URI (``s3://...``) is left as it is."""
-    if path is None or "://" in str(path):
-        return None if path is None else str(path)
+    if path is None:
+        return None
+    if "://" in str(path):
+        return str(path)
     return str(Path(path).expanduser().resolve())
 
 

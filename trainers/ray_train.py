@@ -42,7 +42,7 @@ def restore(model: torch.nn.Module, optimizer, device) -> tuple[int, list[dict]]
     if not ckpt:
         return 0, []
     with ckpt.as_directory() as d:
-        state = torch.load(os.path.join(d, "state.pt"), weights_only=True, map_location=device)
+        state = load_state(d, device)
     unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return state["epoch"] + 1, json.loads(state["history"])

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import ray
-import torch
 
 from graphs.exceptions import ConfigError
 from graphs.shards import ShardStore
@@ -33,6 +32,7 @@ from trainers.features import FeatureStore
 from trainers.hetsgformer.inference import embed_nodes
 from trainers.hetsgformer.model import HetSGFormer
 from trainers.hetsgformer.train import TrainConfig
+from trainers.ray_train import load_state
 from trainers.run_dir import RunDir
 
 
@@ -45,8 +45,7 @@ def _embedder(config_json: str, checkpoint: str) -> tuple:
     store = ShardStore(config["parts"])
     features = FeatureStore(GraphDir(config["graph"], validate="none"))
     model = HetSGFormer(store.schema, cfg.model)
-    state = torch.load(os.path.join(checkpoint, "state.pt"), weights_only=True, map_location="cpu")
-    model.load_state_dict(state["model"])
+    model.load_state_dict(load_state(checkpoint)["model"])
     return store, features, model.eval(), cfg
 
 

@@ -23,7 +23,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from graphs.delta import DeltaGraph
 from graphs.events import EventLog
@@ -36,6 +35,7 @@ from trainers.hetsgformer.train import TrainConfig
 from trainers.ille.embedding_view import EmbeddingView
 from trainers.ille.inputs import InputSpace
 from trainers.ille.weights import ILLEConfig, lle_weights
+from trainers.ray_train import load_state
 from trainers.run_dir import RunDir
 
 
@@ -43,7 +43,7 @@ def load_identity_layer(run: RunDir, view: EmbeddingView, schema) -> IdentityEmb
     """The IEL of the checkpoint the base embeddings were exported from."""
     model_cfg = TrainConfig.from_json(run.train_config).model
     checkpoint = Path(json.loads((view.version / "meta.json").read_text())["checkpoint"])
-    state = torch.load(checkpoint / "state.pt", weights_only=True, map_location="cpu")["model"]
+    state = load_state(checkpoint)["model"]
     iel = IdentityEmbedding(schema, model_cfg)
     iel.load_state_dict({k[len("iel."):]: v for k, v in state.items() if k.startswith("iel.")})
     return iel.eval()
