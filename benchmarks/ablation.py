@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import replace
@@ -25,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
+from benchmarks.results_io import write_result  # noqa: E402
 from trainers.evaluation.evaluate import fit_hetsgformer, make_split, score_split  # noqa: E402
 from trainers.evaluation.splits import load_interactions  # noqa: E402
 from trainers.hetsgformer.config import HetSGFormerConfig  # noqa: E402
@@ -62,7 +61,6 @@ def main() -> None:
     ray.init(log_to_driver=False)
     inter = load_interactions(args.movielens)
     splits = [make_split(inter, "random", seed) for seed in range(args.seeds)]
-    out = Path(args.out)
     done, scores = {}, {}
     for name in names:
         cfg = TrainConfig(workers=2, epochs=args.epochs, **VARIANTS[name])
@@ -74,14 +72,12 @@ def main() -> None:
         done[name] = {"epochs": args.epochs, "valid_ndcg@10": float(np.mean(valid)),
                       "valid_ndcg@10_std": float(np.std(valid)), "seconds": time.perf_counter() - t0}
         print(f"{name:<22} valid ndcg@10 {np.mean(valid):.4f} ± {np.std(valid):.4f}", flush=True)
+        write_result(args.out, {"seeds": args.seeds, "epochs": args.epochs, "variants": done, "chosen": None})
     best = max(done, key=lambda n: done[n]["valid_ndcg@10"])
     test = [score_split(scores[best, seed], split, [10, 20]) for seed, split in enumerate(splits)]
     chosen = {"variant": best, **{f"test_{m}": float(np.mean([t[m] for t in test])) for m in ("ndcg@10", "recall@20")}}
     print(f"chosen on validation: {best}; test ndcg@10 {chosen['test_ndcg@10']:.4f}", flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": " ".join([Path(sys.executable).name, *sys.argv]),
-                               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                               "seeds": args.seeds, "variants": done, "chosen": chosen}, indent=1))
+    write_result(args.out, {"seeds": args.seeds, "epochs": args.epochs, "variants": done, "chosen": chosen})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """DSGL ranking on MovieLens-100K against DIN and an MLP over HetSGFormer embeddings, with ablations.
 
-    python benchmarks/ranking.py --epochs 3
+    python benchmarks/ranking.py --movielens runs/ml-100k --variants dsgl,din,mlp --epochs 2 --seeds 0,1,2
 
 Temporal protocol (:mod:`trainers.ranking.train`): every model trains on the same samples
 (the train part before the last 10% of its time span, one sampled negative per positive)
@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
 from benchmarks.results_io import write_result  # noqa: E402
@@ -70,21 +71,39 @@ def main() -> None:
     ap.add_argument("--pretrain-epochs", type=int, default=4)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma-separated; mean and std over them in summary")
     ap.add_argument("--work", default="/tmp/hetrec-bench-ranking")
     ap.add_argument("--out", default="benchmarks/results/ranking.json")
     args = ap.parse_args()
-    work, graph = Path(args.work), Path(args.movielens).resolve()
-    shutil.rmtree(work, ignore_errors=True)
     ray.init(log_to_driver=False)
-    base = RankerConfig(epochs=args.epochs, workers=args.workers, seed=args.seed)
+    per_seed: dict[int, dict] = {}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        per_seed[seed] = run_seed(args, seed)
+        write_result(args.out, {"summary": summarise(per_seed), "seeds": per_seed, "epochs": args.epochs,
+                                "workers": args.workers})
+
+
+def summarise(per_seed: dict[int, dict]) -> dict:
+    """``{variant: {metric: {"mean", "std"}}}`` over the seeds done so far."""
+    runs = list(per_seed.values())
+    return {name: {metric: {"mean": float(np.mean([r[name][metric] for r in runs])),
+                            "std": float(np.std([r[name][metric] for r in runs]))}
+                   for metric, value in result.items() if isinstance(value, (int, float))}
+            for name, result in runs[0].items()}
+
+
+def run_seed(args, seed: int) -> dict:
+    """Every variant on one seed's samples -> ``{variant: final metrics}``."""
+    work, graph = Path(args.work) / f"seed{seed}", Path(args.movielens).resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    base = RankerConfig(epochs=args.epochs, workers=args.workers, seed=seed)
     results = {}
     names = args.variants.split(",")
     embeddings = None
     if set(names) & set(NEEDS_EMBEDDINGS):
         t0 = time.perf_counter()
         embeddings = pretrain(graph, work / "pretrain", base, args.pretrain_epochs)
-        print(f"pretrained HetSGFormer on the train part in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"seed {seed}: pretrained HetSGFormer on the train part in {time.perf_counter() - t0:.0f} s", flush=True)
     for name in names:
         spec = VARIANTS[name]
         if isinstance(spec, str):
@@ -97,11 +116,12 @@ def main() -> None:
                          "train_s": time.perf_counter() - t0,
                          "samples_per_s": meta["epochs"][-1]["samples_per_s"]}
         r = results[name]
-        print(f"{name:22s} test AUC {r['test_auc']:.4f} GAUC {r['test_gauc']:.4f} (pop {r['test_pop_auc']:.4f} / "
-              f"{r['test_pop_gauc']:.4f}) | popneg AUC {r['test_popneg_auc']:.4f} (pop {r['test_popneg_pop_auc']:.4f}) "
-              f"| cold AUC {r['cold_auc']:.4f} (pop {r['cold_pop_auc']:.4f}) | valid AUC {r['valid_auc']:.4f} "
-              f"| {r['train_s']:.0f} s", flush=True)
-    write_result(args.out, {"results": results, "epochs": args.epochs, "seed": args.seed, "workers": args.workers})
+        print(f"seed {seed} {name:22s} test AUC {r['test_auc']:.4f} GAUC {r['test_gauc']:.4f} "
+              f"(pop {r['test_pop_auc']:.4f} / {r['test_pop_gauc']:.4f}) | popneg AUC {r['test_popneg_auc']:.4f} "
+              f"(pop {r['test_popneg_pop_auc']:.4f}) | cold AUC {r['cold_auc']:.4f} (pop {r['cold_pop_auc']:.4f}) "
+              f"| valid AUC {r['valid_auc']:.4f} | {r['train_s']:.0f} s", flush=True)
+    return results
+
 
 if __name__ == "__main__":
     main()

@@ -50,6 +50,8 @@ def make_samples(positives: Interactions, known: Interactions, negatives: int, r
     users, ts = np.repeat(positives.user, negatives), np.repeat(positives.ts, negatives)
 
     def visible(u: np.ndarray, i: np.ndarray, t: np.ndarray) -> np.ndarray:
+        if not len(u):                                     # scipy returns a sparse matrix for no rows
+            return np.zeros(0, bool)
         seen_at = np.asarray(first[u, i]).ravel()          # 1 + first time - t0; 0: never
         return (seen_at > 0) & (seen_at - 1 + t0 <= t)
 

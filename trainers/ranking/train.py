@@ -83,7 +83,8 @@ class RankerConfig:
 
     @classmethod
     def from_json(cls, doc: dict) -> RankerConfig:
-        return cls(**{**doc, "dsgl": DSGLConfig(**doc["dsgl"])})
+        # rankers saved before DSGLConfig.counts existed were trained without the counts
+        return cls(**{**doc, "dsgl": DSGLConfig(**{"counts": False, **doc["dsgl"]})})
 
 
 class RankerData:
@@ -158,13 +159,17 @@ def evaluate_ranker(model, data: RankerData, part: str, cfg: RankerConfig, popul
     """AUC, GAUC and log loss of ``model`` on the part's samples, next to the popularity
     baselines on the same samples: the item's interactions before ``t`` (``pop``) and in
     the 30 days before ``t`` (``pop30d``). With ``popular_negatives`` the same again
-    (``<part>_popneg_*``) on samples whose negatives are drawn by popularity."""
+    (``<part>_popneg_*``) on samples whose negatives are drawn by popularity. A part without
+    samples (e.g. no cold users in the data) gets only ``<part>_samples`` 0."""
     out, sets = {}, [(part, False)] + ([(f"{part}_popneg", True)] if popular_negatives else [])
     for prefix, popular in sets:
         s = data.samples(part, cfg.eval_negatives, cfg.seed + 1000, cfg.eval_samples, popular=popular)
+        out[f"{prefix}_samples"] = len(s)
+        if not len(s):
+            continue
         p = predict(model, data, s)
         out.update({f"{prefix}_auc": auc(s.labels, p), f"{prefix}_gauc": gauc(s.users, s.labels, p),
-                    f"{prefix}_logloss": log_loss(s.labels, p), f"{prefix}_samples": len(s)})
+                    f"{prefix}_logloss": log_loss(s.labels, p)})
         for name, window in (("pop", None), ("pop30d", POPULARITY_WINDOW)):
             counts = popularity_before(data.inter, s.items, s.ts, window)
             out[f"{prefix}_{name}_auc"] = auc(s.labels, counts)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch_geometric.nn import LightGCN
 
-from trainers.evaluation.baselines import bipartite_adjacency, fit_lightgcn, fit_mf_bpr, fit_popularity
+from trainers.evaluation.baselines import BPRConfig, bipartite_adjacency, fit_lightgcn, fit_mf_bpr, fit_popularity
 from trainers.evaluation.evaluate import evaluate_scores, format_table, load_interactions, random_split, run_eval
 from trainers.evaluation.splits import Interactions
 
@@ -43,6 +43,19 @@ def test_lightgcn_beats_popularity(split, pop_ndcg):
     got = evaluate_scores(fit_lightgcn(split.train, seed=0), split.test, [split.train, split.valid])
     print(f"lightgcn: {got}")
     assert got["ndcg@10"] > pop_ndcg + 0.05
+
+
+@pytest.mark.parametrize("fit", [fit_mf_bpr, fit_lightgcn])
+def test_validation_curve_hook_sees_every_epoch(split, fit):
+    """``on_epoch`` scores the model as it is after each epoch (what the baseline grid reads)."""
+    curve = []
+    score = fit(split.train, seed=0, config=BPRConfig(epochs=3, lr=1e-2),
+                on_epoch=lambda epoch, fn: curve.append(
+                    (epoch, evaluate_scores(fn, split.valid, [split.train], ks=(10,))["ndcg@10"])))
+    assert [e for e, _ in curve] == [0, 1, 2]
+    assert curve[-1][1] > curve[0][1]                                   # it learns between epochs
+    final = evaluate_scores(score, split.valid, [split.train], ks=(10,))["ndcg@10"]
+    assert final == pytest.approx(curve[-1][1])                         # the last hook saw the returned model
 
 
 def test_csr_adjacency_propagates_like_edge_index():
