@@ -40,7 +40,9 @@ def test_mf_bpr_beats_popularity(split, pop_ndcg):
 
 @pytest.mark.slow
 def test_lightgcn_beats_popularity(split, pop_ndcg):
-    got = evaluate_scores(fit_lightgcn(split.train, seed=0), split.test, [split.train, split.valid])
+    # 20 epochs clear popularity by far; the tuned default trains longer (BENCHMARKS.md)
+    got = evaluate_scores(fit_lightgcn(split.train, seed=0, config=BPRConfig(epochs=20, lr=1e-2)),
+                          split.test, [split.train, split.valid])
     print(f"lightgcn: {got}")
     assert got["ndcg@10"] > pop_ndcg + 0.05
 
