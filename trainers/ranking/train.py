@@ -83,8 +83,7 @@ class RankerConfig:
 
     @classmethod
     def from_json(cls, doc: dict) -> RankerConfig:
-        # rankers saved before DSGLConfig.counts existed were trained without the counts
-        return cls(**{**doc, "dsgl": DSGLConfig(**{"counts": False, **doc["dsgl"]})})
+        return cls(**{**doc, "dsgl": DSGLConfig(**doc["dsgl"])})
 
 
 class RankerData:
