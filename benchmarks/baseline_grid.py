@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.results_io import write_result  # noqa: E402
+from benchmarks.results_io import mean_std, write_result  # noqa: E402
 from trainers.evaluation.baselines import BPRConfig, fit_lightgcn, fit_mf_bpr  # noqa: E402
 from trainers.evaluation.evaluate import make_split, score_split  # noqa: E402
 from trainers.evaluation.metrics import evaluate_scores  # noqa: E402
@@ -82,8 +82,7 @@ def main() -> None:
             "grid": [{"lr": k[0], "weight_decay": k[1], "epochs": k[2], "valid_ndcg@10_mean": float(np.mean(v)),
                       "valid_ndcg@10_std": float(np.std(v))} for k, v in sorted(grid.items())],
             "chosen": {"lr": lr, "weight_decay": wd, "epochs": epochs, "valid_ndcg@10": float(np.mean(grid[lr, wd, epochs]))},
-            "test": {m: {"mean": float(np.mean([t[m] for t in tests])), "std": float(np.std([t[m] for t in tests]))}
-                     for m in tests[0]},
+            "test": mean_std(tests),
             "seconds": time.perf_counter() - t0,
         }
         test = doc["models"][name]["test"]["ndcg@10"]

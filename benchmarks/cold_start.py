@@ -40,7 +40,7 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.results_io import write_result  # noqa: E402
+from benchmarks.results_io import mean_std, write_result  # noqa: E402
 from trainers.evaluation.baselines import BASELINES  # noqa: E402
 from trainers.evaluation.holdout_graph import node_events, renumber, write_renumbered_graph  # noqa: E402
 from trainers.evaluation.metrics import evaluate_scores  # noqa: E402
@@ -118,28 +118,8 @@ def main() -> None:
     per_seed = {}
     for seed in [int(s) for s in args.seeds.split(",")]:
         per_seed[seed] = run_seed(args, seed)
-        write_result(args.out, {"epochs": args.epochs, "actors": args.actors, "summary": summarise(per_seed),
+        write_result(args.out, {"epochs": args.epochs, "actors": args.actors, "summary": mean_std([doc["m"] for doc in per_seed.values()]),
                                 "seeds": per_seed})
-
-
-def summarise(per_seed: dict[int, dict]) -> dict:
-    """``{m: {method: {metric: {"mean", "std"}}}}`` (or ``{method: {"mean", "std"}}`` for a
-    ratio) over the seeds done so far."""
-    docs = [doc["m"] for doc in per_seed.values()]
-
-    def stat(values: list[float]) -> dict[str, float]:
-        return {"mean": float(np.mean(values)), "std": float(np.std(values))}
-
-    out: dict = {}
-    for m, row in docs[0].items():
-        out[m] = {}
-        for method, value in row.items():
-            if isinstance(value, dict):
-                out[m][method] = {k: stat([d[m][method][k] for d in docs])
-                                  for k, v in value.items() if isinstance(v, (int, float))}
-            elif isinstance(value, (int, float)):
-                out[m][method] = stat([d[m][method] for d in docs])
-    return out
 
 
 def run_seed(args, seed: int) -> dict:

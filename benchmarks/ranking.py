@@ -32,10 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
-from benchmarks.results_io import write_result  # noqa: E402
+from benchmarks.results_io import mean_std, write_result  # noqa: E402
 from trainers.evaluation.split_graph import write_split_graph  # noqa: E402
 from trainers.hetsgformer.export import export_embeddings  # noqa: E402
 from trainers.hetsgformer.train import TrainConfig, train  # noqa: E402
@@ -79,17 +78,8 @@ def main() -> None:
     per_seed: dict[int, dict] = {}
     for seed in [int(s) for s in args.seeds.split(",")]:
         per_seed[seed] = run_seed(args, seed)
-        write_result(args.out, {"summary": summarise(per_seed), "seeds": per_seed, "epochs": args.epochs,
+        write_result(args.out, {"summary": mean_std(list(per_seed.values())), "seeds": per_seed, "epochs": args.epochs,
                                 "workers": args.workers})
-
-
-def summarise(per_seed: dict[int, dict]) -> dict:
-    """``{variant: {metric: {"mean", "std"}}}`` over the seeds done so far."""
-    runs = list(per_seed.values())
-    return {name: {metric: {"mean": float(np.mean([r[name][metric] for r in runs])),
-                            "std": float(np.std([r[name][metric] for r in runs]))}
-                   for metric, value in result.items() if isinstance(value, (int, float))}
-            for name, result in runs[0].items()}
 
 
 def run_seed(args, seed: int) -> dict:

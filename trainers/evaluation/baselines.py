@@ -98,7 +98,6 @@ class MatrixFactorization(nn.Module):
         return self.user(users) @ self.item.weight.T
 
 
-# Defaults picked on ml-100k validation NDCG@10 (random split, seed 0) within a CPU budget of
 # Defaults chosen on validation NDCG@10 of the random split over seeds 0-2
 # (benchmarks/baseline_grid.py, BENCHMARKS.md "Baselines tuned on validation"): MF-BPR
 # 160 epochs at lr 1e-3 with L2 1e-2 (~20 s on 2 cores); LightGCN 40 epochs at lr 1e-2 with
