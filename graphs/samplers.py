@@ -1,7 +1,7 @@
 """Samplers over the shard store: fan-out mini-batches for training, k-neighbour rings for ILLE.
 
-Both read only the CSR rows of the nodes they touch (memory-mapped), so their cost is
-set by the batch and the fan-out, never by the graph.
+Both read only the CSR entries they keep or scan (memory-mapped), so their cost is set
+by the batch and the fan-out, never by the graph or a hub's degree.
 """
 
 from __future__ import annotations
@@ -71,17 +71,26 @@ class _NodeIndex:
         return dict(self.ids)
 
 
+FANOUT_SCOPES = ("relation", "node")
+
+
 def sample_fanout(store: ShardStore, seeds: dict[str, np.ndarray], fanouts: list[int],
-                  rng: np.random.Generator, edge_types: list[str] | None = None) -> SampledSubgraph:
+                  rng: np.random.Generator, edge_types: list[str] | None = None,
+                  per: str = "relation") -> SampledSubgraph:
     """Uniform fan-out neighbour sampling, hop by hop (GraphSAGE style).
 
-    At each hop every frontier node keeps up to ``fanouts[hop]`` neighbours per edge type:
-    all of them when its degree is at most the fan-out, else a uniform sample without
-    replacement. ``edge_types`` limits the types followed (default: all, reverses included).
-    Seeds must be unique within each type.
+    ``per="relation"``: at each hop every frontier node keeps up to ``fanouts[hop]``
+    neighbours per edge type. ``per="node"``: up to ``fanouts[hop]`` over all its edge
+    types together, shared out by water-filling (:func:`relation_quotas`), so a node with
+    20 relations costs the same as one with 2 and a relation with one edge keeps it.
+    Within an edge type a node keeps all its neighbours when its degree is at most its
+    quota, else a uniform sample without replacement. ``edge_types`` limits the types
+    followed (default: all, reverses included). Seeds must be unique within each type.
     """
     if any(f < 1 for f in fanouts):
         raise ConfigError(f"fanouts must all be >= 1, got {fanouts}")
+    if per not in FANOUT_SCOPES:
+        raise ConfigError(f"per must be one of {FANOUT_SCOPES}, got {per!r}")
     for ntype, ids in seeds.items():
         if len(np.unique(ids)) != len(ids):
             raise ConfigError(f"seeds of type {ntype!r} repeat ids; pass np.unique(ids) and map back "
@@ -97,40 +106,66 @@ def sample_fanout(store: ShardStore, seeds: dict[str, np.ndarray], fanouts: list
             if ids.size == 0:
                 continue
             src_local, _ = index.add(ntype, ids)
-            for etype in store.edge_types_from(ntype):
-                if allowed is not None and etype.key not in allowed:
-                    continue
-                nb = store.neighbors(etype.key, ids)
-                pick = _choose(nb.degree, fanout, rng)
+            etypes = [e for e in store.edge_types_from(ntype) if allowed is None or e.key in allowed]
+            spans = [store.row_spans(e.key, ids) for e in etypes]            # (parts, start, degree)
+            quotas = (relation_quotas(np.stack([deg for _, _, deg in spans]), fanout, rng)
+                      if per == "node" and spans else [fanout] * len(spans))
+            for etype, (parts, start, deg), quota in zip(etypes, spans, quotas):
+                pick = _choose(deg, quota, rng)      # positions in the rows laid end to end
                 if pick.size == 0:
                     continue
-                owner_pos = np.searchsorted(nb.ptr, pick, side="right") - 1
-                dst_local, new = index.add(etype.dst, nb.ids[pick])
+                ptr = np.concatenate([[0], np.cumsum(deg)])
+                owner_pos = np.searchsorted(ptr, pick, side="right") - 1
+                nb_ids, nb_ts = store.read_at(etype.key, parts[owner_pos], start[owner_pos] + pick - ptr[owner_pos])
+                dst_local, new = index.add(etype.dst, nb_ids)
                 edges.setdefault(etype.key, []).append(np.stack([src_local[owner_pos], dst_local]))
-                if nb.ts is not None:
-                    edge_ts.setdefault(etype.key, []).append(nb.ts[pick])
+                if nb_ts is not None:
+                    edge_ts.setdefault(etype.key, []).append(nb_ts)
                 nxt.setdefault(etype.dst, []).append(new)
         frontier = {t: np.unique(np.concatenate(v)) for t, v in nxt.items()}
     return SampledSubgraph(index.nodes(), {k: np.concatenate(v, axis=1) for k, v in edges.items()},
                            {k: np.concatenate(v) for k, v in edge_ts.items()})
 
 
-def _choose(degree: np.ndarray, fanout: int, rng: np.random.Generator) -> np.ndarray:
+def relation_quotas(degree: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """Share ``budget`` draws of each node among its relations by water-filling.
+
+    ``degree: [R, N]`` (relation r's degree of node n) -> quotas ``[R, N]`` int64 with
+    ``quota <= degree`` and ``sum_r quota = min(budget, sum_r degree)``: every relation gets
+    ``min(degree, L)`` for the largest level L that fits the budget, and the draws left
+    over go one each to relations above the level, chosen at random.
+    """
+    levels = np.arange(budget + 1)[:, None, None]
+    used = np.minimum(degree[None], levels).sum(1)                      # [budget+1, N]
+    level = (used <= budget).sum(0) - 1                                # [N], used(0) = 0
+    quota = np.minimum(degree, level)
+    left = budget - quota.sum(0)                                       # [N]
+    above = degree > level
+    key = np.where(above, rng.random(degree.shape), np.inf)
+    rank = key.argsort(0, kind="stable").argsort(0, kind="stable")
+    return quota + (above & (rank < left)).astype(np.int64)
+
+
+def _choose(degree: np.ndarray, fanout: int | np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Positions (into the concatenated neighbour list) kept for each node, ``[sum(min(d, f))]``.
 
-    Rows of at most ``fanout`` are kept whole. Larger rows keep the ``fanout`` candidates
-    with the smallest random keys (a uniform sample without replacement); a row above
-    ``4 * fanout`` first draws ``4 * fanout`` candidate positions (about 2.5 * fanout distinct
-    on average), so no row costs more than O(fanout). One lexsort for all rows, no loop.
+    ``fanout``: one for every node, or ``[N]``. Rows of at most ``fanout`` are kept whole.
+    Larger rows keep the ``fanout`` candidates with the smallest random keys (a uniform
+    sample without replacement); a row above ``4 * fanout`` first draws ``4 * fanout``
+    candidate positions (about 2.5 * fanout distinct on average), so no row costs more than
+    O(fanout). One lexsort for all rows, no loop.
     """
+    f = np.broadcast_to(np.asarray(fanout, dtype=np.int64), degree.shape)
     ptr = np.zeros(len(degree) + 1, dtype=np.int64)
     np.cumsum(degree, out=ptr[1:])
-    small = degree <= fanout
+    small = degree <= f
     keep_all, _ = gather_ranges(ptr[:-1][small], ptr[1:][small])
-    big = ~small & (degree <= 4 * fanout)
-    hub = degree > 4 * fanout
+    big = ~small & (degree <= 4 * f)
+    hub = (degree > 4 * f) & (f > 0)
     cand_big, _ = gather_ranges(ptr[:-1][big], ptr[1:][big])
-    draws = ptr[:-1][hub, None] + (rng.random((int(hub.sum()), 4 * fanout)) * degree[hub, None]).astype(np.int64)
+    width = 4 * int(f[hub].max()) if hub.any() else 0
+    draws = ptr[:-1][hub, None] + (rng.random((int(hub.sum()), width)) * degree[hub, None]).astype(np.int64)
+    draws = draws[np.arange(width)[None, :] < 4 * f[hub, None]]
     cand = np.concatenate([cand_big, np.unique(draws.ravel())])
     if cand.size == 0:
         return np.sort(keep_all)
@@ -138,7 +173,7 @@ def _choose(degree: np.ndarray, fanout: int, rng: np.random.Generator) -> np.nda
     order = np.lexsort((rng.random(len(cand)), row))
     row_sorted = row[order]
     rank = np.arange(len(cand)) - np.searchsorted(row_sorted, row_sorted, side="left")
-    return np.sort(np.concatenate([keep_all, cand[order][rank < fanout]]))
+    return np.sort(np.concatenate([keep_all, cand[order][rank < f[row_sorted]]]))
 
 
 # ILLE neighbour rings. A node is named by a key ``type_index << 40 | id``, so neighbours of

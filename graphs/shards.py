@@ -186,6 +186,25 @@ class ShardStore:
                     out[col][dest] = arrays[col][pos]
         return Neighbors(ptr, out["ids"], out.get("ts"), out.get("weight"))
 
+    def row_spans(self, ekey: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where the neighbours of ``ids: [B]`` in ``ekey`` live: ``(parts, start, degree)``, each
+        ``[B]``; row b is ``csr(parts[b], ekey)[...][start[b]:start[b] + degree[b]]``."""
+        return self._rows(ekey, ids)[1:]
+
+    def read_at(self, ekey: str, parts: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Neighbour ids (and ts, when the type has them) at CSR positions ``pos: [M]`` of shards
+        ``parts: [M]``: reads only those entries, so a sampled hub costs its sample, not its row."""
+        etype = self.edge_types[ekey]
+        ids = np.empty(len(pos), dtype=np.int64)
+        ts = np.empty(len(pos), dtype=np.int64) if etype.ts else None
+        for p in np.unique(parts):
+            sel = np.flatnonzero(parts == p)
+            arrays = self.csr(int(p), ekey)
+            ids[sel] = arrays["indices"][pos[sel]]
+            if ts is not None:
+                ts[sel] = arrays["ts"][pos[sel]]
+        return ids, ts
+
     def degree(self, ekey: str, ids: np.ndarray) -> np.ndarray:
         """Out-degree in ``ekey`` of ``ids: [B]`` -> ``[B]``, without touching the indices."""
         return self._rows(ekey, ids)[3]

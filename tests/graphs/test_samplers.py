@@ -7,7 +7,7 @@ import pytest
 from conftest import random_graph
 
 from graphs.partition import PartitionConfig, partition_graph
-from graphs.samplers import iter_seed_edges, node_key, sample_fanout, select_neighbors, split_key
+from graphs.samplers import iter_seed_edges, node_key, relation_quotas, sample_fanout, select_neighbors, split_key
 from graphs.schema import EdgeType, GraphSchema, NodeType
 from graphs.shards import ShardStore
 from graphs.store import GraphWriter
@@ -60,6 +60,49 @@ def test_fanout_is_uniform(random_store):
     share = np.bincount(nbrs, minlength=25) / len(nbrs) * 800
     assert (counts[share > 0] > 0).all() and (counts[share == 0] == 0).all()
     assert np.abs(counts - share).max() < 0.5 * share.max() + 20
+
+
+def test_relation_quotas_water_fill():
+    deg = np.array([[1, 50, 0, 3], [40, 50, 0, 3], [2, 0, 0, 3]])   # [R=3, N=4]
+    q = relation_quotas(deg, 10, np.random.default_rng(0))
+    assert (q <= deg).all()
+    np.testing.assert_array_equal(q.sum(0), np.minimum(10, deg.sum(0)))
+    np.testing.assert_array_equal(q[:, 0], [1, 7, 2])      # small relations keep every edge
+    assert sorted(q[:, 1]) == [0, 5, 5] and (q[:, 2] == 0).all() and (q[:, 3] == 3).all()
+    # the draw left over after the level goes to each relation above it equally often
+    extra = np.stack([relation_quotas(np.array([[9], [9], [9]]), 10, np.random.default_rng(s))[:, 0]
+                      for s in range(300)])
+    assert (extra.sum(1) == 10).all() and np.abs((extra == 4).mean(0) - 1 / 3).max() < 0.1
+
+
+@pytest.fixture(scope="module")
+def two_relation_store(tmp_path_factory, ray_local):
+    root = tmp_path_factory.mktemp("budget")
+    _, data = random_graph(root / "g", 7, {"user": 30, "item": 20, "city": 3},
+                           {("user", "clicks", "item", False, False): 600,
+                            ("user", "lives_in", "city", False, False): 30})
+    partition_graph(root / "g", root / "p", PartitionConfig(num_parts=2))
+    return ShardStore(root / "p"), data
+
+
+def test_fanout_per_node_shares_one_budget(two_relation_store):
+    store, data = two_relation_store
+    seeds = np.arange(30)
+    per_rel = sample_fanout(store, {"user": seeds}, [6], np.random.default_rng(0))
+    per_node = sample_fanout(store, {"user": seeds}, [6], np.random.default_rng(0), per="node")
+    degree = {k: np.bincount(data[k]["src"], minlength=30) for k in data}
+    got = {k: np.bincount(per_node.edges[k][0], minlength=30) for k in data}
+    total = got["user__clicks__item"] + got["user__lives_in__city"]
+    np.testing.assert_array_equal(total, np.minimum(6, degree["user__clicks__item"] + degree["user__lives_in__city"]))
+    # a user's one city survives the budget; clicks fill the rest
+    np.testing.assert_array_equal(got["user__lives_in__city"], np.minimum(degree["user__lives_in__city"], 3))
+    assert per_node.edges["user__clicks__item"].shape[1] < per_rel.edges["user__clicks__item"].shape[1] + \
+        per_rel.edges["user__lives_in__city"].shape[1]
+    real = set(zip(data["user__clicks__item"]["src"].tolist(), data["user__clicks__item"]["dst"].tolist()))
+    e = per_node.edges["user__clicks__item"]
+    assert set(zip(per_node.nodes["user"][e[0]].tolist(), per_node.nodes["item"][e[1]].tolist())) <= real
+    with pytest.raises(ValueError, match="per must be one of"):
+        sample_fanout(store, {"user": seeds}, [6], np.random.default_rng(0), per="graph")
 
 
 @pytest.fixture(scope="module")

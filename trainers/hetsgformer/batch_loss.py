@@ -48,45 +48,80 @@ class HardPool:
         return np.take_along_axis(cand, np.argsort(pick, axis=1)[:, :count], axis=1)
 
 
-def batch_loss(model, store: ShardStore, features: FeatureStore, target: EdgeType, batch: dict[str, np.ndarray],
-               cfg, rng: np.random.Generator, device, pool: HardPool | None = None) -> tuple[Tensor, dict]:
-    """Loss of one batch; ``batch["src"], batch["dst"]: [B]`` positive (user, item) pairs.
+@dataclass
+class SampledBatch:
+    """Everything a step needs from the graph, computed without the model.
 
-    ``cfg`` is a :class:`trainers.hetsgformer.train.TrainConfig`. Returns ``(loss, parts)`` with the
-    float value of each part (``link``, ``aux``).
+    ``sub``: the sampled neighbourhood of ``seeds``; ``feats``: its attributes;
+    ``u_row: [B]`` / ``i_row: [B + R + B*H]`` rows of the batch's users and candidate items
+    (positives, random, hard) in ``sub.nodes``; ``pos: [B]`` positive item ids;
+    ``logq: [B]`` / ``rand_logq`` their sampling log-probabilities.
     """
+
+    sub: SampledSubgraph
+    feats: dict
+    seeds: dict[str, np.ndarray]
+    u_row: np.ndarray
+    i_row: np.ndarray
+    pos: np.ndarray
+    logq: np.ndarray
+    rand_logq: float
+    num_random: int
+    num_hard: int
+
+
+def sample_batch(store: ShardStore, features: FeatureStore, target: EdgeType, batch: dict[str, np.ndarray],
+                 cfg, rng: np.random.Generator, hard: np.ndarray | None = None) -> SampledBatch:
+    """Negatives, the fan-out neighbourhood and its attributes for ``batch["src"], batch["dst"]: [B]``
+    positive (user, item) pairs; ``hard: [B, H]`` hard negatives (:func:`hard_negatives`).
+    Numpy only, so it can run ahead of the model in another thread."""
     B, R = len(batch["src"]), cfg.random_negatives
+    hard = np.empty((B, 0), dtype=np.int64) if hard is None else hard
     users, u_row = np.unique(batch["src"], return_inverse=True)
     n_items = store.counts[target.dst]
     negatives = rng.integers(0, n_items, R)
-    hard = np.empty((B, 0), dtype=np.int64)
-    if pool is not None and cfg.hard_negatives:
-        # the pool is scored with the users' current embeddings, computed without gradient
-        u_now = F.normalize(_embed_users(model, store, features, target, users, cfg, rng, device), dim=-1)
-        hard = pool.draw(u_now[u_row], batch["dst"], cfg.hard_negatives, cfg.hard_top, rng)
     items, i_row = np.unique(np.concatenate([batch["dst"], negatives, hard.ravel()]), return_inverse=True)
     if target.src != target.dst:
         seeds = {target.src: users, target.dst: items}
     else:
         seeds = {target.src: np.unique(np.concatenate([users, items]))}
         u_row, i_row = np.searchsorted(seeds[target.src], batch["src"]), np.searchsorted(seeds[target.src], items)[i_row]
-    sub = sample_fanout(store, seeds, list(cfg.fanouts), rng)
+    sub = sample_fanout(store, seeds, list(cfg.fanouts), rng, per=cfg.fanout_per)
     if cfg.exclude_targets:
         drop_target_edges(sub, target, batch["src"], batch["dst"])
-    emb = model(sub, features.batch(sub.nodes))
-    # cosine scores: the temperature then sets the logit scale (InfoNCE convention)
-    u = F.normalize(emb[target.src][torch.from_numpy(u_row).to(device)], dim=-1)
-    v = F.normalize(emb[target.dst][torch.from_numpy(i_row).to(device)], dim=-1)
     # logQ of an in-batch candidate: the chance item c is among B positives drawn by edge,
     # q_c = 1 - (1 - deg_c / E)^B, from the item's exact degree in the shard store
     p = store.degree(target.reverse().key, batch["dst"]) / max(1, target.count)
-    logq = torch.from_numpy(np.log(-np.expm1(B * np.log1p(-np.minimum(p, 1 - 1e-12))))).float()
+    logq = np.log(-np.expm1(B * np.log1p(-np.minimum(p, 1 - 1e-12)))).astype(np.float32)
     rand_logq = float(np.log(-np.expm1(R * np.log1p(-1 / n_items))))  # uniform draws
-    hard_emb = v[B + R:].reshape(B, hard.shape[1], -1) if hard.shape[1] else None
-    link = link_loss(u, v[:B], logq.to(device), rand_neg_emb=v[B:B + R],
-                     rand_neg_logq=torch.full((R,), rand_logq, device=device), hard_neg_emb=hard_emb,
-                     pos_item_ids=torch.from_numpy(batch["dst"]).to(device), temperature=cfg.temperature)
-    aux = _aux_loss(emb, sub, seeds, target, cfg, rng, device) if cfg.aux_weight > 0 else None
+    return SampledBatch(sub, features.batch(sub.nodes), seeds, u_row, i_row, np.asarray(batch["dst"]), logq,
+                        rand_logq, R, hard.shape[1])
+
+
+def hard_negatives(model, store: ShardStore, features: FeatureStore, target: EdgeType, batch: dict[str, np.ndarray],
+                   cfg, rng: np.random.Generator, device, pool: HardPool) -> np.ndarray:
+    """``[B, cfg.hard_negatives]`` items from ``pool``, scored with the users' current embeddings
+    (computed without gradient)."""
+    users, u_row = np.unique(batch["src"], return_inverse=True)
+    u_now = F.normalize(_embed_users(model, store, features, target, users, cfg, rng, device), dim=-1)
+    return pool.draw(u_now[u_row], batch["dst"], cfg.hard_negatives, cfg.hard_top, rng)
+
+
+def batch_loss(model, sampled: SampledBatch, target: EdgeType, cfg, rng: np.random.Generator,
+               device) -> tuple[Tensor, dict]:
+    """Loss of one :class:`SampledBatch`; ``cfg`` is a :class:`trainers.hetsgformer.train.TrainConfig`.
+    Returns ``(loss, parts)`` with the float value of each part (``link``, ``aux``)."""
+    s = sampled
+    B, R = len(s.pos), s.num_random
+    emb = model(s.sub, s.feats)
+    # cosine scores: the temperature then sets the logit scale (InfoNCE convention)
+    u = F.normalize(emb[target.src][torch.from_numpy(s.u_row).to(device)], dim=-1)
+    v = F.normalize(emb[target.dst][torch.from_numpy(s.i_row).to(device)], dim=-1)
+    hard_emb = v[B + R:].reshape(B, s.num_hard, -1) if s.num_hard else None
+    link = link_loss(u, v[:B], torch.from_numpy(s.logq).to(device), rand_neg_emb=v[B:B + R],
+                     rand_neg_logq=torch.full((R,), s.rand_logq, device=device), hard_neg_emb=hard_emb,
+                     pos_item_ids=torch.from_numpy(s.pos).to(device), temperature=cfg.temperature)
+    aux = _aux_loss(emb, s.sub, s.seeds, target, cfg, rng, device) if cfg.aux_weight > 0 else None
     loss = link if aux is None else link + cfg.aux_weight * aux
     return loss, {"link": float(link), "aux": float(aux) if aux is not None else 0.0}
 
@@ -113,7 +148,7 @@ def drop_target_edges(sub: SampledSubgraph, target: EdgeType, src: np.ndarray, d
 
 def _embed_users(model, store, features, target, users, cfg, rng, device) -> Tensor:
     with torch.no_grad():
-        sub = sample_fanout(store, {target.src: users}, list(cfg.fanouts), rng)
+        sub = sample_fanout(store, {target.src: users}, list(cfg.fanouts), rng, per=cfg.fanout_per)
         return model(sub, features.batch(sub.nodes))[target.src][: len(users)]
 
 

@@ -56,7 +56,7 @@ def _embed_chunks(chunk: dict[str, np.ndarray], config_json: str, checkpoint: st
     for ntype, lo, hi in zip(chunk["ntype"], chunk["lo"], chunk["hi"]):
         ids = np.arange(lo, hi, dtype=np.int64)
         emb = embed_nodes(model, store, features, str(ntype), ids, list(cfg.fanouts), cfg.seed,
-                          chunk=len(ids))  # same sample on every export
+                          chunk=len(ids), per=cfg.fanout_per)  # same sample on every export
         rows = np.load(Path(out) / f"{ntype}.npy", mmap_mode="r+")
         rows[lo:hi] = emb.numpy()
         rows.flush()

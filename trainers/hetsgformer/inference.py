@@ -16,9 +16,10 @@ from trainers.features import FeatureStore
 
 
 def embed_nodes(model: nn.Module, store: ShardStore, features: FeatureStore, ntype: str, ids: np.ndarray,
-                fanouts: list[int], seed: int = 0, chunk: int = 2048) -> Tensor:
+                fanouts: list[int], seed: int = 0, chunk: int = 2048, per: str = "relation") -> Tensor:
     """Embeddings of ``ids: [N]`` (unique ids of ``ntype``) -> ``[N, D]`` on the model's device.
 
+    ``fanouts``/``per``: as in :func:`graphs.samplers.sample_fanout` (the training run's).
     Each chunk's neighbourhood is sampled with a generator seeded by ``(seed, first id)``,
     so repeated calls give the same rows. The model is put in eval mode for the call and
     its previous mode restored.
@@ -31,7 +32,7 @@ def embed_nodes(model: nn.Module, store: ShardStore, features: FeatureStore, nty
             for lo in range(0, len(ids), chunk):
                 part = np.asarray(ids[lo:lo + chunk], dtype=np.int64)
                 rng = np.random.default_rng([seed, int(part[0])])
-                sub = sample_fanout(store, {ntype: part}, fanouts, rng)
+                sub = sample_fanout(store, {ntype: part}, fanouts, rng, per=per)
                 out.append(model(sub, features.batch(sub.nodes))[ntype][: len(part)])
     finally:
         model.train(was_training)

@@ -35,11 +35,11 @@ from ray.train.torch import prepare_model
 from graphs.exceptions import ConfigError
 from graphs.partition import PartitionConfig, partition_graph
 from graphs.paths import absolute_fields
-from graphs.samplers import iter_seed_edges
+from graphs.samplers import FANOUT_SCOPES, iter_seed_edges
 from graphs.shards import ShardStore
 from graphs.store import GraphDir
 from trainers.features import FeatureStore
-from trainers.hetsgformer.batch_loss import HardPool, batch_loss
+from trainers.hetsgformer.batch_loss import HardPool, batch_loss, hard_negatives, sample_batch
 from trainers.hetsgformer.config import HetSGFormerConfig
 from trainers.hetsgformer.curves import write_metrics
 from trainers.hetsgformer.inference import embed_nodes
@@ -53,7 +53,9 @@ from trainers.run_dir import RunDir
 class TrainConfig:
     """Training settings.
 
-    workers: Ray Train workers. target: the edge type learned as links (None: the largest
+    workers: Ray Train workers. fanouts / fanout_per: neighbours sampled per hop, per
+    relation or per node over all its relations (:func:`graphs.samplers.sample_fanout`);
+    export and validation sample the same way. target: the edge type learned as links (None: the largest
     type between two different node types). random_negatives: uniform items per batch;
     hard_negatives: per user, drawn among the ``hard_top`` best-scored items of a pool of
     ``hard_pool`` items re-embedded every epoch (0: off). aux_weight: weight of the link
@@ -70,6 +72,7 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 256
     fanouts: tuple[int, ...] = (10,)
+    fanout_per: str = "relation"
     lr: float = 1e-2
     random_negatives: int = 128
     hard_negatives: int = 0
@@ -99,12 +102,15 @@ class TrainConfig:
                              f"got {self.hard_negatives}, {self.aux_weight}")
         if self.lr <= 0 or self.temperature <= 0:
             raise ConfigError(f"TrainConfig.lr and temperature must be > 0, got {self.lr}, {self.temperature}")
+        if self.fanout_per not in FANOUT_SCOPES:
+            raise ConfigError(f"TrainConfig.fanout_per must be one of {FANOUT_SCOPES}, got {self.fanout_per!r}")
         if not self.fanouts or min(self.fanouts) < 1:
             raise ConfigError(f"TrainConfig.fanouts must be a non-empty list of ints >= 1, got {self.fanouts}")
 
     @classmethod
     def from_json(cls, doc: dict) -> TrainConfig:
         """Inverse of ``dataclasses.asdict`` (as stored in a run's ``config.json``)."""
+        doc = {"fanout_per": "relation", **doc}   # runs from before the field sampled per relation
         return cls(**{**doc, "fanouts": tuple(doc["fanouts"]), "model": HetSGFormerConfig(**doc["model"])})
 
 
@@ -135,7 +141,9 @@ def _train_loop(loop: dict) -> None:
         batches = _cycle(store, target.key, owned, cfg.batch_size, rng)
         for _ in range(steps):  # the same count on every worker keeps DDP in step
             batch = next(batches)
-            loss, parts = batch_loss(model, store, features, target, batch, cfg, rng, device, pool)
+            hard = hard_negatives(model, store, features, target, batch, cfg, rng, device, pool) if pool else None
+            sampled = sample_batch(store, features, target, batch, cfg, rng, hard)
+            loss, parts = batch_loss(model, sampled, target, cfg, rng, device)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -148,7 +156,7 @@ def _train_loop(loop: dict) -> None:
                    "epoch_s": seconds, "steps": steps, "pid": os.getpid(),
                    "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this worker's peak
                    **_rss_split_mb(),
-                   "valid_ndcg@10": validator.ndcg10(unwrap(model), features, list(cfg.fanouts))
+                   "valid_ndcg@10": validator.ndcg10(unwrap(model), features, list(cfg.fanouts), cfg.fanout_per)
                    if validator else float("nan")}
         history.append(metrics)
         report(metrics, model, opt, epoch, history, rank)
@@ -203,7 +211,7 @@ def _hard_pool(model, store, features, target, cfg: TrainConfig, epoch: int) -> 
     n = store.counts[target.dst]
     rng = np.random.default_rng([cfg.seed, epoch, 1 << 20])
     ids = np.arange(n) if n <= cfg.hard_pool else np.sort(rng.choice(n, cfg.hard_pool, replace=False))
-    emb = embed_nodes(model, store, features, target.dst, ids, list(cfg.fanouts), cfg.seed)
+    emb = embed_nodes(model, store, features, target.dst, ids, list(cfg.fanouts), cfg.seed, per=cfg.fanout_per)
     return HardPool(ids, F.normalize(emb, dim=-1))
 
 

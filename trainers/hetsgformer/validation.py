@@ -59,15 +59,15 @@ class Validator:
         seen_users = np.repeat(users, np.diff(seen.ptr))
         self.train = Interactions(seen_users, seen.ids, np.zeros(len(seen_users), np.int64), n_users, n_items)
 
-    def ndcg10(self, model, features: FeatureStore, fanouts: list[int]) -> float:
+    def ndcg10(self, model, features: FeatureStore, fanouts: list[int], per: str = "relation") -> float:
         """Embed the users and every item with ``model``; NDCG@10 over the held-out pairs."""
         if not len(self.users):
             return float("nan")
         items = np.arange(self.store.counts[self.target.dst])
         u = F.normalize(embed_nodes(model, self.store, features, self.target.src, self.users, fanouts,
-                                    self.seed), dim=-1).cpu()
+                                    self.seed, per=per), dim=-1).cpu()
         v = F.normalize(embed_nodes(model, self.store, features, self.target.dst, items, fanouts,
-                                    self.seed), dim=-1).cpu()
+                                    self.seed, per=per), dim=-1).cpu()
         row = {int(x): i for i, x in enumerate(self.users)}
         index = np.vectorize(row.__getitem__, otypes=[np.int64])
 
