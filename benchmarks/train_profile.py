@@ -62,7 +62,7 @@ def parts_of(movielens: str, work: Path) -> Path:
 def run(parts: Path, cfg: TrainConfig, steps: int, warmup: int, profile_steps: int) -> dict:
     store = ShardStore(parts)
     features = FeatureStore(GraphDir(store.graph, validate="none"))
-    target = store.schema.interaction_type(None)
+    target = store.edge_types[store.schema.interaction_type(None)]
     torch.manual_seed(0)
     model = HetSGFormer(store.schema, cfg.model)
     opt = Optimizers(model, cfg.lr)
