@@ -67,7 +67,11 @@ def run(parts: Path, cfg: TrainConfig, steps: int, warmup: int, profile_steps: i
     model = HetSGFormer(store.schema, cfg.model)
     opt = Optimizers(model, cfg.lr)
     rng = np.random.default_rng(0)
-    batches = iter_seed_edges(store, target.key, list(range(store.num_parts)), cfg.batch_size, rng)
+    def cycle():
+        while True:
+            yield from iter_seed_edges(store, target.key, list(range(store.num_parts)), cfg.batch_size, rng)
+
+    batches = cycle()
     phases = {k: [] for k in ("sample", "forward", "backward", "optimizer")}
     sizes = []
 

@@ -123,7 +123,7 @@ def batch_loss(model, sampled: SampledBatch, target: EdgeType, cfg, rng: np.rand
                      pos_item_ids=torch.from_numpy(s.pos).to(device), temperature=cfg.temperature)
     aux = _aux_loss(emb, s.sub, s.seeds, target, cfg, rng, device) if cfg.aux_weight > 0 else None
     loss = link if aux is None else link + cfg.aux_weight * aux
-    return loss, {"link": float(link), "aux": float(aux) if aux is not None else 0.0}
+    return loss, {"link": link.item(), "aux": aux.item() if aux is not None else 0.0}
 
 
 def drop_target_edges(sub: SampledSubgraph, target: EdgeType, src: np.ndarray, dst: np.ndarray) -> None:

@@ -20,7 +20,7 @@ from graphs.samplers import SampledSubgraph
 from graphs.schema import GraphSchema
 from trainers.hetsgformer.config import HetSGFormerConfig
 from trainers.hetsgformer.identity import IdentityEmbedding, TypeFeatures
-from trainers.hetsgformer.layers import EdgeAttention, GlobalAttention, HeteroGCN
+from trainers.hetsgformer.layers import EdgeAttention, GlobalAttention, HeteroGCN, TypedGraph
 
 
 def relations(schema: GraphSchema) -> list[str]:
@@ -45,7 +45,8 @@ class HetSGFormer(nn.Module):
     def __init__(self, schema: GraphSchema, cfg: HetSGFormerConfig):
         super().__init__()
         self.cfg = cfg
-        types, rels = [n.name for n in schema.node_types], relations(schema)
+        self.types, self.rels = [n.name for n in schema.node_types], relations(schema)
+        types, rels = self.types, self.rels
         self.iel = IdentityEmbedding(schema, cfg)
         self.gal = GlobalAttention(cfg.dim, cfg.gal_kind, cfg.beta, cfg.dropout)
         self.eal = EdgeAttention(types, rels, cfg.dim, cfg.num_heads, cfg.dropout)
@@ -54,23 +55,18 @@ class HetSGFormer(nn.Module):
     def forward(self, batch: SampledSubgraph,
                 features: dict[str, TypeFeatures] | None = None) -> dict[str, Tensor]:
         x = self.embed_nodes(batch, features or {})                   # {t: [N_t, D]}
-        edges = {k: self._tensor(e) for k, e in batch.edges.items()}  # {ekey: [2, E]}
-        z_attn = self.global_mix(x)
+        graph = TypedGraph.build({t: v.shape[0] for t, v in x.items()}, batch.edges, self.types, self.rels,
+                                 self.iel.id_table.weight.device)
+        x = graph.flat(x)                                             # [N, D], rows by type
+        z_attn = self.gal(x)
         if self.cfg.eal:
-            z_attn = self.eal(z_attn, edges)
-        h_gcn = self.gcn(x, edges)
+            z_attn = self.eal(z_attn, graph)
         g = self.cfg.gcn_weight
-        return {t: g * h_gcn[t] + (1 - g) * z_attn[t] for t in x}
+        return graph.split(g * self.gcn(x, graph) + (1 - g) * z_attn, batch.nodes)
 
     def embed_nodes(self, batch: SampledSubgraph, features: dict[str, TypeFeatures]) -> dict[str, Tensor]:
         """IEL for every node type in the batch, ``{t: [N_t, D]}``."""
         return {t: self.iel(t, self._tensor(ids), features.get(t)) for t, ids in batch.nodes.items()}
-
-    def global_mix(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
-        """GAL over all nodes of the batch at once, whatever their type."""
-        sizes = [v.shape[0] for v in x.values()]
-        z = self.gal(torch.cat(list(x.values())))                      # [sum N_t, D]
-        return dict(zip(x, z.split(sizes)))
 
     @staticmethod
     def score(u_emb: Tensor, i_emb: Tensor) -> Tensor:

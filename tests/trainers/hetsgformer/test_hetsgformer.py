@@ -13,7 +13,7 @@ from graphs.samplers import SampledSubgraph
 from graphs.schema import EdgeType, FeatureSpec, GraphSchema, NodeType
 from trainers.hetsgformer.config import HetSGFormerConfig
 from trainers.hetsgformer.identity import IdentityEmbedding
-from trainers.hetsgformer.layers import EdgeAttention, GlobalAttention, HeteroGCN
+from trainers.hetsgformer.layers import EdgeAttention, GlobalAttention, HeteroGCN, TypedGraph, grouped_matmul
 from trainers.hetsgformer.model import HetSGFormer, link_loss, relations
 
 D = 16
@@ -182,18 +182,40 @@ def test_eal_and_gcn_shapes_and_neighbour_effect():
     batch = toy_batch(np.random.default_rng(1))
     edges = {k: torch.as_tensor(v) for k, v in batch.edges.items()}
     x = {"user": torch.randn(6, D), "item": torch.randn(9, D)}
+    graph = TypedGraph.build({"user": 6, "item": 9}, edges, types, rels)
+    assert graph.ptr == [0, 6, 15] and (graph.rel.diff() >= 0).all()   # rows by type, edges by relation
+    assert graph.src.shape[0] == sum(e.shape[1] for e in edges.values())
     for layer in (EdgeAttention(types, rels, D, heads=2).eval(), HeteroGCN(types, rels, D, 2).eval()):
-        out = layer(x, edges)
+        out = graph.split(layer(graph.flat(x), graph), x)
         assert {t: v.shape for t, v in out.items()} == {"user": (6, D), "item": (9, D)}
         # Changing one item moves the users that rated it, and only them.
         x2 = {"user": x["user"], "item": x["item"].clone()}
         x2["item"][0] += 1.0
-        moved = (layer(x2, edges)["user"] - out["user"]).abs().amax(1) > 1e-6
+        moved = (graph.split(layer(graph.flat(x2), graph), x)["user"] - out["user"]).abs().amax(1) > 1e-6
         linked = torch.zeros(6, dtype=torch.bool)
         linked[edges["user__rates__item"][0][edges["user__rates__item"][1] == 0]] = True
         assert torch.equal(moved, linked)
     with pytest.raises(ValueError, match="user__likes__item"):
-        EdgeAttention(types, rels, D)(x, {"user__likes__item": edges["user__rates__item"]})
+        TypedGraph.build({"user": 6, "item": 9}, {"user__likes__item": edges["user__rates__item"]}, types, rels)
+
+
+@pytest.mark.parametrize("in_dim", [8, 6])   # 6 floats are not 16-byte rows: the per-group path
+def test_grouped_matmul_equals_one_matmul_per_group(in_dim):
+    torch.manual_seed(0)
+    sizes = [5, 0, 7, 0, 3]                                  # empty groups included
+    x = torch.randn(sum(sizes), in_dim, requires_grad=True)
+    w = torch.randn(len(sizes), in_dim, 4, requires_grad=True)
+    out = grouped_matmul(x, w, torch.tensor(np.cumsum(sizes), dtype=torch.int32))
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    want = torch.cat([x[a:b] @ w[g] for g, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))])
+    torch.testing.assert_close(out, want)
+    (out ** 2).sum().backward()
+    gx, gw = x.grad.clone(), w.grad.clone()
+    x.grad = w.grad = None
+    (want ** 2).sum().backward()
+    torch.testing.assert_close(gx, x.grad)
+    torch.testing.assert_close(gw, w.grad)
+    assert gw[1].abs().sum() == 0 and gw[0].abs().sum() > 0  # an empty group gets no gradient
 
 
 @pytest.mark.parametrize("kind", ["kernel", "sgformer", "none"])
