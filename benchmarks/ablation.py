@@ -42,6 +42,11 @@ VARIANTS = {
     "hard_negatives": {"hard_negatives": 2},
     "no_random_negatives": {"random_negatives": 1},
     "exclude_target_edges": {"exclude_targets": True},
+    # throughput settings (benchmarks/train_profile.py): one fan-out budget per node, larger batches
+    "node_budget": {"fanout_per": "node"},
+    "node_b1024": {"fanout_per": "node", "batch_size": 1024},
+    "node_b2048": {"fanout_per": "node", "batch_size": 2048},
+    "node_b2048_lr2e-2": {"fanout_per": "node", "batch_size": 2048, "lr": 2e-2},
 }
 
 

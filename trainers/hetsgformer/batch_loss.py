@@ -2,7 +2,9 @@
 
 Negatives (all scored with the model's current weights):
 
-* in-batch: the other positives of the batch, logQ-corrected with the exact item degree;
+* in-batch: the batch's other distinct positive items, logQ-corrected with the exact item
+  degree (an item that is the positive of several pairs is one candidate, never a negative
+  of its own users);
 * uniform random items, shared by the batch, logQ-corrected for uniform draws;
 * hard: per user, items drawn among the top of a pool of items scored by the current
   user embedding against the pool's embeddings, refreshed every epoch (:class:`HardPool`).
@@ -52,17 +54,20 @@ class HardPool:
 class SampledBatch:
     """Everything a step needs from the graph, computed without the model.
 
-    ``sub``: the sampled neighbourhood of ``seeds``; ``feats``: its attributes;
-    ``u_row: [B]`` / ``i_row: [B + R + B*H]`` rows of the batch's users and candidate items
-    (positives, random, hard) in ``sub.nodes``; ``pos: [B]`` positive item ids;
-    ``logq: [B]`` / ``rand_logq`` their sampling log-probabilities.
+    ``sub``: the sampled neighbourhood of ``seeds``; ``feats``: its attributes. Rows index
+    ``sub.nodes``: ``u_row: [B]`` the batch's users, ``pos_row: [C]`` its C distinct positive
+    items with ``target: [B]`` the one of each pair, ``neg_row: [R + B*H]`` the random then
+    the hard negatives; ``pos: [B]`` the positive ids; ``logq: [C]`` / ``rand_logq`` the
+    sampling log-probabilities of the in-batch and the random candidates.
     """
 
     sub: SampledSubgraph
     feats: dict
     seeds: dict[str, np.ndarray]
     u_row: np.ndarray
-    i_row: np.ndarray
+    pos_row: np.ndarray
+    target: np.ndarray
+    neg_row: np.ndarray
     pos: np.ndarray
     logq: np.ndarray
     rand_logq: float
@@ -77,25 +82,28 @@ def sample_batch(store: ShardStore, features: FeatureStore, target: EdgeType, ba
     Numpy only, so it can run ahead of the model in another thread."""
     B, R = len(batch["src"]), cfg.random_negatives
     hard = np.empty((B, 0), dtype=np.int64) if hard is None else hard
-    users, u_row = np.unique(batch["src"], return_inverse=True)
     n_items = store.counts[target.dst]
     negatives = rng.integers(0, n_items, R)
-    items, i_row = np.unique(np.concatenate([batch["dst"], negatives, hard.ravel()]), return_inverse=True)
+    users = np.unique(batch["src"])
+    items = np.unique(np.concatenate([batch["dst"], negatives, hard.ravel()]))
     if target.src != target.dst:
         seeds = {target.src: users, target.dst: items}
     else:
         seeds = {target.src: np.unique(np.concatenate([users, items]))}
-        u_row, i_row = np.searchsorted(seeds[target.src], batch["src"]), np.searchsorted(seeds[target.src], items)[i_row]
     sub = sample_fanout(store, seeds, list(cfg.fanouts), rng, per=cfg.fanout_per)
     if cfg.exclude_targets:
         drop_target_edges(sub, target, batch["src"], batch["dst"])
+    positives, pair_col = np.unique(batch["dst"], return_inverse=True)
     # logQ of an in-batch candidate: the chance item c is among B positives drawn by edge,
     # q_c = 1 - (1 - deg_c / E)^B, from the item's exact degree in the shard store
-    p = store.degree(target.reverse().key, batch["dst"]) / max(1, target.count)
+    p = store.degree(target.reverse().key, positives) / max(1, target.count)
     logq = np.log(-np.expm1(B * np.log1p(-np.minimum(p, 1 - 1e-12)))).astype(np.float32)
     rand_logq = float(np.log(-np.expm1(R * np.log1p(-1 / n_items))))  # uniform draws
-    return SampledBatch(sub, features.batch(sub.nodes), seeds, u_row, i_row, np.asarray(batch["dst"]), logq,
-                        rand_logq, R, hard.shape[1])
+    item_seeds = seeds[target.dst]                                    # sorted: rows by searchsorted
+    return SampledBatch(sub, features.batch(sub.nodes), seeds, np.searchsorted(seeds[target.src], batch["src"]),
+                        np.searchsorted(item_seeds, positives), pair_col.ravel(),
+                        np.searchsorted(item_seeds, np.concatenate([negatives, hard.ravel()])),
+                        np.asarray(batch["dst"]), logq, rand_logq, R, hard.shape[1])
 
 
 def hard_negatives(model, store: ShardStore, features: FeatureStore, target: EdgeType, batch: dict[str, np.ndarray],
@@ -114,13 +122,15 @@ def batch_loss(model, sampled: SampledBatch, target: EdgeType, cfg, rng: np.rand
     s = sampled
     B, R = len(s.pos), s.num_random
     emb = model(s.sub, s.feats)
+    rows = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
     # cosine scores: the temperature then sets the logit scale (InfoNCE convention)
-    u = F.normalize(emb[target.src][torch.from_numpy(s.u_row).to(device)], dim=-1)
-    v = F.normalize(emb[target.dst][torch.from_numpy(s.i_row).to(device)], dim=-1)
-    hard_emb = v[B + R:].reshape(B, s.num_hard, -1) if s.num_hard else None
-    link = link_loss(u, v[:B], torch.from_numpy(s.logq).to(device), rand_neg_emb=v[B:B + R],
+    u = F.normalize(emb[target.src][rows(s.u_row)], dim=-1)                       # [B, D]
+    v = F.normalize(emb[target.dst][rows(np.concatenate([s.pos_row, s.neg_row]))], dim=-1)
+    C = len(s.pos_row)
+    hard_emb = v[C + R:].reshape(B, s.num_hard, -1) if s.num_hard else None
+    link = link_loss(u, v[:C], rows(s.logq), target=rows(s.target), rand_neg_emb=v[C:C + R],
                      rand_neg_logq=torch.full((R,), s.rand_logq, device=device), hard_neg_emb=hard_emb,
-                     pos_item_ids=torch.from_numpy(s.pos).to(device), temperature=cfg.temperature)
+                     temperature=cfg.temperature)
     aux = _aux_loss(emb, s.sub, s.seeds, target, cfg, rng, device) if cfg.aux_weight > 0 else None
     loss = link if aux is None else link + cfg.aux_weight * aux
     return loss, {"link": link.item(), "aux": aux.item() if aux is not None else 0.0}

@@ -78,17 +78,17 @@ class HetSGFormer(nn.Module):
 
 
 def link_loss(user_emb: Tensor, pos_item_emb: Tensor, pos_logq: Tensor | None = None, *,
-              rand_neg_emb: Tensor | None = None, rand_neg_logq: Tensor | None = None,
-              hard_neg_emb: Tensor | None = None, pos_item_ids: Tensor | None = None,
-              temperature: float = 0.1, reduction: str = "mean") -> Tensor:
+              target: Tensor | None = None, rand_neg_emb: Tensor | None = None,
+              rand_neg_logq: Tensor | None = None, hard_neg_emb: Tensor | None = None,
+              pos_item_ids: Tensor | None = None, temperature: float = 0.1, reduction: str = "mean") -> Tensor:
     """Sampled softmax with in-batch, uniform random and hard negatives.
 
-    For user ``b`` the candidates are the batch's positives ``j`` (``j = b`` is the target),
-    ``R`` shared random items and ``H`` hard items of its own; the logit of candidate c is
+    For user ``b`` the candidates are the batch's positive items ``c`` (``target[b]`` is its
+    own), ``R`` shared random items and ``H`` hard items of its own; the logit of candidate c is
 
         s_bc = <u_b, v_c> / T - log q_c
 
-    and the loss is ``-log softmax_c(s_b)[b]``. Subtracting ``log q_c``, the log of the
+    and the loss is ``-log softmax_c(s_b)[target_b]``. Subtracting ``log q_c``, the log of the
     probability that c is drawn as a candidate, is the sampling-bias correction of Yi et
     al. 2019 ("Sampling-Bias-Corrected Neural Modeling for Large Corpus Item
     Recommendations", eq. 3): in-batch negatives are drawn by popularity, so popular items
@@ -96,28 +96,39 @@ def link_loss(user_emb: Tensor, pos_item_emb: Tensor, pos_logq: Tensor | None = 
     2020 (mixed negative sampling). Hard negatives get no correction.
 
     Shapes:
-        user_emb, pos_item_emb: ``[B, D]``; pos_logq: ``[B]`` (None: no correction);
-        rand_neg_emb: ``[R, D]``, rand_neg_logq: ``[R]`` (None: no correction);
-        hard_neg_emb: ``[B, H, D]``; pos_item_ids: ``[B]``, masks in-batch columns holding
-        the user's own positive item again (false negatives);
-        returns: scalar, or ``[B]`` with ``reduction="none"``.
-    With all logits equal the loss is ``log(B + R + H)``.
+        user_emb: ``[B, D]``; pos_item_emb: ``[C, D]``, the batch's distinct positives with
+        ``target: [B]`` the column of each user's (None: ``C == B`` and user b's is row b);
+        pos_logq: ``[C]`` (None: no correction); rand_neg_emb: ``[R, D]``, rand_neg_logq: ``[R]``
+        (None: no correction); hard_neg_emb: ``[B, H, D]``; pos_item_ids: ``[B]`` with
+        ``target`` None, masks in-batch columns holding the user's own positive item again
+        (false negatives); returns: scalar, or ``[B]`` with ``reduction="none"``.
+    With all logits equal the loss is ``log(C + R + H)``. The ``[B, C]`` logits are the step's
+    largest tensor, so the temperature scales the ``[B, D]`` users instead, and the parts are
+    reduced by logsumexp one by one rather than concatenated.
     """
     if temperature <= 0:
         raise ConfigError(f"temperature must be > 0, got {temperature!r}")
     B = user_emb.shape[0]
-    logits = user_emb @ pos_item_emb.t() / temperature                 # [B, B]
+    u = user_emb / temperature
+    logits = u @ pos_item_emb.t()                                      # [B, C]
     if pos_logq is not None:
         logits = logits - pos_logq[None, :]
-    if pos_item_ids is not None:
-        dup = (pos_item_ids[:, None] == pos_item_ids[None, :]) & ~torch.eye(B, dtype=torch.bool,
-                                                                            device=logits.device)
-        logits = logits.masked_fill(dup, -math.inf)
-    cols = [logits]
+    if target is None:
+        target = torch.arange(B, device=user_emb.device)
+        if pos_item_ids is not None:
+            dup = (pos_item_ids[:, None] == pos_item_ids[None, :]) & ~torch.eye(B, dtype=torch.bool,
+                                                                                device=logits.device)
+            logits = logits.masked_fill(dup, -math.inf)
+    parts = [logits.logsumexp(1)]
     if rand_neg_emb is not None:
-        rand = user_emb @ rand_neg_emb.t() / temperature               # [B, R]
-        cols.append(rand - rand_neg_logq[None, :] if rand_neg_logq is not None else rand)
+        rand = u @ rand_neg_emb.t()                                    # [B, R]
+        parts.append((rand - rand_neg_logq[None, :] if rand_neg_logq is not None else rand).logsumexp(1))
     if hard_neg_emb is not None:
-        cols.append(torch.einsum("bd,bhd->bh", user_emb, hard_neg_emb) / temperature)  # [B, H]
-    target = torch.arange(B, device=user_emb.device)
-    return F.cross_entropy(torch.cat(cols, dim=1), target, reduction=reduction)
+        parts.append(torch.einsum("bd,bhd->bh", u, hard_neg_emb).logsumexp(1))      # [B, H]
+    lse = parts[0] if len(parts) == 1 else torch.stack(parts, 1).logsumexp(1)      # [B]
+    loss = lse - logits.gather(1, target[:, None]).squeeze(1)
+    if reduction == "none":
+        return loss
+    if reduction != "mean":
+        raise ConfigError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    return loss.mean()

@@ -263,6 +263,17 @@ def test_logq_correction_spares_popular_negatives():
     assert (masked[:2] < base[:2]).all() and torch.allclose(masked[2:], base[2:])
 
 
+def test_loss_over_distinct_positives_is_the_plain_softmax():
+    torch.manual_seed(1)
+    u, items, rand = torch.randn(4, D), torch.randn(3, D), torch.randn(2, D)
+    target = torch.tensor([0, 0, 1, 2])              # users 0 and 1 share item 0: one column
+    logq, rand_logq = torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([-4.0, -4.0])
+    got = link_loss(u, items, logq, target=target, rand_neg_emb=rand, rand_neg_logq=rand_logq,
+                    temperature=0.5, reduction="none")
+    logits = torch.cat([u @ items.T / 0.5 - logq, u @ rand.T / 0.5 - rand_logq], 1)    # [4, 3 + 2]
+    torch.testing.assert_close(got, torch.nn.functional.cross_entropy(logits, target, reduction="none"))
+
+
 def test_loss_decreases_on_toy_problem():
     torch.manual_seed(0)
     n_users, n_items = 32, 40
