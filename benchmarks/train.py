@@ -44,9 +44,12 @@ from trainers.evaluation.splits import load_interactions  # noqa: E402
 from trainers.hetsgformer.train import TrainConfig, train  # noqa: E402
 
 
+SETTINGS: dict = {}   # TrainConfig overrides from --set
+
+
 def hetsgformer_epochs(graph: Path, run: Path, workers: int, epochs: int, **kw) -> list[dict]:
     shutil.rmtree(run, ignore_errors=True)
-    train(graph, run, TrainConfig(workers=workers, epochs=epochs, **kw))
+    train(graph, run, TrainConfig(workers=workers, epochs=epochs, **{**SETTINGS, **kw}))
     return json.loads((run / "metrics.json").read_text())["epochs"]
 
 
@@ -66,20 +69,22 @@ def main() -> None:
     ap.add_argument("--parts", default="movielens,scale", help="which parts to run: movielens, scale")
     ap.add_argument("--work", default="/tmp/hetrec-bench-train")
     ap.add_argument("--out", default="benchmarks/results/train.json")
+    ap.add_argument("--set", default="{}", help="TrainConfig overrides as JSON, e.g. '{\"fanout_per\": \"node\"}'")
     args = ap.parse_args()
+    SETTINGS.update({k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.set).items()})
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     ray.init(log_to_driver=False)
-    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "settings": SETTINGS,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "ray": ray.__version__}}
 
     out = Path(args.out)
     if out.is_file():  # keep the other part's last figures
         result = {**json.loads(out.read_text()), **result}
     if "movielens" in args.parts:
-        result["movielens"] = {**movielens(args, work), "command": result["command"]}
+        result["movielens"] = {**movielens(args, work), "command": result["command"], "settings": SETTINGS}
     if "scale" in args.parts:
-        result["scale"] = {**scale(args, work), "command": result["command"]}
+        result["scale"] = {**scale(args, work), "command": result["command"], "settings": SETTINGS}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")

@@ -145,6 +145,9 @@ def partition(graph: Path, out: Path, parts: int, address: str | None, bucket_ed
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=1e-2, show_default=True)
+@click.option("--fanouts", default="10", show_default=True, help="Neighbours sampled per hop, comma-separated.")
+@click.option("--fanout-per", type=click.Choice(["relation", "node"]), default="relation", show_default=True,
+              help="Fan-out per relation, or one budget per node over all its relations (faster, see BENCHMARKS.md).")
 @click.option("--hard-negatives", type=int, default=0, show_default=True,
               help="Hard negatives per user, mined from the current embeddings every epoch.")
 @click.option("--valid", type=click.Path(path_type=Path, dir_okay=False),
@@ -153,15 +156,19 @@ def partition(graph: Path, out: Path, parts: int, address: str | None, bucket_ed
 @click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its last checkpoint.")
 @click.option("--no-export", is_flag=True, help="Skip exporting the embeddings after training.")
 @click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
-def train_cmd(graph: Path, run_dir: Path, workers: int, epochs: int, batch_size: int, lr: float,
-              hard_negatives: int, valid: Path | None, use_gpu: bool, resume: bool, no_export: bool,
+def train_cmd(graph: Path, run_dir: Path, workers: int, epochs: int, batch_size: int, lr: float, fanouts: str,
+              fanout_per: str, hard_negatives: int, valid: Path | None, use_gpu: bool, resume: bool, no_export: bool,
               address: str | None) -> None:
     """Pretrain HetSGFormer on GRAPH (graph directory or partitioned graph) into RUN_DIR."""
 
     from trainers.hetsgformer.train import TrainConfig, train
 
-    cfg = TrainConfig(workers=workers, epochs=epochs, batch_size=batch_size, lr=lr, hard_negatives=hard_negatives,
-                      valid=str(valid) if valid else None, use_gpu=use_gpu)
+    try:
+        hops = tuple(int(f) for f in fanouts.split(","))
+    except ValueError:
+        raise click.BadParameter(f"must be comma-separated ints, got {fanouts!r}", param_hint="--fanouts") from None
+    cfg = TrainConfig(workers=workers, epochs=epochs, batch_size=batch_size, lr=lr, fanouts=hops, fanout_per=fanout_per,
+                      hard_negatives=hard_negatives, valid=str(valid) if valid else None, use_gpu=use_gpu)
     init_ray(address)
 
     def progress(m: dict) -> None:

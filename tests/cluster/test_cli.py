@@ -30,6 +30,18 @@ def test_help_lists_every_command(runner):
         assert res.exit_code == 0 and "Usage:" in res.output, sub
 
 
+def test_train_defaults_are_the_train_config_defaults(runner, tmp_path):
+    from trainers.hetsgformer.train import TrainConfig
+
+    params = {p.name: p.default for p in main.get_command(None, "train").params}
+    default = TrainConfig()
+    assert (params["workers"], params["epochs"], params["batch_size"], params["lr"], params["fanout_per"]) == \
+        (default.workers, default.epochs, default.batch_size, default.lr, default.fanout_per)
+    assert tuple(int(f) for f in params["fanouts"].split(",")) == default.fanouts
+    res = runner.invoke(main, ["train", str(tmp_path / "g"), str(tmp_path / "run"), "--fanouts", "10,x"])
+    assert res.exit_code != 0 and "--fanouts" in res.output and "10,x" in res.output
+
+
 def test_synthetic_partition_and_stats(runner, tmp_path, ray_local):
     res = runner.invoke(main, ["data", "synthetic", str(tmp_path / "g"), "--edges", "5000", "--seed", "3"])
     assert res.exit_code == 0, res.output

@@ -80,3 +80,12 @@ def test_run_eval_pop_both_protocols(ml100k, pop_ndcg):
     assert "pop" in format_table(temporal)
     with pytest.raises(ValueError, match="unknown models"):
         run_eval(ml100k, models=["nope"])
+
+
+def test_step_cap_grows_the_batch_on_large_data_only():
+    capped = BPRConfig(batch_size=2048, max_steps_per_epoch=64)
+    assert capped.batch_for(80_000) == 2048                 # MovieLens-100K keeps its tuned batch
+    assert capped.batch_for(1_000_000) == 15_625            # 64 steps of ceil(1e6 / 64)
+    assert BPRConfig(batch_size=2048).batch_for(1_000_000) == 2048
+    with pytest.raises(ValueError, match="max_steps_per_epoch"):
+        BPRConfig(max_steps_per_epoch=0)
