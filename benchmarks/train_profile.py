@@ -9,7 +9,7 @@ one thread (what a Ray Train worker with one CPU gets), no DDP. After ``--warmup
 attributes: :func:`sample_batch`), ``forward`` (model and loss), ``backward``, ``optimizer``;
 medians per step. Then ``torch.profiler`` records ``--profile-steps`` steps and keeps the
 operators with the most self CPU time and the operator calls per step. The batch's size
-(nodes, edges, edge types) is reported too.
+(nodes, edges, edge types) and the process's peak RSS are reported too.
 
 Merges ``{label: figures}`` into ``benchmarks/results/train_profile.json``.
 """
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -107,6 +108,7 @@ def run(parts: Path, cfg: TrainConfig, steps: int, warmup: int, profile_steps: i
         "batch": {"nodes": statistics.median(s[0] for s in sizes), "edges": statistics.median(s[1] for s in sizes),
                   "edge_types": statistics.median(s[2] for s in sizes)},
         "op_calls_per_step": sum(e.count for e in events) / profile_steps,
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "top_ops": [{"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1e3 / profile_steps,
                      "calls_per_step": e.count / profile_steps} for e in top],
     }
