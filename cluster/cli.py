@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -146,8 +147,7 @@ def partition(graph: Path, out: Path, parts: int, address: str | None, bucket_ed
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=1e-2, show_default=True)
 @click.option("--fanouts", default="10", show_default=True, help="Neighbours sampled per hop, comma-separated.")
-@click.option("--fanout-per", type=click.Choice(["relation", "node"]), default="relation", show_default=True,
-              help="Fan-out per relation, or one budget per node over all its relations (faster, see BENCHMARKS.md).")
+@click.option("--fanout-per", type=click.Choice(["relation", "node"]), default="relation", show_default=True)
 @click.option("--hard-negatives", type=int, default=0, show_default=True,
               help="Hard negatives per user, mined from the current embeddings every epoch.")
 @click.option("--valid", type=click.Path(path_type=Path, dir_okay=False),
@@ -160,17 +160,13 @@ def train_cmd(graph: Path, run_dir: Path, workers: int, epochs: int, batch_size:
               fanout_per: str, hard_negatives: int, valid: Path | None, use_gpu: bool, resume: bool, no_export: bool,
               address: str | None) -> None:
     """Pretrain HetSGFormer on GRAPH (graph directory or partitioned graph) into RUN_DIR."""
-
     from trainers.hetsgformer.train import TrainConfig, train
-
-    try:
-        hops = tuple(int(f) for f in fanouts.split(","))
-    except ValueError:
-        raise click.BadParameter(f"must be comma-separated ints, got {fanouts!r}", param_hint="--fanouts") from None
-    cfg = TrainConfig(workers=workers, epochs=epochs, batch_size=batch_size, lr=lr, fanouts=hops, fanout_per=fanout_per,
-                      hard_negatives=hard_negatives, valid=str(valid) if valid else None, use_gpu=use_gpu)
+    if not re.fullmatch(r"\d+(,\d+)*", fanouts):
+        raise click.BadParameter(f"must be comma-separated ints, got {fanouts!r}", param_hint="--fanouts")
+    cfg = TrainConfig(workers=workers, epochs=epochs, batch_size=batch_size, lr=lr, fanout_per=fanout_per,
+                      fanouts=tuple(map(int, fanouts.split(","))), hard_negatives=hard_negatives,
+                      valid=str(valid) if valid else None, use_gpu=use_gpu)
     init_ray(address)
-
     def progress(m: dict) -> None:
         ndcg = f", valid ndcg@10 {m['valid_ndcg@10']:.4f}" if cfg.valid else ""
         click.echo(f"epoch {m['epoch'] + 1}/{epochs}: loss {m['loss']:.4f}{ndcg}, {m['edges_per_s']:,.0f} edges/s, "
