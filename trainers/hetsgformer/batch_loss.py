@@ -73,6 +73,7 @@ class SampledBatch:
     rand_logq: float
     num_random: int
     num_hard: int
+    seen: np.ndarray | None = None
 
 
 def sample_batch(store: ShardStore, features: FeatureStore, target: EdgeType, batch: dict[str, np.ndarray],
@@ -100,10 +101,31 @@ def sample_batch(store: ShardStore, features: FeatureStore, target: EdgeType, ba
     logq = np.log(-np.expm1(B * np.log1p(-np.minimum(p, 1 - 1e-12)))).astype(np.float32)
     rand_logq = float(np.log(-np.expm1(R * np.log1p(-1 / n_items))))  # uniform draws
     item_seeds = seeds[target.dst]                                    # sorted: rows by searchsorted
+    pair_col = pair_col.ravel()
+    seen = None
+    if cfg.mask_history:
+        cand = np.concatenate([np.broadcast_to(positives, (B, len(positives))),
+                               np.broadcast_to(negatives, (B, R)), hard], axis=1)     # [B, C + R + H]
+        seen = history_mask(store, target, batch["src"], cand)
+        seen[np.arange(B), pair_col] = False                           # the target stays a candidate
     return SampledBatch(sub, features.batch(sub.nodes), seeds, np.searchsorted(seeds[target.src], batch["src"]),
-                        np.searchsorted(item_seeds, positives), pair_col.ravel(),
+                        np.searchsorted(item_seeds, positives), pair_col,
                         np.searchsorted(item_seeds, np.concatenate([negatives, hard.ravel()])),
-                        np.asarray(batch["dst"]), logq, rand_logq, R, hard.shape[1])
+                        np.asarray(batch["dst"]), logq, rand_logq, R, hard.shape[1], seen)
+
+
+def history_mask(store: ShardStore, target: EdgeType, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """``[B, K]`` bool: whether ``users[b]`` has a ``target`` edge to ``items[b, k]`` in the store.
+    ``users: [B]``, ``items: [B, K]``; reads each distinct user's row once."""
+    uniq, row = np.unique(users, return_inverse=True)
+    hist = store.neighbors(target.key, uniq)
+    n_items = np.int64(store.counts[target.dst])
+    known = np.sort(np.repeat(np.arange(len(uniq), dtype=np.int64), np.diff(hist.ptr)) * n_items + hist.ids)
+    if not len(known):
+        return np.zeros(items.shape, dtype=bool)
+    code = row.reshape(-1, 1).astype(np.int64) * n_items + items
+    at = np.minimum(np.searchsorted(known, code), len(known) - 1)
+    return known[at] == code
 
 
 def hard_negatives(model, store: ShardStore, features: FeatureStore, target: EdgeType, batch: dict[str, np.ndarray],
@@ -128,9 +150,10 @@ def batch_loss(model, sampled: SampledBatch, target: EdgeType, cfg, rng: np.rand
     v = F.normalize(emb[target.dst][rows(np.concatenate([s.pos_row, s.neg_row]))], dim=-1)
     C = len(s.pos_row)
     hard_emb = v[C + R:].reshape(B, s.num_hard, -1) if s.num_hard else None
+    seen = rows(s.seen) if s.seen is not None else None
     link = link_loss(u, v[:C], rows(s.logq), target=rows(s.target), rand_neg_emb=v[C:C + R],
                      rand_neg_logq=torch.full((R,), s.rand_logq, device=device), hard_neg_emb=hard_emb,
-                     temperature=cfg.temperature)
+                     temperature=cfg.temperature, exclude=seen)
     aux = _aux_loss(emb, s.sub, s.seeds, target, cfg, rng, device) if cfg.aux_weight > 0 else None
     loss = link if aux is None else link + cfg.aux_weight * aux
     return loss, {"link": link.item(), "aux": aux.item() if aux is not None else 0.0}

@@ -21,6 +21,8 @@ class HetSGFormerConfig:
     the GCN branch against the attention branch (SGFormer's g). ``sparse_ids``: the ID table
     gets sparse gradients (rows of the batch only), so a step costs the batch, not ``v_max``.
     ``attributes`` / ``eal``: ablation switches for IEL's attribute encoders and for EAL.
+    ``out_proj``: a final linear per node type after the blend (SGFormer's output layer), so
+    the embedding is not confined to the GCN branch's non-negative orthant.
     """
 
     dim: int = 64
@@ -34,6 +36,7 @@ class HetSGFormerConfig:
     sparse_ids: bool = True
     attributes: bool = True
     eal: bool = True
+    out_proj: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.dim, int) or self.dim < 1:

@@ -19,7 +19,7 @@ from graphs.samplers import SampledSubgraph
 from graphs.schema import GraphSchema
 from trainers.hetsgformer.config import HetSGFormerConfig
 from trainers.hetsgformer.identity import IdentityEmbedding, TypeFeatures
-from trainers.hetsgformer.layers import EdgeAttention, GlobalAttention, HeteroGCN, TypedGraph
+from trainers.hetsgformer.layers import EdgeAttention, GlobalAttention, HeteroGCN, TypedGraph, TypedLinear
 
 
 def relations(schema: GraphSchema) -> list[str]:
@@ -50,6 +50,7 @@ class HetSGFormer(nn.Module):
         self.gal = GlobalAttention(cfg.dim, cfg.gal_kind, cfg.beta, cfg.dropout)
         self.eal = EdgeAttention(types, rels, cfg.dim, cfg.num_heads, cfg.dropout)
         self.gcn = HeteroGCN(types, rels, cfg.dim, cfg.num_gcn_layers, cfg.dropout)
+        self.out = TypedLinear(len(types), cfg.dim, cfg.dim) if cfg.out_proj else None
 
     def forward(self, batch: SampledSubgraph,
                 features: dict[str, TypeFeatures] | None = None) -> dict[str, Tensor]:
@@ -61,7 +62,10 @@ class HetSGFormer(nn.Module):
         if self.cfg.eal:
             z_attn = self.eal(z_attn, graph)
         g = self.cfg.gcn_weight
-        return graph.split(g * self.gcn(x, graph) + (1 - g) * z_attn, batch.nodes)
+        z = g * self.gcn(x, graph) + (1 - g) * z_attn
+        if self.out is not None:
+            z = self.out(z, graph.node_ends, graph.node_type)
+        return graph.split(z, batch.nodes)
 
     def embed_nodes(self, batch: SampledSubgraph, features: dict[str, TypeFeatures]) -> dict[str, Tensor]:
         """IEL for every node type in the batch, ``{t: [N_t, D]}``."""
@@ -79,7 +83,8 @@ class HetSGFormer(nn.Module):
 def link_loss(user_emb: Tensor, pos_item_emb: Tensor, pos_logq: Tensor | None = None, *,
               target: Tensor | None = None, rand_neg_emb: Tensor | None = None,
               rand_neg_logq: Tensor | None = None, hard_neg_emb: Tensor | None = None,
-              pos_item_ids: Tensor | None = None, temperature: float = 0.1, reduction: str = "mean") -> Tensor:
+              pos_item_ids: Tensor | None = None, exclude: Tensor | None = None, temperature: float = 0.1,
+              reduction: str = "mean") -> Tensor:
     """Sampled softmax with in-batch, uniform random and hard negatives.
 
     For user ``b`` the candidates are the batch's positive items ``c`` (``target[b]`` is its
@@ -100,18 +105,23 @@ def link_loss(user_emb: Tensor, pos_item_emb: Tensor, pos_logq: Tensor | None = 
         pos_logq: ``[C]`` (None: no correction); rand_neg_emb: ``[R, D]``, rand_neg_logq: ``[R]``
         (None: no correction); hard_neg_emb: ``[B, H, D]``; pos_item_ids: ``[B]`` with
         ``target`` None, masks in-batch columns holding the user's own positive item again
-        (false negatives); returns: scalar, or ``[B]`` with ``reduction="none"``.
+        (false negatives); exclude: ``[B, C + R + H]`` bool, candidates left out of user b's
+        softmax (items it is known to like; never its target); returns: scalar, or ``[B]``
+        with ``reduction="none"``.
     With all logits equal the loss is ``log(C + R + H)``. The ``[B, C]`` logits are the step's
     largest tensor, so the temperature scales the ``[B, D]`` users instead, and the parts are
     reduced by logsumexp one by one rather than concatenated.
     """
     if temperature <= 0:
         raise ConfigError(f"temperature must be > 0, got {temperature!r}")
-    B = user_emb.shape[0]
+    B, C = user_emb.shape[0], pos_item_emb.shape[0]
+    R = 0 if rand_neg_emb is None else rand_neg_emb.shape[0]
     u = user_emb / temperature
     logits = u @ pos_item_emb.t()                                      # [B, C]
     if pos_logq is not None:
         logits = logits - pos_logq[None, :]
+    if exclude is not None:
+        logits = logits.masked_fill(exclude[:, :C], -math.inf)
     if target is None:
         target = torch.arange(B, device=user_emb.device)
         if pos_item_ids is not None:
@@ -121,9 +131,11 @@ def link_loss(user_emb: Tensor, pos_item_emb: Tensor, pos_logq: Tensor | None = 
     parts = [logits.logsumexp(1)]
     if rand_neg_emb is not None:
         rand = u @ rand_neg_emb.t()                                    # [B, R]
-        parts.append((rand - rand_neg_logq[None, :] if rand_neg_logq is not None else rand).logsumexp(1))
+        rand = rand - rand_neg_logq[None, :] if rand_neg_logq is not None else rand
+        parts.append((rand if exclude is None else rand.masked_fill(exclude[:, C:C + R], -math.inf)).logsumexp(1))
     if hard_neg_emb is not None:
-        parts.append(torch.einsum("bd,bhd->bh", u, hard_neg_emb).logsumexp(1))      # [B, H]
+        hard = torch.einsum("bd,bhd->bh", u, hard_neg_emb)            # [B, H]
+        parts.append((hard if exclude is None else hard.masked_fill(exclude[:, C + R:], -math.inf)).logsumexp(1))
     lse = parts[0] if len(parts) == 1 else torch.stack(parts, 1).logsumexp(1)      # [B]
     loss = lse - logits.gather(1, target[:, None]).squeeze(1)
     if reduction == "none":

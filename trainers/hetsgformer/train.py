@@ -59,7 +59,8 @@ class TrainConfig:
     type between two different node types). random_negatives: uniform items per batch;
     hard_negatives: per user, drawn among the ``hard_top`` best-scored items of a pool of
     ``hard_pool`` items re-embedded every epoch (0: off). aux_weight: weight of the link
-    loss on the other edge types. exclude_targets: drop the batch's positive edges from its
+    loss on the other edge types. mask_history: leave out of a user's softmax the candidates
+    it already has a training edge to (accidental hits and in-batch false negatives). exclude_targets: drop the batch's positive edges from its
     sampled neighbourhood (no label leakage through message passing). valid: a parquet of held-out (src, dst) target pairs,
     scored every epoch as NDCG@10 over at most ``valid_users`` users (None: no validation).
     resources_per_worker: Ray resources of each worker, passed to ``ScalingConfig`` (None: one
@@ -79,6 +80,7 @@ class TrainConfig:
     hard_top: int = 50
     hard_pool: int = 50_000
     aux_weight: float = 0.1
+    mask_history: bool = True
     exclude_targets: bool = False
     temperature: float = 0.25
     steps_per_epoch: int | None = None

@@ -274,6 +274,24 @@ def test_loss_over_distinct_positives_is_the_plain_softmax():
     torch.testing.assert_close(got, torch.nn.functional.cross_entropy(logits, target, reduction="none"))
 
 
+def test_excluded_candidates_leave_the_softmax():
+    torch.manual_seed(0)
+    B, C, R, H, D = 4, 3, 5, 2, 8
+    u, pos, rand, hard = torch.randn(B, D), torch.randn(C, D), torch.randn(R, D), torch.randn(B, H, D)
+    target = torch.tensor([0, 1, 2, 0])
+    exclude = torch.zeros(B, C + R + H, dtype=torch.bool)
+    exclude[0, [1, C + 2, C + R + 1]] = True                  # one in-batch, one random, one hard
+    got = link_loss(u, pos, target=target, rand_neg_emb=rand, hard_neg_emb=hard, exclude=exclude,
+                    temperature=0.5, reduction="none")
+    logits = torch.cat([u @ pos.T, u @ rand.T, torch.einsum("bd,bhd->bh", u, hard)], 1) / 0.5
+    keep = ~exclude
+    want = torch.stack([torch.logsumexp(logits[b][keep[b]], 0) - logits[b, target[b]] for b in range(B)])
+    torch.testing.assert_close(got, want)
+    plain = link_loss(u, pos, target=target, rand_neg_emb=rand, hard_neg_emb=hard, temperature=0.5,
+                      reduction="none")
+    assert got[0] < plain[0] and torch.equal(got[1:], plain[1:])  # fewer negatives, lower loss; row 0 only
+
+
 def test_loss_decreases_on_toy_problem():
     torch.manual_seed(0)
     n_users, n_items = 32, 40

@@ -16,7 +16,7 @@ from graphs.shards import ShardStore
 from graphs.store import GraphDir
 from trainers.evaluation.split_graph import write_split_graph
 from trainers.evaluation.splits import Interactions, load_interactions, random_split
-from trainers.hetsgformer.batch_loss import HardPool, drop_target_edges
+from trainers.hetsgformer.batch_loss import HardPool, drop_target_edges, history_mask
 from trainers.hetsgformer.curves import write_metrics
 from trainers.hetsgformer.validation import Validator, write_pairs
 
@@ -106,3 +106,18 @@ def test_drop_target_edges_removes_batch_pairs_both_ways():
     assert sub.edges["user__rates__item"].T.tolist() == [[0, 0], [1, 1]]         # 5-2 and 7-3 stay
     assert sub.edge_ts["user__rates__item"].tolist() == [10, 12]
     assert sub.edges["item__rev_rates__user"].T.tolist() == [[0, 0], [1, 1]]     # 2-5 and 3-7 stay
+
+
+def test_history_mask_marks_exactly_the_users_training_items(graph, tmp_path, ray_local):
+    parts = tmp_path / "p"
+    partition_graph(graph, parts, PartitionConfig(num_parts=2))
+    store = ShardStore(parts)
+    target = store.edge_types["user__rates__item"]
+    inter = load_interactions(graph, "user__rates__item")
+    known = set(zip(inter.user.tolist(), inter.item.tolist()))
+    users = np.array([3, 3, 17, 59])
+    items = np.random.default_rng(0).integers(0, 100, (4, 40))
+    got = history_mask(store, target, users, items)
+    want = np.array([[(u, i) in known for i in row] for u, row in zip(users.tolist(), items.tolist())])
+    assert want.any() and not want.all()
+    np.testing.assert_array_equal(got, want)
