@@ -18,6 +18,7 @@ edges/s, validation NDCG@10), ``embeddings/`` (after export).
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import time
@@ -57,7 +58,8 @@ class TrainConfig:
     relation or per node over all its relations (:func:`graphs.samplers.sample_fanout`);
     export and validation sample the same way. target: the edge type learned as links (None: the largest
     type between two different node types). random_negatives: uniform items per batch;
-    hard_negatives: per user, drawn among the ``hard_top`` best-scored items of a pool of
+    lr_decay: the learning rate falls from ``lr`` to ``lr * lr_decay`` along a cosine over the
+    run's steps (1: constant). hard_negatives: per user, drawn among the ``hard_top`` best-scored items of a pool of
     ``hard_pool`` items re-embedded every epoch (0: off). aux_weight: weight of the link
     loss on the other edge types. mask_history: leave out of a user's softmax the candidates
     it already has a training edge to (accidental hits and in-batch false negatives). exclude_targets: drop the batch's positive edges from its
@@ -75,6 +77,7 @@ class TrainConfig:
     fanouts: tuple[int, ...] = (10,)
     fanout_per: str = "relation"
     lr: float = 1e-2
+    lr_decay: float = 0.1
     random_negatives: int = 128
     hard_negatives: int = 0
     hard_top: int = 50
@@ -102,6 +105,8 @@ class TrainConfig:
         if self.hard_negatives < 0 or self.aux_weight < 0:
             raise ConfigError(f"TrainConfig.hard_negatives and aux_weight must be >= 0, "
                              f"got {self.hard_negatives}, {self.aux_weight}")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"TrainConfig.lr_decay must be in (0, 1], got {self.lr_decay}")
         if self.lr <= 0 or self.temperature <= 0:
             raise ConfigError(f"TrainConfig.lr and temperature must be > 0, got {self.lr}, {self.temperature}")
         if self.fanout_per not in FANOUT_SCOPES:
@@ -141,7 +146,8 @@ def _train_loop(loop: dict) -> None:
         pool = _hard_pool(unwrap(model), store, features, target, cfg, epoch) if cfg.hard_negatives and epoch else None
         t0, losses, aux, edges = time.perf_counter(), [], [], 0
         batches = _cycle(store, target.key, owned, cfg.batch_size, rng)
-        for _ in range(steps):  # the same count on every worker keeps DDP in step
+        for step in range(steps):  # the same count on every worker keeps DDP in step
+            opt.set_lr(cfg.lr * lr_factor(cfg, epoch * steps + step, cfg.epochs * steps))
             batch = next(batches)
             hard = hard_negatives(model, store, features, target, batch, cfg, rng, device, pool) if pool else None
             sampled = sample_batch(store, features, target, batch, cfg, rng, hard)
@@ -164,6 +170,12 @@ def _train_loop(loop: dict) -> None:
         report(metrics, model, opt, epoch, history, rank)
 
 
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    """Cosine decay from 1 at step 0 to ``cfg.lr_decay`` at the last step (a pure function of
+    the step, so a resumed run continues the same schedule)."""
+    return cfg.lr_decay + (1 - cfg.lr_decay) * 0.5 * (1 + math.cos(math.pi * step / max(1, total - 1)))
+
+
 class Optimizers:
     """Adam for the dense parameters and SparseAdam for sparse embeddings, as one optimizer.
 
@@ -177,6 +189,11 @@ class Optimizers:
         self.parts = [torch.optim.Adam([p for p in params if id(p) not in sparse], lr=lr)]
         if sparse:
             self.parts.append(torch.optim.SparseAdam([p for p in params if id(p) in sparse], lr=lr))
+
+    def set_lr(self, lr: float) -> None:
+        for opt in self.parts:
+            for group in opt.param_groups:
+                group["lr"] = lr
 
     def zero_grad(self) -> None:
         for opt in self.parts:

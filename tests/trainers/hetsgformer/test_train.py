@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from graphs.exceptions import ConfigError
 from graphs.shards import ShardStore
 from graphs.synthetic import generate_synthetic
 from trainers.hetsgformer.config import HetSGFormerConfig
@@ -69,3 +70,14 @@ def test_config_rejects_bad_values():
         TrainConfig(workers=0)
     with pytest.raises(ValueError, match="fanouts"):
         TrainConfig(fanouts=())
+
+
+def test_lr_schedule_decays_by_cosine_to_lr_decay():
+    from trainers.hetsgformer.train import lr_factor
+    cfg = TrainConfig(lr_decay=0.1)
+    got = [lr_factor(cfg, s, 11) for s in range(11)]
+    assert got[0] == 1.0 and abs(got[-1] - 0.1) < 1e-12 and abs(got[5] - 0.55) < 1e-12
+    assert all(a > b for a, b in zip(got, got[1:]))
+    assert {lr_factor(TrainConfig(lr_decay=1.0), s, 11) for s in range(11)} == {1.0}
+    with pytest.raises(ConfigError, match="lr_decay must be in \\(0, 1\\], got 0"):
+        TrainConfig(lr_decay=0)
