@@ -75,7 +75,7 @@ FANOUT_SCOPES = ("relation", "node")
 
 
 def sample_fanout(store: ShardStore, seeds: dict[str, np.ndarray], fanouts: list[int],
-                  rng: np.random.Generator, edge_types: list[str] | None = None,
+                  rng: np.random.Generator | None, edge_types: list[str] | None = None,
                   per: str = "relation") -> SampledSubgraph:
     """Uniform fan-out neighbour sampling, hop by hop (GraphSAGE style).
 
@@ -84,8 +84,11 @@ def sample_fanout(store: ShardStore, seeds: dict[str, np.ndarray], fanouts: list
     types together, shared out by water-filling (:func:`relation_quotas`), so a node with
     20 relations costs the same as one with 2 and a relation with one edge keeps it.
     Within an edge type a node keeps all its neighbours when its degree is at most its
-    quota, else a uniform sample without replacement. ``edge_types`` limits the types
-    followed (default: all, reverses included). Seeds must be unique within each type.
+    quota, else a uniform sample without replacement. ``rng=None``: no randomness; a row
+    keeps ``quota`` evenly spaced neighbours and left-over draws go to the first relations,
+    so a node's neighbourhood is the same whatever else is in the batch (inference).
+    ``edge_types`` limits the types followed (default: all, reverses included). Seeds must be
+    unique within each type.
     """
     if any(f < 1 for f in fanouts):
         raise ConfigError(f"fanouts must all be >= 1, got {fanouts}")
@@ -127,13 +130,14 @@ def sample_fanout(store: ShardStore, seeds: dict[str, np.ndarray], fanouts: list
                            {k: np.concatenate(v) for k, v in edge_ts.items()})
 
 
-def relation_quotas(degree: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
+def relation_quotas(degree: np.ndarray, budget: int, rng: np.random.Generator | None) -> np.ndarray:
     """Share ``budget`` draws of each node among its relations by water-filling.
 
     ``degree: [R, N]`` (relation r's degree of node n) -> quotas ``[R, N]`` int64 with
     ``quota <= degree`` and ``sum_r quota = min(budget, sum_r degree)``: every relation gets
     ``min(degree, L)`` for the largest level L that fits the budget, and the draws left
-    over go one each to relations above the level, chosen at random.
+    over go one each to relations above the level, chosen at random (``rng=None``: the
+    first ones).
     """
     levels = np.arange(budget + 1)[:, None, None]
     used = np.minimum(degree[None], levels).sum(1)                      # [budget+1, N]
@@ -141,25 +145,33 @@ def relation_quotas(degree: np.ndarray, budget: int, rng: np.random.Generator) -
     quota = np.minimum(degree, level)
     left = budget - quota.sum(0)                                       # [N]
     above = degree > level
-    key = np.where(above, rng.random(degree.shape), np.inf)
+    order = rng.random(degree.shape) if rng is not None else np.broadcast_to(
+        np.arange(len(degree), dtype=np.float64)[:, None], degree.shape)
+    key = np.where(above, order, np.inf)
     rank = key.argsort(0, kind="stable").argsort(0, kind="stable")
     return quota + (above & (rank < left)).astype(np.int64)
 
 
-def _choose(degree: np.ndarray, fanout: int | np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _choose(degree: np.ndarray, fanout: int | np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
     """Positions (into the concatenated neighbour list) kept for each node, ``[sum(min(d, f))]``.
 
     ``fanout``: one for every node, or ``[N]``. Rows of at most ``fanout`` are kept whole.
     Larger rows keep the ``fanout`` candidates with the smallest random keys (a uniform
     sample without replacement); a row above ``4 * fanout`` first draws ``4 * fanout``
     candidate positions (about 2.5 * fanout distinct on average), so no row costs more than
-    O(fanout). One lexsort for all rows, no loop.
+    O(fanout). One lexsort for all rows, no loop. ``rng=None``: a larger row keeps
+    positions ``j * degree // fanout`` for ``j < fanout``.
     """
     f = np.broadcast_to(np.asarray(fanout, dtype=np.int64), degree.shape)
     ptr = np.zeros(len(degree) + 1, dtype=np.int64)
     np.cumsum(degree, out=ptr[1:])
     small = degree <= f
     keep_all, _ = gather_ranges(ptr[:-1][small], ptr[1:][small])
+    if rng is None:
+        row_f = f[~small]
+        j, _ = gather_ranges(np.zeros(len(row_f), dtype=np.int64), row_f)
+        row = np.repeat(np.flatnonzero(~small), row_f)
+        return np.sort(np.concatenate([keep_all, ptr[row] + j * degree[row] // f[row]]))
     big = ~small & (degree <= 4 * f)
     hub = (degree > 4 * f) & (f > 0)
     cand_big, _ = gather_ranges(ptr[:-1][big], ptr[1:][big])

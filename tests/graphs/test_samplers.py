@@ -41,6 +41,25 @@ def test_fanout_samples_real_edges_and_respects_fanout(random_store):
     assert back <= real
 
 
+@pytest.mark.parametrize("per", ["relation", "node"])
+def test_fanout_without_rng_gives_each_node_one_neighbourhood(random_store, per):
+    store, edges = random_store
+    deg = np.bincount(edges["src"], minlength=40)
+
+    def picked(seeds):
+        sub = sample_fanout(store, {"user": seeds}, [3], None, per=per)
+        e = sub.edges["user__clicks__item"]
+        users, items = sub.nodes["user"][e[0]], sub.nodes["item"][e[1]]
+        return {int(s): sorted(items[users == s].tolist()) for s in seeds}
+
+    alone = {s: picked(np.array([s]))[s] for s in range(40)}
+    assert picked(np.arange(40)) == alone == picked(np.arange(40)[::-1].copy())   # whatever the batch
+    assert all(len(alone[s]) == min(int(deg[s]), 3) for s in range(40))
+    hub = int(deg.argmax())
+    row = store.neighbors("user__clicks__item", np.array([hub])).ids          # evenly spaced over the row
+    assert alone[hub] == sorted(row[[j * len(row) // 3 for j in range(3)]].tolist())
+
+
 def test_fanout_rejects_repeated_seeds(random_store):
     store, _ = random_store
     with pytest.raises(ValueError, match="seeds of type 'user' repeat ids"):

@@ -29,7 +29,7 @@ from graphs.exceptions import ConfigError
 from graphs.shards import ShardStore
 from graphs.store import GraphDir, temp_sibling, write_json_atomic, write_text_atomic
 from trainers.features import FeatureStore
-from trainers.hetsgformer.inference import embed_nodes
+from trainers.hetsgformer.inference import embed_nodes, global_context
 from trainers.hetsgformer.model import HetSGFormer
 from trainers.hetsgformer.train import TrainConfig
 from trainers.ray_train import load_state
@@ -46,17 +46,17 @@ def _embedder(config_json: str, checkpoint: str) -> tuple:
     features = FeatureStore(GraphDir(config["graph"], validate="none"))
     model = HetSGFormer(store.schema, cfg.model)
     model.load_state_dict(load_state(checkpoint)["model"])
-    return store, features, model.eval(), cfg
+    return store, features, model.eval(), cfg, global_context(model, store, features, cfg.seed)
 
 
 def _embed_chunks(chunk: dict[str, np.ndarray], config_json: str, checkpoint: str, out: str) -> dict[str, np.ndarray]:
     """A Ray Data task: ``chunk`` holds id ranges ``ntype, lo, hi``; each range's rows are
     embedded and written into ``out/<ntype>.npy``; returns the rows written per range."""
-    store, features, model, cfg = _embedder(config_json, checkpoint)
+    store, features, model, cfg, context = _embedder(config_json, checkpoint)
     for ntype, lo, hi in zip(chunk["ntype"], chunk["lo"], chunk["hi"]):
         ids = np.arange(lo, hi, dtype=np.int64)
         emb = embed_nodes(model, store, features, str(ntype), ids, list(cfg.fanouts), cfg.seed,
-                          chunk=len(ids), per=cfg.fanout_per)  # same sample on every export
+                          chunk=len(ids), per=cfg.fanout_per, context=context)
         rows = np.load(Path(out) / f"{ntype}.npy", mmap_mode="r+")
         rows[lo:hi] = emb.numpy()
         rows.flush()

@@ -47,26 +47,43 @@ class GlobalAttention(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: dict[str, Tensor] | None = None) -> Tensor:
+        """``context``: the key/value summary to attend over (:meth:`summary`, summed over any
+        set of nodes, e.g. the whole graph at inference); None: the batch ``x`` itself."""
         if self.kind == "none":
             return x
         q, k, v = self.qkv(x).chunk(3, dim=-1)                        # each [N, D]
-        attn = self._sgformer(q, k, v) if self.kind == "sgformer" else self._kernel(q, k, v)
+        ctx = context if context is not None else self._stats(k, v, q)
+        attn = self._sgformer(q, v, ctx) if self.kind == "sgformer" else self._kernel(q, ctx)
         return self.norm(self.beta * self.dropout(attn) + (1 - self.beta) * x)
 
+    def summary(self, x: Tensor) -> dict[str, Tensor] | None:
+        """What the attention needs from the nodes attended over, additive across node sets:
+        ``kv: [D, D]`` (keys^T values), ``k: [D]`` (sum of keys), ``n``, ``qq``, ``kk`` (count
+        and squared Frobenius norms of queries and keys, for ``kind="sgformer"``). None for "none"."""
+        if self.kind == "none":
+            return None
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self._stats(k, v, q)
+
+    def _stats(self, k: Tensor, v: Tensor, q: Tensor) -> dict[str, Tensor]:
+        if self.kind == "kernel":
+            k = F.elu(k) + 1                                          # positive features
+        return {"kv": k.t() @ v, "k": k.sum(0), "n": k.new_tensor(float(k.shape[0])),
+                "qq": q.pow(2).sum(), "kk": k.pow(2).sum()}
+
     @staticmethod
-    def _sgformer(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        n = q.shape[0]
-        q, k = q / q.norm(), k / k.norm()                             # whole-tensor Frobenius norm
-        num = q @ (k.t() @ v) + n * v                                 # [N, D]; k.t() @ v is [D, D]
-        den = n + q @ k.sum(0, keepdim=True).t()                      # [N, 1]
+    def _sgformer(q: Tensor, v: Tensor, ctx: dict[str, Tensor]) -> Tensor:
+        q, kn = q / ctx["qq"].sqrt(), ctx["kk"].sqrt()                # whole-tensor Frobenius norms
+        num = q @ (ctx["kv"] / kn) + ctx["n"] * v                     # [N, D]
+        den = ctx["n"] + q @ (ctx["k"][:, None] / kn)                 # [N, 1]
         return num / den
 
     @staticmethod
-    def _kernel(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        q, k = F.elu(q) + 1, F.elu(k) + 1                             # positive features
-        num = q @ (k.t() @ v)                                         # [N, D]
-        den = q @ k.sum(0, keepdim=True).t()                          # [N, 1], > 0
+    def _kernel(q: Tensor, ctx: dict[str, Tensor]) -> Tensor:
+        q = F.elu(q) + 1
+        num = q @ ctx["kv"]                                           # [N, D]
+        den = q @ ctx["k"][:, None]                                   # [N, 1], > 0
         return num / den.clamp(min=1e-6)
 
 

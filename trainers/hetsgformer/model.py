@@ -38,6 +38,7 @@ class HetSGFormer(nn.Module):
     Shapes:
         batch: :class:`SampledSubgraph` (``nodes[t]: [N_t]``, ``edges[ekey]: [2, E]``);
         features: ``{t: TypeFeatures}`` (see :mod:`trainers.hetsgformer.identity`), optional;
+        context: GAL's summary of the nodes to attend over (:meth:`gal_context`); None: the batch;
         returns: ``{t: [N_t, D]}``, rows in the order of ``batch.nodes[t]`` (seeds first).
     """
 
@@ -52,13 +53,13 @@ class HetSGFormer(nn.Module):
         self.gcn = HeteroGCN(types, rels, cfg.dim, cfg.num_gcn_layers, cfg.dropout)
         self.out = TypedLinear(len(types), cfg.dim, cfg.dim) if cfg.out_proj else None
 
-    def forward(self, batch: SampledSubgraph,
-                features: dict[str, TypeFeatures] | None = None) -> dict[str, Tensor]:
+    def forward(self, batch: SampledSubgraph, features: dict[str, TypeFeatures] | None = None,
+                context: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         x = self.embed_nodes(batch, features or {})                   # {t: [N_t, D]}
         graph = TypedGraph.build({t: v.shape[0] for t, v in x.items()}, batch.edges, self.types, self.rels,
                                  self.iel.id_table.weight.device)
         x = graph.flat(x)                                             # [N, D], rows by type
-        z_attn = self.gal(x)
+        z_attn = self.gal(x, context)
         if self.cfg.eal:
             z_attn = self.eal(z_attn, graph)
         g = self.cfg.gcn_weight
@@ -66,6 +67,12 @@ class HetSGFormer(nn.Module):
         if self.out is not None:
             z = self.out(z, graph.node_ends, graph.node_type)
         return graph.split(z, batch.nodes)
+
+    def gal_context(self, nodes: dict[str, np.ndarray], features: dict[str, TypeFeatures]) -> dict[str, Tensor] | None:
+        """GAL's key/value summary of ``nodes: {t: [N_t]}`` (IEL only, no neighbourhood);
+        summaries of disjoint node sets add up (:func:`add_context`)."""
+        x = self.embed_nodes(SampledSubgraph(nodes, {}), features)
+        return self.gal.summary(torch.cat(list(x.values())))
 
     def embed_nodes(self, batch: SampledSubgraph, features: dict[str, TypeFeatures]) -> dict[str, Tensor]:
         """IEL for every node type in the batch, ``{t: [N_t, D]}``."""
@@ -78,6 +85,11 @@ class HetSGFormer(nn.Module):
 
     def _tensor(self, a: np.ndarray | Tensor) -> Tensor:
         return torch.as_tensor(a, dtype=torch.long, device=self.iel.id_table.weight.device)
+
+
+def add_context(a: dict[str, Tensor] | None, b: dict[str, Tensor] | None) -> dict[str, Tensor] | None:
+    """The summary of two disjoint node sets from theirs (:meth:`HetSGFormer.gal_context`)."""
+    return b if a is None else {k: a[k] + b[k] for k in a}
 
 
 def link_loss(user_emb: Tensor, pos_item_emb: Tensor, pos_logq: Tensor | None = None, *,

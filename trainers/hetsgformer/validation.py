@@ -21,7 +21,7 @@ from graphs.store import atomic_file
 from trainers.evaluation.metrics import evaluate_scores
 from trainers.evaluation.splits import Interactions
 from trainers.features import FeatureStore
-from trainers.hetsgformer.inference import embed_nodes
+from trainers.hetsgformer.inference import embed_nodes, global_context
 
 
 def write_pairs(path: str | Path, inter: Interactions) -> Path:
@@ -64,10 +64,11 @@ class Validator:
         if not len(self.users):
             return float("nan")
         items = np.arange(self.store.counts[self.target.dst])
+        ctx = global_context(model, self.store, features, self.seed)
         u = F.normalize(embed_nodes(model, self.store, features, self.target.src, self.users, fanouts,
-                                    self.seed, per=per), dim=-1).cpu()
+                                    self.seed, per=per, context=ctx), dim=-1).cpu()
         v = F.normalize(embed_nodes(model, self.store, features, self.target.dst, items, fanouts,
-                                    self.seed, per=per), dim=-1).cpu()
+                                    self.seed, per=per, context=ctx), dim=-1).cpu()
         row = {int(x): i for i, x in enumerate(self.users)}
         index = np.vectorize(row.__getitem__, otypes=[np.int64])
 

@@ -142,6 +142,19 @@ def test_gal_kernel_mixes_globally_sgformer_does_not():
     assert change.min() > 1e-3
 
 
+@pytest.mark.parametrize("kind", ["kernel", "sgformer"])
+def test_gal_over_a_summary_equals_gal_over_its_nodes(kind):
+    torch.manual_seed(0)
+    gal = GlobalAttention(D, kind).eval()
+    x = torch.randn(300, D)
+    parts = [gal.summary(x[:100]), gal.summary(x[100:])]
+    ctx = {k: parts[0][k] + parts[1][k] for k in parts[0]}                # summaries add up
+    with torch.no_grad():
+        whole = gal(x)
+        torch.testing.assert_close(gal(x[17:40], ctx), whole[17:40], atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(gal(x[17:40]), whole[17:40], atol=1e-3)   # the chunk alone differs
+
+
 class _MaxNumel(TorchDispatchMode):
     """Records the largest tensor any op produces."""
 
