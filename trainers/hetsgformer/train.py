@@ -77,7 +77,7 @@ class TrainConfig:
     fanouts: tuple[int, ...] = (10,)
     fanout_per: str = "relation"
     lr: float = 1e-2
-    lr_decay: float = 0.1
+    lr_decay: float = 1.0
     random_negatives: int = 128
     hard_negatives: int = 0
     hard_top: int = 50
