@@ -147,7 +147,7 @@ def partition(graph: Path, out: Path, parts: int, address: str | None, bucket_ed
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=1e-2, show_default=True)
 @click.option("--fanouts", default="10", show_default=True, help="Neighbours sampled per hop, comma-separated.")
-@click.option("--fanout-per", type=click.Choice(["relation", "node"]), default="relation", show_default=True)
+@click.option("--fanout-per", type=click.Choice(["relation", "node", "edge"]), default="relation", show_default=True)
 @click.option("--hard-negatives", type=int, default=0, show_default=True,
               help="Hard negatives per user, mined from the current embeddings every epoch.")
 @click.option("--valid", type=click.Path(path_type=Path, dir_okay=False),

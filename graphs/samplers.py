@@ -71,7 +71,7 @@ class _NodeIndex:
         return dict(self.ids)
 
 
-FANOUT_SCOPES = ("relation", "node")
+FANOUT_SCOPES = ("relation", "node", "edge")
 
 
 def sample_fanout(store: ShardStore, seeds: dict[str, np.ndarray], fanouts: list[int],
@@ -83,6 +83,9 @@ def sample_fanout(store: ShardStore, seeds: dict[str, np.ndarray], fanouts: list
     neighbours per edge type. ``per="node"``: up to ``fanouts[hop]`` over all its edge
     types together, shared out by water-filling (:func:`relation_quotas`), so a node with
     20 relations costs the same as one with 2 and a relation with one edge keeps it.
+    ``per="edge"``: up to ``fanouts[hop]`` over all its edge types together, uniform over
+    its edges (GraphSAGE on the graph without types): a relation's share follows its degree
+    (:func:`edge_quotas`), so a movie's users are not crowded out by 25 small KG relations.
     Within an edge type a node keeps all its neighbours when its degree is at most its
     quota, else a uniform sample without replacement. ``rng=None``: no randomness; a row
     keeps ``quota`` evenly spaced neighbours and left-over draws go to the first relations,
@@ -111,8 +114,9 @@ def sample_fanout(store: ShardStore, seeds: dict[str, np.ndarray], fanouts: list
             src_local, _ = index.add(ntype, ids)
             etypes = [e for e in store.edge_types_from(ntype) if allowed is None or e.key in allowed]
             spans = [store.row_spans(e.key, ids) for e in etypes]            # (parts, start, degree)
-            quotas = (relation_quotas(np.stack([deg for _, _, deg in spans]), fanout, rng)
-                      if per == "node" and spans else [fanout] * len(spans))
+            share = relation_quotas if per == "node" else edge_quotas
+            quotas = (share(np.stack([deg for _, _, deg in spans]), fanout, rng)
+                      if per != "relation" and spans else [fanout] * len(spans))
             for etype, (parts, start, deg), quota in zip(etypes, spans, quotas):
                 pick = _choose(deg, quota, rng)      # positions in the rows laid end to end
                 if pick.size == 0:
@@ -150,6 +154,21 @@ def relation_quotas(degree: np.ndarray, budget: int, rng: np.random.Generator | 
     key = np.where(above, order, np.inf)
     rank = key.argsort(0, kind="stable").argsort(0, kind="stable")
     return quota + (above & (rank < left)).astype(np.int64)
+
+
+def edge_quotas(degree: np.ndarray, budget: int, rng: np.random.Generator | None) -> np.ndarray:
+    """Share ``budget`` draws of each node among its relations as a uniform sample of
+    ``min(budget, sum_r degree)`` of its edges would: ``degree: [R, N]`` -> quotas ``[R, N]``
+    int64 with ``quota <= degree`` (``rng=None``: evenly spaced edges, so quotas follow the
+    degrees, the first relations first)."""
+    R, N = degree.shape
+    total = degree.sum(0)                                              # [N]
+    pick = _choose(total, budget, rng)                                 # positions in the nodes' edges end to end
+    ptr = np.concatenate([[0], np.cumsum(total)])
+    node = np.searchsorted(ptr, pick, side="right") - 1
+    ends = np.cumsum(degree, axis=0)                                   # [R, N], relation r ends at ends[r, n]
+    rel = (pick - ptr[node] >= ends[:, node]).sum(0)                   # [picks]
+    return np.bincount(rel * N + node, minlength=R * N).reshape(R, N).astype(np.int64)
 
 
 def _choose(degree: np.ndarray, fanout: int | np.ndarray, rng: np.random.Generator | None) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 from conftest import random_graph
 
 from graphs.partition import PartitionConfig, partition_graph
-from graphs.samplers import iter_seed_edges, node_key, relation_quotas, sample_fanout, select_neighbors, split_key
+from graphs.samplers import edge_quotas, iter_seed_edges, node_key, relation_quotas, sample_fanout, select_neighbors, split_key
 from graphs.schema import EdgeType, GraphSchema, NodeType
 from graphs.shards import ShardStore
 from graphs.store import GraphWriter
@@ -41,7 +41,7 @@ def test_fanout_samples_real_edges_and_respects_fanout(random_store):
     assert back <= real
 
 
-@pytest.mark.parametrize("per", ["relation", "node"])
+@pytest.mark.parametrize("per", ["relation", "node", "edge"])
 def test_fanout_without_rng_gives_each_node_one_neighbourhood(random_store, per):
     store, edges = random_store
     deg = np.bincount(edges["src"], minlength=40)
@@ -92,6 +92,19 @@ def test_relation_quotas_water_fill():
     extra = np.stack([relation_quotas(np.array([[9], [9], [9]]), 10, np.random.default_rng(s))[:, 0]
                       for s in range(300)])
     assert (extra.sum(1) == 10).all() and np.abs((extra == 4).mean(0) - 1 / 3).max() < 0.1
+
+
+def test_edge_quotas_follow_the_degrees():
+    deg = np.array([[1, 50, 0, 3], [40, 50, 0, 3], [2, 0, 0, 3]])   # [R=3, N=4]
+    for rng in (np.random.default_rng(0), None):
+        q = edge_quotas(deg, 10, rng)
+        assert (q <= deg).all()
+        np.testing.assert_array_equal(q.sum(0), np.minimum(10, deg.sum(0)))
+        assert (q[:, 2] == 0).all() and (q[:, 3] == 3).all()
+    np.testing.assert_array_equal(edge_quotas(deg, 10, None)[:, :2], [[1, 5], [9, 5], [0, 0]])  # evenly spaced
+    # drawn: relation r's expected share of node 0's 10 draws is 10 * deg[r] / 43
+    mean = np.mean([edge_quotas(deg, 10, np.random.default_rng(s))[:, 0] for s in range(400)], axis=0)
+    np.testing.assert_allclose(mean, 10 * deg[:, 0] / 43, atol=0.1)
 
 
 @pytest.fixture(scope="module")

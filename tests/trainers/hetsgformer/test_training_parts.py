@@ -123,7 +123,7 @@ def test_history_mask_marks_exactly_the_users_training_items(graph, tmp_path, ra
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("per", ["relation", "node"])
+@pytest.mark.parametrize("per", ["relation", "node", "edge"])
 def test_embeddings_do_not_depend_on_the_chunking(graph, tmp_path, ray_local, per):
     from trainers.features import FeatureStore
     from trainers.hetsgformer.config import HetSGFormerConfig
