@@ -31,9 +31,9 @@ def parse_value(spec: FeatureSpec, value) -> np.ndarray:
             if value is None:
                 return np.full(spec.dim, np.nan, np.float32)
             with np.errstate(over="ignore"):
-                out = np.asarray(value, np.float32).reshape(-1)
-            if out.shape != (spec.dim,):
-                raise ValueError(f"expected {spec.dim} value(s)")
+                out = np.asarray(value, np.float32)
+            if out.shape != (spec.dim,):                    # a flat list: [[1, 2]] or 1.5 is not one
+                raise ValueError(f"expected a list of {spec.dim} number(s)")
             if not np.isfinite(out).all():
                 raise ValueError("not finite in float32 (send null for a missing value)")
             return out

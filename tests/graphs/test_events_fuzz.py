@@ -73,7 +73,8 @@ def test_out_of_range_attributes_are_named():
     for attrs, says in (({"age": 10**30}, "'age' (categorical): bad value"), ({"age": 8}, "outside [0, 8)"),
                         ({"age": float("inf")}, "'age'"), ({"tags": [3, 50]}, "outside [0, 50)"),
                         ({"tags": "3"}, "expected a list"), ({"vec": [1e300, 2]}, "not finite"),
-                        ({"age": True}, "not an integer")):
+                        ({"age": True}, "not an integer"), ({"vec": [[0.5, 1.0]]}, "expected a list of 2"),
+                        ({"vec": 1.0}, "expected a list of 2")):
         accepted, errors = EventValidator(SCHEMA, COUNTS).check([{"op": "node", "ntype": "user", "id": 10,
                                                                    "attrs": attrs}])
         assert not accepted and says in str(errors[0]), (attrs, str(errors[0]))
