@@ -1,7 +1,7 @@
 """Ablations of HetSGFormer on MovieLens-100K (random split): which part earns its keep.
 
-    python benchmarks/ablation.py --epochs 6
-    python benchmarks/ablation.py --variants default,gal_sgformer --epochs 10
+    python benchmarks/ablation.py --epochs 12 --variants default,no_mask_history,gal_none
+    python benchmarks/ablation.py --variants default,gal_sgformer --epochs 10 --seeds 3
 
 Each variant is trained by the evaluation harness's own path (split graph, Ray Train,
 export) on each of ``--seeds`` seeds; a variant is judged on its last epoch's validation
@@ -32,6 +32,18 @@ from trainers.hetsgformer.train import TrainConfig  # noqa: E402
 MODEL = HetSGFormerConfig()
 VARIANTS = {
     "default": {},
+    # the quality fixes, one at a time back to what they replaced
+    "no_mask_history": {"mask_history": False},          # known items stay negatives (accidental hits)
+    "no_out_proj": {"model": replace(MODEL, out_proj=False)},
+    "cosine_lr": {"lr_decay": 0.1},
+    "exclude_target_edges": {"exclude_targets": True},
+    "temperature_0.1": {"temperature": 0.1},
+    "lr_3e-2": {"lr": 3e-2},
+    # fan-out and batch
+    "fanout_relation": {"fanout_per": "relation"},
+    "fanout_edge": {"fanout_per": "edge"},
+    "batch_256": {"batch_size": 256},
+    # the model's parts
     "gal_sgformer": {"model": replace(MODEL, gal_kind="sgformer")},  # SGFormer's own normalisation
     "gal_none": {"model": replace(MODEL, gal_kind="none")},
     "no_eal": {"model": replace(MODEL, eal=False)},
@@ -40,13 +52,9 @@ VARIANTS = {
     "no_attributes": {"model": replace(MODEL, attributes=False)},
     "no_aux": {"aux_weight": 0.0},
     "hard_negatives": {"hard_negatives": 2},
-    "no_random_negatives": {"random_negatives": 1},
-    "exclude_target_edges": {"exclude_targets": True},
-    # throughput settings (benchmarks/train_profile.py): one fan-out budget per node, larger batches
-    "node_budget": {"fanout_per": "node"},
-    "node_b1024": {"fanout_per": "node", "batch_size": 1024},
-    "node_b2048": {"fanout_per": "node", "batch_size": 2048},
-    "node_b2048_lr2e-2": {"fanout_per": "node", "batch_size": 2048, "lr": 2e-2},
+    # the defaults before the quality issue: fan-out per relation, batch 256, 3 epochs' schedule
+    "old_default": {"fanout_per": "relation", "batch_size": 256, "mask_history": False,
+                    "model": replace(MODEL, out_proj=False)},
 }
 
 
@@ -54,7 +62,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--movielens", default="runs/demo/ml-100k")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--work", default="/tmp/hetrec-bench-ablation")
     ap.add_argument("--out", default="benchmarks/results/ablation.json")
@@ -69,13 +77,17 @@ def main() -> None:
     done, scores = {}, {}
     for name in names:
         cfg = TrainConfig(workers=2, epochs=args.epochs, **VARIANTS[name])
-        t0, valid = time.perf_counter(), []
+        t0, curves, epoch_s = time.perf_counter(), [], []
         for seed, split in enumerate(splits):
             work = Path(args.work) / f"{name}-{seed}"
             scores[name, seed] = fit_hetsgformer(Path(args.movielens), split, seed, "user__rates__movie", work, cfg)
-            valid.append(json.loads((work / "run" / "metrics.json").read_text())["epochs"][-1]["valid_ndcg@10"])
+            epochs = json.loads((work / "run" / "metrics.json").read_text())["epochs"]
+            curves.append([e["valid_ndcg@10"] for e in epochs])
+            epoch_s += [e["epoch_s"] for e in epochs]
+        valid = [c[-1] for c in curves]
         done[name] = {"epochs": args.epochs, "valid_ndcg@10": float(np.mean(valid)),
-                      "valid_ndcg@10_std": float(np.std(valid)), "seconds": time.perf_counter() - t0}
+                      "valid_ndcg@10_std": float(np.std(valid)), "valid_curve": np.mean(curves, 0).round(4).tolist(),
+                      "median_epoch_s": float(np.median(epoch_s)), "seconds": time.perf_counter() - t0}
         print(f"{name:<22} valid ndcg@10 {np.mean(valid):.4f} ± {np.std(valid):.4f}", flush=True)
         write_result(args.out, {"seeds": args.seeds, "epochs": args.epochs, "variants": done, "chosen": None})
     best = max(done, key=lambda n: done[n]["valid_ndcg@10"])

@@ -143,11 +143,11 @@ def partition(graph: Path, out: Path, parts: int, address: str | None, bucket_ed
 @click.argument("graph", type=click.Path(path_type=Path))
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--workers", type=int, default=2, show_default=True, help="Ray Train workers.")
-@click.option("--epochs", type=int, default=3, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--epochs", type=int, default=24, show_default=True)
+@click.option("--batch-size", type=int, default=1024, show_default=True)
 @click.option("--lr", type=float, default=1e-2, show_default=True)
 @click.option("--fanouts", default="10", show_default=True, help="Neighbours sampled per hop, comma-separated.")
-@click.option("--fanout-per", type=click.Choice(["relation", "node", "edge"]), default="relation", show_default=True)
+@click.option("--fanout-per", type=click.Choice(["relation", "node", "edge"]), default="node", show_default=True)
 @click.option("--hard-negatives", type=int, default=0, show_default=True,
               help="Hard negatives per user, mined from the current embeddings every epoch.")
 @click.option("--valid", type=click.Path(path_type=Path, dir_okay=False),
@@ -202,7 +202,7 @@ def export_cmd(run_dir: Path, address: str | None) -> None:
 @click.option("--etype", default=None, help="The user-item edge type (default: the graph's largest type "
               "between two node types, e.g. user__rates__movie).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON.")
-@click.option("--epochs", type=int, default=8, show_default=True, help="HetSGFormer epochs.")
+@click.option("--epochs", type=int, default=24, show_default=True, help="HetSGFormer epochs.")
 @click.option("--workers", type=int, default=2, show_default=True, help="HetSGFormer's Ray Train workers.")
 @click.option("--work-dir", type=click.Path(path_type=Path),
               help="Keep HetSGFormer's split graphs and runs here (default: a temporary folder).")
@@ -356,7 +356,7 @@ def serve_cmd(run_dir: Path, host: str, port: int, candidates: int, token_file: 
 @main.command("demo")
 @click.option("--dir", "root", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True,
               help="Output folder.")
-@click.option("--epochs", type=int, default=2, show_default=True, help="HetSGFormer epochs.")
+@click.option("--epochs", type=int, default=12, show_default=True, help="HetSGFormer epochs.")
 def demo_cmd(root: Path, epochs: int) -> None:
     """The MovieLens-100K walk-through of `make demo`: graph, partition, evaluation, cold
     start and serving, on an embedded local Ray."""

@@ -16,7 +16,7 @@
     python -m cluster.demo              # or: hetrec demo [--dir DIR] [--epochs E] [--verbose]
 
 Output goes to ``$HETREC_DEMO_DIR`` (default ``runs/demo``, relative to the current
-directory); ``$HETREC_DEMO_EPOCHS`` sets HetSGFormer's epochs (default 2). Ray's own logs
+directory); ``$HETREC_DEMO_EPOCHS`` sets HetSGFormer's epochs (default 12). Ray's own logs
 stay in its session folder unless ``HETREC_LOG_LEVEL=INFO``.
 """
 
@@ -42,7 +42,7 @@ class DemoConfig:
     rows; ``ranker_steps``: DSGL training steps; ``port``: the demo service's HTTP port."""
 
     root: str = "runs/demo"
-    epochs: int = 2
+    epochs: int = 12
     parts: int = 4
     models: tuple[str, ...] = DEMO_MODELS
     ranker_steps: int = 60
@@ -234,7 +234,7 @@ def serve_step(run: Path, steps: int = 60, port: int = 8765) -> tuple[dict, dict
 
 def main() -> None:
     run_demo(DemoConfig(root=os.environ.get("HETREC_DEMO_DIR", "runs/demo"),
-                        epochs=int(os.environ.get("HETREC_DEMO_EPOCHS", "2"))))
+                        epochs=int(os.environ.get("HETREC_DEMO_EPOCHS", "12"))))
 
 
 if __name__ == "__main__":

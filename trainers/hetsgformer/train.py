@@ -72,10 +72,10 @@ class TrainConfig:
     """
 
     workers: int = 2
-    epochs: int = 3
-    batch_size: int = 256
+    epochs: int = 24
+    batch_size: int = 1024
     fanouts: tuple[int, ...] = (10,)
-    fanout_per: str = "relation"
+    fanout_per: str = "node"
     lr: float = 1e-2
     lr_decay: float = 1.0
     random_negatives: int = 128
@@ -118,7 +118,8 @@ class TrainConfig:
     def from_json(cls, doc: dict) -> TrainConfig:
         """Inverse of ``dataclasses.asdict`` (as stored in a run's ``config.json``)."""
         doc = {"fanout_per": "relation", **doc}   # runs from before the field sampled per relation
-        return cls(**{**doc, "fanouts": tuple(doc["fanouts"]), "model": HetSGFormerConfig(**doc["model"])})
+        model = {"out_proj": False, **doc["model"]}  # models from before the output layer had none
+        return cls(**{**doc, "fanouts": tuple(doc["fanouts"]), "model": HetSGFormerConfig(**model)})
 
 
 def _train_loop(loop: dict) -> None:
