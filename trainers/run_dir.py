@@ -3,6 +3,7 @@
     <run>/config.json                 graph, parts, target edge type, training config
     <run>/parts/                      the run's own shards (when trained from a graph directory)
     <run>/ray/<name>/checkpoint_*/    Ray Train's checkpoints (state.pt)
+    <run>/best/state.pt               the best validation epoch's model (runs that validate)
     <run>/metrics.json|.csv|.png      per-epoch curves
     <run>/embeddings/vNNNN/           exported versions (<ntype>.npy, meta.json)
     <run>/embeddings/LATEST           the newest version's folder name
@@ -87,6 +88,17 @@ class RunDir:
     @property
     def checkpoints(self) -> Path:
         return self.path / "ray"
+
+    @property
+    def best(self) -> Path:
+        """``best/state.pt``: the model of the epoch with the best validation NDCG@10, kept by
+        training runs that validate (``model``, ``epoch``, ``valid_ndcg@10``)."""
+        return self.path / "best"
+
+    def export_checkpoint(self) -> Path:
+        """What export embeds with: the best validation epoch when the run kept one (the
+        choice is made on validation only), else the latest checkpoint."""
+        return self.best if (self.best / "state.pt").is_file() else self.latest_checkpoint()
 
     def latest_checkpoint(self) -> Path:
         """The newest checkpoint folder (Ray Train names them by time)."""

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 from click.testing import CliRunner
 
 from cluster.cli import main
@@ -53,11 +54,14 @@ def test_entry_points_from_another_working_directory(tmp_path, monkeypatch, ray_
     assert results["hetsgformer"]["ndcg@10"]["mean"] >= 0
     epochs = json.loads(Path("w/hetsgformer-random-0/run/metrics.json").read_text())["epochs"]
     assert math.isfinite(epochs[0]["valid_ndcg@10"])      # the workers read the validation pairs
+    best = torch.load("w/hetsgformer-random-0/run/best/state.pt", weights_only=True)
+    assert (best["epoch"], best["valid_ndcg@10"]) == (0, epochs[0]["valid_ndcg@10"])   # the validated epoch
 
     partition_graph("g", "g.parts", PartitionConfig(num_parts=4))
     version = serving_run("w/hetsgformer-random-0/run", "g.parts", "served")
     assert version == tmp_path / "served" / "embeddings" / "v0001"
     assert json.loads(Path("served/config.json").read_text())["graph"] == str(tmp_path / "g")
+    assert json.loads((version / "meta.json").read_text())["checkpoint"] == str(tmp_path / "served" / "best")
 
     result = CliRunner().invoke(main, ["export", "served"])
     assert result.exit_code == 0, result.output

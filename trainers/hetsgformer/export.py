@@ -37,9 +37,10 @@ from trainers.run_dir import RunDir
 
 
 @functools.lru_cache(maxsize=1)
-def _embedder(config_json: str, checkpoint: str) -> tuple:
+def _embedder(config_json: str, checkpoint: str, stamp: int) -> tuple:
     """The stores and the model of one export, loaded once per Ray worker process (Ray
-    reuses the process for the export's next tasks)."""
+    reuses the process for the export's next tasks). ``stamp``: the checkpoint file's
+    mtime, so a ``best/`` rewritten by further training is loaded again."""
     config = json.loads(config_json)
     cfg = TrainConfig.from_json(config["train"])
     store = ShardStore(config["parts"])
@@ -49,10 +50,11 @@ def _embedder(config_json: str, checkpoint: str) -> tuple:
     return store, features, model.eval(), cfg, global_context(model, store, features, cfg.seed)
 
 
-def _embed_chunks(chunk: dict[str, np.ndarray], config_json: str, checkpoint: str, out: str) -> dict[str, np.ndarray]:
+def _embed_chunks(chunk: dict[str, np.ndarray], config_json: str, checkpoint: str, stamp: int,
+                  out: str) -> dict[str, np.ndarray]:
     """A Ray Data task: ``chunk`` holds id ranges ``ntype, lo, hi``; each range's rows are
     embedded and written into ``out/<ntype>.npy``; returns the rows written per range."""
-    store, features, model, cfg, context = _embedder(config_json, checkpoint)
+    store, features, model, cfg, context = _embedder(config_json, checkpoint, stamp)
     for ntype, lo, hi in zip(chunk["ntype"], chunk["lo"], chunk["hi"]):
         ids = np.arange(lo, hi, dtype=np.int64)
         emb = embed_nodes(model, store, features, str(ntype), ids, list(cfg.fanouts), cfg.seed,
@@ -69,7 +71,7 @@ def export_embeddings(run_dir: str | Path, chunk_nodes: int = 2048, actors: int 
     go to the embedding actors (e.g. ``{"num_gpus": 1, "resources": {"trainer": 1}}``)."""
     run = RunDir(run_dir)
     cfg = TrainConfig.from_json(run.train_config)
-    checkpoint = run.latest_checkpoint()
+    checkpoint = run.export_checkpoint()
     store = ShardStore(run.parts)
     final = run.next_embeddings()
     version = int(final.name[1:])
@@ -85,6 +87,7 @@ def export_embeddings(run_dir: str | Path, chunk_nodes: int = 2048, actors: int 
         written = (ray.data.from_items(chunks, override_num_blocks=max(1, min(len(chunks), 64)))
                    .map_batches(_embed_chunks, batch_size=1, concurrency=actors,
                                 fn_kwargs={"config_json": json.dumps(run.config), "checkpoint": str(checkpoint),
+                                           "stamp": (checkpoint / "state.pt").stat().st_mtime_ns,
                                            "out": str(tmp)},
                                 **(ray_remote_args or {}))
                    .sum("rows"))
@@ -115,7 +118,9 @@ def serving_run(trained: str | Path, parts: str | Path, out: str | Path, **expor
         raise ConfigError(f"{parts} does not match the graph {trained.path} was trained on: node counts "
                           f"{want.counts} vs {have.counts}, or other edge types")
     served.refuse_existing("pick another folder")
-    checkpoint = trained.latest_checkpoint()
-    shutil.copytree(checkpoint, served.checkpoints / "train" / checkpoint.name)
+    latest = trained.latest_checkpoint()
+    shutil.copytree(latest, served.checkpoints / "train" / latest.name)
+    if trained.export_checkpoint() != latest:                      # the weights export chose
+        shutil.copytree(trained.best, served.best)
     served.write_config(want.graph, parts, trained.target, trained.train_config, weights_from=str(trained.path))
     return export_embeddings(served.path, **export_kwargs)

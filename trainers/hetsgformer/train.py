@@ -38,7 +38,7 @@ from graphs.partition import PartitionConfig, partition_graph
 from graphs.paths import absolute_fields
 from graphs.samplers import FANOUT_SCOPES, iter_seed_edges
 from graphs.shards import ShardStore
-from graphs.store import GraphDir
+from graphs.store import GraphDir, atomic_file
 from trainers.features import FeatureStore
 from trainers.hetsgformer.batch_loss import HardPool, batch_loss, hard_negatives, sample_batch
 from trainers.hetsgformer.config import HetSGFormerConfig
@@ -64,7 +64,8 @@ class TrainConfig:
     loss on the other edge types. mask_history: leave out of a user's softmax the candidates
     it already has a training edge to (accidental hits and in-batch false negatives). exclude_targets: drop the batch's positive edges from its
     sampled neighbourhood (no label leakage through message passing). valid: a parquet of held-out (src, dst) target pairs,
-    scored every epoch as NDCG@10 over at most ``valid_users`` users (None: no validation).
+    scored every epoch as NDCG@10 over at most ``valid_users`` users (None: no validation); the
+    best epoch's model is kept in ``RUN_DIR/best`` and is what export embeds with.
     resources_per_worker: Ray resources of each worker, passed to ``ScalingConfig`` (None: one
     CPU, or one GPU with ``use_gpu``); e.g. ``{"CPU": 1, "trainer": 1}`` places the workers on
     the trainer nodes of ``ray_config.yaml``.
@@ -137,6 +138,8 @@ def _train_loop(loop: dict) -> None:
     opt = Optimizers(unwrap(model), cfg.lr)
     start, history = restore(model, opt, device)
     validator = Validator(cfg.valid, store, target, cfg.valid_users, cfg.seed) if cfg.valid and rank == 0 else None
+    best = max([h["valid_ndcg@10"] for h in history if math.isfinite(h.get("valid_ndcg@10", math.nan))],
+               default=-math.inf)
     owned = [p for p in range(store.num_parts) if p % world == rank]
     steps = cfg.steps_per_epoch or max(1, target.count // (world * cfg.batch_size))
     for epoch in range(start, cfg.epochs):
@@ -168,7 +171,17 @@ def _train_loop(loop: dict) -> None:
                    "valid_ndcg@10": validator.ndcg10(unwrap(model), features, list(cfg.fanouts), cfg.fanout_per)
                    if validator else float("nan")}
         history.append(metrics)
+        if validator and metrics["valid_ndcg@10"] > best:   # what export embeds with (RunDir.best)
+            best = metrics["valid_ndcg@10"]
+            save_best(Path(loop["best"]), unwrap(model), epoch, best)
         report(metrics, model, opt, epoch, history, rank)
+
+
+def save_best(folder: Path, model: torch.nn.Module, epoch: int, valid: float) -> None:
+    """Replace ``folder/state.pt`` with ``model``'s weights, atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_file(folder / "state.pt") as tmp:
+        torch.save({"model": model.state_dict(), "epoch": epoch, "valid_ndcg@10": valid}, tmp)
 
 
 def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
@@ -264,7 +277,8 @@ def train(graph: str | Path, run_dir: str | Path, cfg: TrainConfig = TrainConfig
             partition_graph(graph, parts, PartitionConfig(num_parts=cfg.num_parts))
     target = ShardStore(parts).schema.interaction_type(cfg.target)
     run.write_config(graph, parts, target, asdict(cfg))
-    result = fit(_train_loop, {"cfg": cfg, "graph": str(graph), "parts": str(parts), "target": target},
+    result = fit(_train_loop, {"cfg": cfg, "graph": str(graph), "parts": str(parts), "target": target,
+                               "best": str(run.best)},
                  name="train", storage=run.checkpoints, workers=cfg.workers, use_gpu=cfg.use_gpu,
                  resources_per_worker=cfg.resources_per_worker, progress=progress)
     with result.checkpoint.as_directory() as d:

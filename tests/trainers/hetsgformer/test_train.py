@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from graphs.exceptions import ConfigError
 from graphs.shards import ShardStore
@@ -81,3 +82,20 @@ def test_lr_schedule_decays_by_cosine_to_lr_decay():
     assert {lr_factor(TrainConfig(lr_decay=1.0), s, 11) for s in range(11)} == {1.0}
     with pytest.raises(ConfigError, match="lr_decay must be in \\(0, 1\\], got 0"):
         TrainConfig(lr_decay=0)
+
+
+def test_export_embeds_the_best_validation_epoch(graph, tmp_path, ray_local):
+    from trainers.evaluation.splits import load_interactions
+    from trainers.hetsgformer.validation import write_pairs
+    from trainers.run_dir import RunDir
+
+    inter = load_interactions(graph, "user__clicks__item")
+    pairs = write_pairs(tmp_path / "valid.parquet", inter.subset(np.arange(0, len(inter.user), 7)))
+    run = tmp_path / "run"
+    train(graph, run, TrainConfig(epochs=3, valid=str(pairs), **SMALL))
+    valid = [e["valid_ndcg@10"] for e in json.loads((run / "metrics.json").read_text())["epochs"]]
+    best = torch.load(run / "best" / "state.pt", weights_only=True)
+    assert best["epoch"] == int(np.argmax(valid)) and best["valid_ndcg@10"] == max(valid)
+    assert RunDir(run).export_checkpoint() == run / "best"
+    version = export_embeddings(run)
+    assert json.loads((version / "meta.json").read_text())["checkpoint"] == str(run / "best")
