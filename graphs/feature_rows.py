@@ -32,7 +32,9 @@ def parse_value(spec: FeatureSpec, value) -> np.ndarray:
                 return np.full(spec.dim, np.nan, np.float32)
             with np.errstate(over="ignore"):
                 out = np.asarray(value, np.float32)
-            if out.shape != (spec.dim,):                    # a flat list: [[1, 2]] or 1.5 is not one
+            if out.shape == () and spec.dim == 1:            # one number for a dim-1 attribute
+                out = out.reshape(1)
+            if out.shape != (spec.dim,):                    # else a flat list: [[1, 2]] is not one
                 raise ValueError(f"expected a list of {spec.dim} number(s)")
             if not np.isfinite(out).all():
                 raise ValueError("not finite in float32 (send null for a missing value)")
