@@ -31,6 +31,14 @@ def graph(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def store(graph, tmp_path_factory, ray_local):
+    """The graph partitioned into 2 shards, once for the module."""
+    parts = tmp_path_factory.mktemp("parts2") / "p"
+    partition_graph(graph, parts, PartitionConfig(num_parts=2))
+    return ShardStore(parts)
+
+
 def test_split_graph_keeps_train_edges_only(graph, tmp_path):
     inter = load_interactions(graph, "user__rates__item")
     split = random_split(inter, seed=0)
@@ -64,10 +72,7 @@ def test_hard_pool_draws_top_items_never_the_positive():
         assert got[0, 0] == 11 and got[1, 0] == 12         # the best items that are not positives
 
 
-def test_validator_masks_train_items_and_names_bad_ids(graph, tmp_path, ray_local):
-    parts = tmp_path / "p"
-    partition_graph(graph, parts, PartitionConfig(num_parts=2))
-    store = ShardStore(parts)
+def test_validator_masks_train_items_and_names_bad_ids(graph, store, tmp_path):
     target = store.edge_types["user__rates__item"]
     inter = load_interactions(graph, "user__rates__item")
     v = Validator(write_pairs(tmp_path / "valid.parquet", inter.subset(np.arange(50))), store, target)
@@ -108,10 +113,7 @@ def test_drop_target_edges_removes_batch_pairs_both_ways():
     assert sub.edges["item__rev_rates__user"].T.tolist() == [[0, 0], [1, 1]]     # 2-5 and 3-7 stay
 
 
-def test_history_mask_marks_exactly_the_users_training_items(graph, tmp_path, ray_local):
-    parts = tmp_path / "p"
-    partition_graph(graph, parts, PartitionConfig(num_parts=2))
-    store = ShardStore(parts)
+def test_history_mask_marks_exactly_the_users_training_items(graph, store, tmp_path):
     target = store.edge_types["user__rates__item"]
     inter = load_interactions(graph, "user__rates__item")
     known = set(zip(inter.user.tolist(), inter.item.tolist()))
@@ -124,15 +126,13 @@ def test_history_mask_marks_exactly_the_users_training_items(graph, tmp_path, ra
 
 
 @pytest.mark.parametrize("per", ["relation", "node", "edge"])
-def test_embeddings_do_not_depend_on_the_chunking(graph, tmp_path, ray_local, per):
+def test_embeddings_do_not_depend_on_the_chunking(graph, store, per):
     from trainers.features import FeatureStore
     from trainers.hetsgformer.config import HetSGFormerConfig
     from trainers.hetsgformer.inference import embed_nodes
     from trainers.hetsgformer.model import HetSGFormer
 
-    parts = tmp_path / "p"
-    partition_graph(graph, parts, PartitionConfig(num_parts=2))
-    store, features = ShardStore(parts), FeatureStore(GraphDir(graph, validate="none"))
+    features = FeatureStore(GraphDir(graph, validate="none"))
     torch.manual_seed(0)
     model = HetSGFormer(store.schema, HetSGFormerConfig(dim=16, num_heads=2))
     ids = np.arange(100)
