@@ -237,6 +237,27 @@ class NeighborSets:
     degree1: np.ndarray
 
 
+def concat_neighbors(parts: list[NeighborSets]) -> NeighborSets:
+    """The rows of ``parts`` one after the other (``B = sum B_i``)."""
+    deg = np.concatenate([np.diff(p.ptr) for p in parts]) if parts else np.zeros(0, np.int64)
+    cat = lambda name, dtype: np.concatenate([getattr(p, name) for p in parts]) if parts else np.zeros(0, dtype)  # noqa: E731
+    return NeighborSets(np.r_[0, np.cumsum(deg)].astype(np.int64), cat("keys", np.int64), cat("hop", np.int8),
+                        cat("degree1", np.int64))
+
+
+def merge_neighbors(sets: NeighborSets, rows: np.ndarray, other: NeighborSets) -> NeighborSets:
+    """``sets`` with its empty rows ``rows [R]`` taken from ``other`` (R rows, in that order)."""
+    deg, fill = np.diff(sets.ptr), np.diff(other.ptr)
+    owner = np.concatenate([np.repeat(np.arange(len(deg)), deg), np.repeat(rows, fill)])
+    order = np.argsort(owner, kind="stable")
+    deg = deg.copy()
+    deg[rows] = fill
+    degree1 = sets.degree1.copy()
+    degree1[rows] = other.degree1
+    return NeighborSets(np.r_[0, np.cumsum(deg)].astype(np.int64), np.concatenate([sets.keys, other.keys])[order],
+                        np.concatenate([sets.hop, other.hop])[order], degree1)
+
+
 def _ring(graph, types: list[str], owner: np.ndarray, keys: np.ndarray, scan: int):
     """All neighbours of the nodes ``keys [N]`` (each belonging to batch node ``owner[n]``).
 

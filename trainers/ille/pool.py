@@ -53,7 +53,7 @@ class BatchStats:
     first: int
     events: int
     new_nodes: int
-    resolved: int           # nodes added earlier or trained ones, re-solved because they changed
+    resolved: int           # nodes ILLE added earlier (or, with change_threshold, trained ones), re-solved
     status: dict[str, int]
     unanchored: int
     moved: float            # mean relative movement of re-solved trained nodes (0 if none)

@@ -1,17 +1,20 @@
 """One ILLE updater: the state and work of one Ray actor of the update pool.
 
-Actor ``i`` of ``A`` owns the shards ``p`` with ``p % A == i`` (the owner rule, so a
-node's actor is ``owner(g) % A``, computed, never looked up). It holds:
+Actor ``i`` of ``A`` solves the nodes of the shards ``p`` with ``p % A == i`` (the owner
+rule, so a node's actor is ``owner(g) % A``, computed, never looked up). It holds:
 
-- a :class:`~graphs.delta.DeltaGraph`: the memory-mapped base shards plus the half-edges
-  added or removed at the nodes it owns (the reverse half-edge goes to the other end's
-  owner). Other shards are read from the same shard store (shared storage on a cluster)
-  for the 2-hop ring, without their recent changes;
+- a :class:`~graphs.delta.DeltaGraph`: the memory-mapped base shards plus every half-edge
+  added or removed since the base (the delta is replicated in each actor, so all actors see
+  the same graph and the answer does not depend on how many there are; it is bounded by the
+  events since the last full training, which the pool advises to retrain past 20% new nodes);
 - the attributes of every new node (small) and the embeddings as readers see them
   (:class:`~trainers.ille.embedding_view.EmbeddingView`: base mmapped + applied deltas);
 - HetSGFormer's identity layer, for the input space of the reconstruction weights.
 
-:meth:`prepare` turns one log segment into this actor's rows of the batch's ILLE system;
+:meth:`prepare` turns one log segment into this actor's rows of the batch's ILLE system.
+The batch's unknowns are the same for every actor (:meth:`ShardUpdater.targets`): the
+nodes it creates and the nodes ILLE created earlier that it touches. Trained rows stay
+fixed unless ``ILLEConfig.change_threshold`` asks otherwise;
 the pool solves the batch and writes the delta; :meth:`commit` records the offset. A
 restarted actor rebuilds its state from the log segments already committed (those with a
 delta file), so nothing is applied twice and nothing acknowledged is skipped.
@@ -26,7 +29,7 @@ import numpy as np
 
 from graphs.delta import DeltaGraph
 from graphs.events import EventLog
-from graphs.samplers import node_key, select_neighbors, split_key
+from graphs.samplers import NeighborSets, concat_neighbors, merge_neighbors, node_key, select_neighbors, split_key
 from graphs.shards import ShardStore, owner
 from graphs.store import GraphDir, write_json_atomic
 from trainers.features import FeatureStore
@@ -93,46 +96,39 @@ class ShardUpdater:
                 dst = np.array([e["dst"] for e in evs], np.int64)
                 ts = np.array([e.get("ts", 0) for e in evs], np.int64)
                 weight = np.array([e.get("weight", 1.0) for e in evs], np.float32)
-                for key, a, b, mine in ((ekey, src, dst, self.owns(etype.src, src)),
-                                        (etype.reverse().key, dst, src, self.owns(etype.dst, dst))):
-                    if not mine.any():
-                        continue
+                for key, a, b in ((ekey, src, dst), (etype.reverse().key, dst, src)):
                     if op == "edge":
-                        self.graph.add_edges(key, a[mine], b[mine], ts[mine], weight[mine])
+                        self.graph.add_edges(key, a, b, ts, weight)
                     else:
-                        self.graph.remove_edges(key, a[mine], b[mine])
+                        self.graph.remove_edges(key, a, b)
         self.applied = first
 
-    def _targets(self, events: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-        """(new-node keys of the whole batch, this actor's targets): its new nodes, then its
-        nodes touched by the batch that were added by earlier batches (few edges: any change
-        matters) or are base nodes whose changes reached ``change_threshold``."""
-        new = [(self.types.index(e["ntype"]), e["id"]) for e in events if e["op"] == "node"]
-        new_keys = node_key(*np.array(new, np.int64).T) if new else np.zeros(0, np.int64)
-        touched = set()
+    def targets(self, events: list[dict]) -> np.ndarray:
+        """Keys of the batch's unknowns, sorted, the same on every actor: the nodes the batch
+        creates, the nodes created by earlier batches that it touches (ILLE's own rows: any
+        change matters), and, only with ``cfg.change_threshold`` set, trained nodes whose
+        half-edges added or removed since the base reach that fraction of their base degree.
+        Trained rows are otherwise left as training made them."""
+        keys = [node_key(self.types.index(e["ntype"]), e["id"]) for e in events if e["op"] == "node"]
         for e in events:
             if e["op"] != "node":
                 etype = self.graph.edge_types[e["etype"]]
-                touched.update({(etype.src, e["src"]), (etype.dst, e["dst"])})
-        changed = []
-        for ntype in self.types:
-            ids = np.array(sorted(i for t, i in touched if t == ntype), np.int64)
-            created = set(new_keys[split_key(new_keys)[0] == self.types.index(ntype)].tolist())
-            ids = ids[self.owns(ntype, ids) & ~np.isin(node_key(self.types.index(ntype), ids), list(created))]
-            if not len(ids):
-                continue
-            base = ids < self.graph.base_counts[ntype]
-            base_deg = np.zeros(len(ids), np.int64)
-            for e in self.graph.edge_types_from(ntype):
-                base_deg[base] += self.store.degree(e.key, ids[base])
-            ok = ~base | (self.graph.changed(ntype, ids) >= np.maximum(1, self.cfg.change_threshold * base_deg))
-            changed.append(node_key(self.types.index(ntype), ids[ok]))
-        t_new, i_new = split_key(new_keys)
-        mine = np.zeros(len(new_keys), bool)
-        for t in np.unique(t_new):
-            mine[t_new == t] = self.owns(self.types[t], i_new[t_new == t])
-        targets = np.concatenate([new_keys[mine] if len(new_keys) else new_keys, *changed])
-        return new_keys, targets
+                for ntype, i in ((etype.src, e["src"]), (etype.dst, e["dst"])):
+                    if i >= self.graph.base_counts[ntype] or self.cfg.change_threshold is not None:
+                        keys.append(node_key(self.types.index(ntype), i))
+        keys = np.unique(np.array(keys, np.int64))
+        if self.cfg.change_threshold is None or not len(keys):
+            return keys
+        t_idx, ids = split_key(keys)
+        keep = np.ones(len(keys), bool)
+        for t in np.unique(t_idx):
+            ntype, sel = self.types[t], np.flatnonzero(t_idx == t)
+            base = sel[ids[sel] < self.graph.base_counts[ntype]]
+            base_deg = sum(self.store.degree(e.key, ids[base]) for e in self.graph.edge_types_from(ntype))
+            changed = self.graph.changed(ntype, ids[base])
+            keep[base] = changed >= np.maximum(1, self.cfg.change_threshold * base_deg)
+        created = np.isin(keys, [node_key(self.types.index(e["ntype"]), e["id"]) for e in events if e["op"] == "node"])
+        return keys[keep | created]
 
     def prepare(self, first: int, events: list[dict]) -> dict:
         """Apply a segment to this actor's graph; return its targets' rows of the ILLE system.
@@ -143,10 +139,13 @@ class ShardUpdater:
         and ``old [B, D]`` the targets' embeddings before (NaN for new nodes), for drift.
         """
         self._apply_events(first, events)
-        new_keys, targets = self._targets(events)
-        cfg = self.cfg
-        sets = select_neighbors(self.graph, self.types, targets, cfg.k_for if cfg.adaptive_k else cfg.k,
-                                cfg.scan, cfg.expand, cfg.scan2)
+        unknown_keys = self.targets(events)
+        t_idx, ids = split_key(unknown_keys)
+        mine = np.zeros(len(unknown_keys), bool)
+        for t in np.unique(t_idx):
+            mine[t_idx == t] = self.owns(self.types[t], ids[t_idx == t])
+        targets = unknown_keys[mine]
+        sets = self._neighbours(targets)
         B, deg = len(targets), np.diff(sets.ptr)
         K = int(deg.max()) if B else 0
         owner_b = np.repeat(np.arange(B), deg)
@@ -159,7 +158,7 @@ class ShardUpdater:
         degree[owner_b, slot] = self._degree(sets.keys)
         w, status = lle_weights(x[:B], nb, mask, self.cfg.reg, degree)
         w_flat = w[owner_b, slot]
-        unknown = np.isin(sets.keys, new_keys) | np.isin(sets.keys, targets)
+        unknown = np.isin(sets.keys, unknown_keys)
         b = np.zeros((B, self.view.dim))
         known = np.flatnonzero(~unknown)
         if len(known):
@@ -182,6 +181,26 @@ class ShardUpdater:
     def new_edges(self) -> int:
         """Half-edges this actor has added since the base (a check for tests and stats)."""
         return sum(len(log.columns()[0]) for log in self.graph._added.values())
+
+    def _neighbours(self, targets: np.ndarray) -> NeighborSets:
+        """Each target's reconstruction neighbours (``targets`` sorted, so grouped by type): of
+        the types ``cfg.neighbour_types`` allows for it; a target left with none by that
+        rule takes them of any type."""
+        cfg = self.cfg
+        k = cfg.k_for if cfg.adaptive_k else cfg.k
+        t_idx = split_key(targets)[0]
+        parts = []
+        for t in np.unique(t_idx):
+            group = targets[t_idx == t]
+            allowed = [self.types.index(n) for n in cfg.allowed(self.types[t], self.types, self.graph.counts)]
+            usable = (lambda keys, a=np.array(allowed): np.isin(split_key(keys)[0], a))
+            sets = select_neighbors(self.graph, self.types, group, k, cfg.scan, cfg.expand, cfg.scan2, usable)
+            empty = np.flatnonzero(np.diff(sets.ptr) == 0)
+            if len(empty) and len(allowed) < len(self.types):
+                sets = merge_neighbors(sets, empty, select_neighbors(self.graph, self.types, group[empty], k,
+                                                                     cfg.scan, cfg.expand, cfg.scan2))
+            parts.append(sets)
+        return concat_neighbors(parts)
 
     def _rows(self, keys: np.ndarray) -> np.ndarray:
         t_idx, ids = split_key(keys)

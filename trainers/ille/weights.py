@@ -46,8 +46,14 @@ class ILLEConfig:
     ``structure_weight`` scales the structural signature against the IEL attributes in x;
     at 1.0 it made reconstructions extrapolate (a new node's degree lies outside its
     neighbours'), so the default is 0.1 (same validation run).
-    ``change_threshold``: an existing node is re-solved when the half-edges added or
-    removed at it reach this fraction of its base degree (and at least one).
+    ``change_threshold``: None (default) leaves every trained row as training made it; a
+    number re-solves a trained node when the half-edges added or removed at it reach that
+    fraction of its base degree (and at least one). Nodes ILLE itself created are re-solved
+    whenever a batch touches them.
+    ``neighbour_types``: which neighbour types reconstruct a node: ``"all"``; ``"auto"``, the
+    types with at least ``min_type_nodes`` nodes (a genre or an age group is shared by a
+    large share of the graph and says little about one node); or ``{type: (types, ...)}``
+    (types not listed: all). A node left without neighbours by the rule takes any type.
     """
 
     k: int = 8
@@ -59,7 +65,9 @@ class ILLEConfig:
     expand: int = 8
     scan2: int = 8
     structure_weight: float = 0.1
-    change_threshold: float = 0.25
+    change_threshold: float | None = None
+    neighbour_types: str | dict = "auto"
+    min_type_nodes: int = 100
 
     def __post_init__(self) -> None:
         for name in ("k", "k_min", "k_max", "scan", "expand", "scan2"):
@@ -70,9 +78,20 @@ class ILLEConfig:
             raise ConfigError(f"ILLEConfig.k_min ({self.k_min}) must be <= k_max ({self.k_max})")
         if not self.reg > 0:
             raise ConfigError(f"ILLEConfig.reg must be > 0, got {self.reg!r}")
-        if self.structure_weight < 0 or self.change_threshold < 0:
+        if self.structure_weight < 0 or (self.change_threshold is not None and self.change_threshold < 0):
             raise ConfigError("ILLEConfig.structure_weight and change_threshold must be >= 0, got "
                              f"{self.structure_weight!r}, {self.change_threshold!r}")
+        if not (self.neighbour_types in ("all", "auto") or isinstance(self.neighbour_types, dict)):
+            raise ConfigError("ILLEConfig.neighbour_types must be 'all', 'auto' or a dict {type: (types, ...)}, "
+                              f"got {self.neighbour_types!r}")
+
+    def allowed(self, ntype: str, types: list[str], counts: dict[str, int]) -> list[str]:
+        """The neighbour types that reconstruct a node of type ``ntype`` (see the class doc)."""
+        if isinstance(self.neighbour_types, dict):
+            return list(self.neighbour_types.get(ntype, types))
+        if self.neighbour_types == "all":
+            return list(types)
+        return [t for t in types if counts[t] >= self.min_type_nodes]
 
     def k_for(self, degree: np.ndarray) -> np.ndarray:
         """Neighbours wanted per node from its 1-hop degree ``[B] -> [B]``."""

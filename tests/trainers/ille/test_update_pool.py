@@ -99,17 +99,52 @@ def test_killed_actor_restarts_and_applies_every_event_once(run, tmp_path):
                     ray.kill(victim, no_restart=False)
                     assert len(ray.get(pending)["targets"])   # retried on the restarted actor
                 pool.apply()
-            edges = sum(ray.get([a.new_edges.remote() for a in pool.actors]))
+            edges = ray.get([a.new_edges.remote() for a in pool.actors])
             view = pool.embeddings()
             results[name] = (edges, view.rows("user", np.arange(1000, 1012)), view.rows("item", np.arange(400, 406)),
                              sorted(view.applied))
         finally:
             pool.close()
     clicks = sum(1 for evs in batches for e in evs if e["op"] == "edge")
-    assert results["killed"][0] == results["clean"][0] == 2 * clicks   # each half-edge once
+    assert results["killed"][0] == results["clean"][0] == [2 * clicks] * 2   # each half-edge once, in each actor
     assert results["killed"][3] == results["clean"][3] == [0, len(batches[0]), len(batches[0]) + len(batches[1])]
     np.testing.assert_allclose(results["killed"][1], results["clean"][1], atol=1e-6)
     np.testing.assert_allclose(results["killed"][2], results["clean"][2], atol=1e-6)
+
+
+def test_same_embeddings_on_any_actor_count_and_trained_rows_left_alone(run, tmp_path):
+    """The stream links new nodes to trained ones and to each other, and adds an edge
+    between a trained user and a new item: with 1, 2 and 4 actors the new rows agree to
+    1e-5, and no trained row moves. With ``change_threshold`` set, trained nodes whose edges
+    changed enough are re-solved: that rule is opt-in, and it moves them."""
+    from trainers.ille.weights import ILLEConfig
+
+    batches = _stream()
+    touched = sorted({e["dst"] for evs in batches for e in evs
+                      if e["op"] == "edge" and e["etype"] == "user__clicks__item" and e["dst"] < 400})
+    rows = {}
+    for name, actors, cfg in (("a1", 1, None), ("a2", 2, None), ("a4", 4, None),
+                              ("resolve", 2, ILLEConfig(change_threshold=0.0))):
+        copy = tmp_path / name
+        copy_run(run, copy)
+        pool = UpdatePool(copy, actors=actors, cfg=cfg, num_cpus=2 / actors)   # the test Ray has 2 CPUs
+        try:
+            base_items = pool.embeddings().rows("item", touched)
+            for evs in batches:
+                pool.submit(evs)
+                pool.apply()
+            view = pool.embeddings()
+            rows[name] = (view.rows("user", np.arange(1000, 1012)), view.rows("item", np.arange(400, 406)),
+                          base_items, view.rows("item", touched))
+        finally:
+            pool.close()
+    for name in ("a1", "a2", "a4"):
+        np.testing.assert_array_equal(rows[name][3], rows[name][2])        # trained rows untouched
+        np.testing.assert_allclose(rows[name][0], rows["a1"][0], atol=1e-5)
+        np.testing.assert_allclose(rows[name][1], rows["a1"][1], atol=1e-5)
+    assert np.abs(rows["a1"][0]).sum(1).min() > 0                          # every new user placed
+    moved = np.linalg.norm(rows["resolve"][3] - rows["resolve"][2], axis=1)
+    assert (moved > 1e-4).sum() >= len(touched) // 2, moved
 
 
 def test_update_cli_applies_a_parquet_and_reports_bad_rows(run, tmp_path):
@@ -175,7 +210,7 @@ def test_actors_killed_at_random_points_apply_every_event_once(run, tmp_path):
             pool.apply()                                          # whatever a kill left pending
             took[name] = time.perf_counter() - t0
             assert pool.pending() == []
-            edges = sum(ray.get([a.new_edges.remote() for a in pool.actors]))
+            edges = ray.get([a.new_edges.remote() for a in pool.actors])
             view = pool.embeddings()
             results[name] = (edges, view.rows("user", np.arange(1000, 1000 + 4 * len(batches))),
                              view.rows("item", np.arange(400, 400 + 2 * len(batches))), sorted(view.applied))
@@ -185,7 +220,7 @@ def test_actors_killed_at_random_points_apply_every_event_once(run, tmp_path):
     print(f"kills during: {kills}; 8 batches applied in {took['killed']:.1f} s with kills, "
           f"{took['clean']:.1f} s without")
     clicks = sum(1 for evs in batches for e in evs if e["op"] == "edge")
-    assert results["killed"][0] == results["clean"][0] == 2 * clicks   # each half-edge once
+    assert results["killed"][0] == results["clean"][0] == [2 * clicks] * 2   # each half-edge once, in each actor
     assert results["killed"][3] == results["clean"][3] and len(results["clean"][3]) == len(batches)
     np.testing.assert_allclose(results["killed"][1], results["clean"][1], atol=1e-6)
     np.testing.assert_allclose(results["killed"][2], results["clean"][2], atol=1e-6)
