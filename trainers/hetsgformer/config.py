@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from graphs.exceptions import ConfigError
 
 GAL_KINDS = ("kernel", "sgformer", "none")
+GCN_KINDS = ("sgformer", "light")
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class HetSGFormerConfig:
     the GCN branch against the attention branch (SGFormer's g). ``sparse_ids``: the ID table
     gets sparse gradients (rows of the batch only), so a step costs the batch, not ``v_max``.
     ``attributes`` / ``eal``: ablation switches for IEL's attribute encoders and for EAL.
+    ``gcn_kind``: ``"sgformer"`` (typed linear layers, LayerNorm, ReLU: SGFormer's branch made
+    heterogeneous) or ``"light"`` (parameter-free mean propagation, LightGCN's form).
     ``out_proj``: a final linear per node type after the blend (SGFormer's output layer), so
     the embedding is not confined to the GCN branch's non-negative orthant.
     """
@@ -31,6 +34,7 @@ class HetSGFormerConfig:
     gcn_weight: float = 0.5
     gal_kind: str = "kernel"
     num_gcn_layers: int = 1
+    gcn_kind: str = "sgformer"
     num_heads: int = 2
     dropout: float = 0.1
     sparse_ids: bool = True
@@ -49,6 +53,8 @@ class HetSGFormerConfig:
                 raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
         if self.gal_kind not in GAL_KINDS:
             raise ConfigError(f"gal_kind must be one of {GAL_KINDS}, got {self.gal_kind!r}")
+        if self.gcn_kind not in GCN_KINDS:
+            raise ConfigError(f"gcn_kind must be one of {GCN_KINDS}, got {self.gcn_kind!r}")
         if self.num_gcn_layers not in (1, 2):
             raise ConfigError(f"num_gcn_layers must be 1 or 2, got {self.num_gcn_layers!r}")
         if not isinstance(self.num_heads, int) or self.num_heads < 1 or self.dim % self.num_heads:

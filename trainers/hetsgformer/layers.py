@@ -273,3 +273,23 @@ class HeteroGCN(nn.Module):
             total = h + scatter(msg, g.src, dim=0, dim_size=h.shape[0], reduce="sum")
             h = self.dropout(F.relu(norm(mix(torch.cat([total * g.inv_deg, h0], -1), ends, t), t))) + h0
         return h
+
+
+class LightPropagation(nn.Module):
+    """A parameter-free GCN branch in the manner of LightGCN (He et al. 2020): each round
+    ``h_s = (h_s + sum_{d in N(s)} h_d) / (1 + deg_s)`` over every relation of the sampled
+    graph (the mean over the node and its neighbours), and the output is the mean of the
+    input and every round's ``h``. No weights, no non-linearity: what the branch adds is the
+    neighbourhood itself. Shapes: x ``[N, D]`` (rows of a :class:`TypedGraph`) -> ``[N, D]``.
+    """
+
+    def __init__(self, num_layers: int = 1):
+        super().__init__()
+        self.num_layers = num_layers
+
+    def forward(self, x: Tensor, g: TypedGraph) -> Tensor:
+        h, total = x, x
+        for _ in range(self.num_layers):
+            h = (h + scatter(h[g.dst], g.src, dim=0, dim_size=h.shape[0], reduce="sum")) * g.inv_deg
+            total = total + h
+        return total / (1 + self.num_layers)

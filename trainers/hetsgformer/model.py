@@ -19,7 +19,8 @@ from graphs.samplers import SampledSubgraph
 from graphs.schema import GraphSchema
 from trainers.hetsgformer.config import HetSGFormerConfig
 from trainers.hetsgformer.identity import IdentityEmbedding, TypeFeatures
-from trainers.hetsgformer.layers import EdgeAttention, GlobalAttention, HeteroGCN, TypedGraph, TypedLinear
+from trainers.hetsgformer.layers import (EdgeAttention, GlobalAttention, HeteroGCN, LightPropagation, TypedGraph,
+                                         TypedLinear)
 
 
 def relations(schema: GraphSchema) -> list[str]:
@@ -50,7 +51,8 @@ class HetSGFormer(nn.Module):
         self.iel = IdentityEmbedding(schema, cfg)
         self.gal = GlobalAttention(cfg.dim, cfg.gal_kind, cfg.beta, cfg.dropout)
         self.eal = EdgeAttention(types, rels, cfg.dim, cfg.num_heads, cfg.dropout)
-        self.gcn = HeteroGCN(types, rels, cfg.dim, cfg.num_gcn_layers, cfg.dropout)
+        self.gcn = (HeteroGCN(types, rels, cfg.dim, cfg.num_gcn_layers, cfg.dropout) if cfg.gcn_kind == "sgformer"
+                    else LightPropagation(cfg.num_gcn_layers))
         self.out = TypedLinear(len(types), cfg.dim, cfg.dim) if cfg.out_proj else None
 
     def forward(self, batch: SampledSubgraph, features: dict[str, TypeFeatures] | None = None,

@@ -119,7 +119,8 @@ class TrainConfig:
     def from_json(cls, doc: dict) -> TrainConfig:
         """Inverse of ``dataclasses.asdict`` (as stored in a run's ``config.json``)."""
         doc = {"fanout_per": "relation", **doc}   # runs from before the field sampled per relation
-        model = {"out_proj": False, **doc["model"]}  # models from before the output layer had none
+        # models from before the output layer had none, and from before gcn_kind SGFormer's branch
+        model = {"out_proj": False, "gcn_kind": "sgformer", **doc["model"]}
         return cls(**{**doc, "fanouts": tuple(doc["fanouts"]), "model": HetSGFormerConfig(**model)})
 
 

@@ -13,7 +13,8 @@ from graphs.samplers import SampledSubgraph
 from graphs.schema import EdgeType, FeatureSpec, GraphSchema, NodeType
 from trainers.hetsgformer.config import HetSGFormerConfig
 from trainers.hetsgformer.identity import IdentityEmbedding
-from trainers.hetsgformer.layers import EdgeAttention, GlobalAttention, HeteroGCN, TypedGraph, grouped_matmul
+from trainers.hetsgformer.layers import (EdgeAttention, GlobalAttention, HeteroGCN, LightPropagation, TypedGraph,
+                                         grouped_matmul)
 from trainers.hetsgformer.model import HetSGFormer, link_loss, relations
 
 D = 16
@@ -198,7 +199,8 @@ def test_eal_and_gcn_shapes_and_neighbour_effect():
     graph = TypedGraph.build({"user": 6, "item": 9}, edges, types, rels)
     assert graph.ptr == [0, 6, 15] and (graph.rel.diff() >= 0).all()   # rows by type, edges by relation
     assert graph.src.shape[0] == sum(e.shape[1] for e in edges.values())
-    for layer in (EdgeAttention(types, rels, D, heads=2).eval(), HeteroGCN(types, rels, D, 2).eval()):
+    for layer in (EdgeAttention(types, rels, D, heads=2).eval(), HeteroGCN(types, rels, D, 2).eval(),
+                  LightPropagation(2)):
         out = graph.split(layer(graph.flat(x), graph), x)
         assert {t: v.shape for t, v in out.items()} == {"user": (6, D), "item": (9, D)}
         # Changing one item moves the users that rated it, and only them.
@@ -208,6 +210,13 @@ def test_eal_and_gcn_shapes_and_neighbour_effect():
         linked = torch.zeros(6, dtype=torch.bool)
         linked[edges["user__rates__item"][0][edges["user__rates__item"][1] == 0]] = True
         assert torch.equal(moved, linked)
+    # The light branch is the mean of x and its neighbourhood mean (self included), by hand:
+    src, dst = edges["user__rates__item"]
+    u = 0
+    nbrs = x["item"][dst[src == u]]
+    one = (x["user"][u] + nbrs.sum(0)) / (1 + len(nbrs))
+    got = graph.split(LightPropagation(1)(graph.flat(x), graph), x)["user"][u]
+    torch.testing.assert_close(got, (x["user"][u] + one) / 2)
     with pytest.raises(ValueError, match="user__likes__item"):
         TypedGraph.build({"user": 6, "item": 9}, {"user__likes__item": edges["user__rates__item"]}, types, rels)
 
