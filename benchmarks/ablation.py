@@ -43,18 +43,19 @@ VARIANTS = {
     "fanout_relation": {"fanout_per": "relation"},
     "fanout_edge": {"fanout_per": "edge"},
     "batch_256": {"batch_size": 256},
-    # the model's parts
-    "gal_sgformer": {"model": replace(MODEL, gal_kind="sgformer")},  # SGFormer's own normalisation
-    "gal_none": {"model": replace(MODEL, gal_kind="none")},
-    "no_eal": {"model": replace(MODEL, eal=False)},
-    "no_gcn": {"model": replace(MODEL, gcn_weight=0.0)},
-    "gcn_only": {"model": replace(MODEL, gcn_weight=1.0)},
+    # the model's parts (the default is the light GCN branch alone)
+    "light_gal_eal": {"model": replace(MODEL, gcn_weight=0.5, gal_kind="kernel", eal=True)},
+    "sgformer_gal_eal": {"model": replace(MODEL, gcn_weight=0.5, gal_kind="kernel", eal=True, gcn_kind="sgformer")},
+    "gal_sgformer": {"model": replace(MODEL, gcn_weight=0.5, gal_kind="sgformer", eal=True, gcn_kind="sgformer")},
+    "sgformer_gcn_only": {"model": replace(MODEL, gcn_kind="sgformer")},
+    "no_gcn": {"model": replace(MODEL, gcn_weight=0.0)},               # IEL (and the output layer) alone
     "no_attributes": {"model": replace(MODEL, attributes=False)},
     "no_aux": {"aux_weight": 0.0},
     "hard_negatives": {"hard_negatives": 2},
     # the defaults before the quality issue: fan-out per relation, batch 256, 3 epochs' schedule
     "old_default": {"fanout_per": "relation", "batch_size": 256, "mask_history": False,
-                    "model": replace(MODEL, out_proj=False)},
+                    "model": replace(MODEL, out_proj=False, gcn_weight=0.5, gal_kind="kernel", eal=True,
+                                     gcn_kind="sgformer")},
 }
 
 

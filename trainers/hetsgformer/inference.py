@@ -28,7 +28,10 @@ def global_context(model: nn.Module, store: ShardStore, features: FeatureStore, 
     """GAL's key/value summary over every node of the graph, or over a uniform sample of
     ``max_nodes`` of them (each type in proportion to its count, drawn with ``seed``) when the
     graph is larger: the summary is a sum, so a sample estimates its direction, which is all
-    the normalised attention uses. None when the model has no GAL."""
+    the normalised attention uses. None when the model has no GAL, or does not use it."""
+    cfg = getattr(model, "module", model).cfg
+    if cfg.gal_kind == "none" or cfg.gcn_weight >= 1:
+        return None
     counts = store.counts
     total = sum(counts.values())
     rng = np.random.default_rng([seed, 1 << 21])

@@ -61,11 +61,13 @@ class HetSGFormer(nn.Module):
         graph = TypedGraph.build({t: v.shape[0] for t, v in x.items()}, batch.edges, self.types, self.rels,
                                  self.iel.id_table.weight.device)
         x = graph.flat(x)                                             # [N, D], rows by type
-        z_attn = self.gal(x, context)
-        if self.cfg.eal:
-            z_attn = self.eal(z_attn, graph)
         g = self.cfg.gcn_weight
-        z = g * self.gcn(x, graph) + (1 - g) * z_attn
+        z = self.gcn(x, graph) if g > 0 else 0
+        if g < 1:                                                     # the attention branch
+            z_attn = self.gal(x, context)
+            if self.cfg.eal:
+                z_attn = self.eal(z_attn, graph)
+            z = g * z + (1 - g) * z_attn
         if self.out is not None:
             z = self.out(z, graph.node_ends, graph.node_type)
         return graph.split(z, batch.nodes)
