@@ -192,7 +192,8 @@ class ShardUpdater:
         parts = []
         for t in np.unique(t_idx):
             group = targets[t_idx == t]
-            allowed = [self.types.index(n) for n in cfg.allowed(self.types[t], self.types, self.graph.counts)]
+            adjacent = {e.dst for e in self.graph.edge_types_from(self.types[t])}
+            allowed = [self.types.index(n) for n in cfg.allowed(self.types[t], self.types, self.graph.counts, adjacent)]
             usable = (lambda keys, a=np.array(allowed): np.isin(split_key(keys)[0], a))
             sets = select_neighbors(self.graph, self.types, group, k, cfg.scan, cfg.expand, cfg.scan2, usable)
             empty = np.flatnonzero(np.diff(sets.ptr) == 0)

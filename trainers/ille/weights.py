@@ -35,11 +35,11 @@ class ILLEConfig:
     """ILLE settings.
 
     ``k`` neighbours per node (``adaptive_k``: ``clip(ceil(4 log2(2 + deg)), k_min, k_max)``
-    from the node's 1-hop degree instead). ``reg`` is r in ``G + r trace(G) I``: Roweis and
-    Saul use about 1e-3; the default 0.3 pulls the weights towards uniform, which won on a
-    held-out validation run (MovieLens cold start, seed-1 holdout: NDCG@20 0.152-0.174
-    at 1e-3 against 0.215-0.236 at 0.3, with structure_weight 0.1), because the input space
-    (no ID rows) is only a rough proxy for the learned embedding space.
+    from the node's 1-hop degree instead). ``reg`` is r in ``G + r trace(G) I`` (Roweis and
+    Saul's relative form; they use about 1e-3). The default 0.3 keeps the weights close to
+    uniform. On the cold-start validation holdouts (seeds 1, 4, 5; m = 1, 3, 5) every step
+    down to 1e-1, 1e-2 and 1e-3 lost NDCG@20, because the input space (no ID rows) is only a
+    rough proxy for the learned embedding space.
     ``scan``: neighbours read per node and relation (evenly spaced; bounds the cost of
     hubs); ``expand``: 1-hop neighbours whose own neighbours are read for the 2-hop ring,
     ``scan2`` of them per relation.
@@ -50,10 +50,14 @@ class ILLEConfig:
     number re-solves a trained node when the half-edges added or removed at it reach that
     fraction of its base degree (and at least one). Nodes ILLE itself created are re-solved
     whenever a batch touches them.
-    ``neighbour_types``: which neighbour types reconstruct a node: ``"all"``; ``"auto"``, the
-    types with at least ``min_type_nodes`` nodes (a genre or an age group is shared by a
-    large share of the graph and says little about one node); or ``{type: (types, ...)}``
-    (types not listed: all). A node left without neighbours by the rule takes any type.
+    ``neighbour_types``: which neighbour types reconstruct a node: ``"auto"`` (default), the
+    types its own type has edges to that have at least ``min_type_nodes`` nodes (a user from
+    the items it touched, not from users two hops away nor from its age group; an item from
+    its users, entities and related items, not from a genre shared by a tenth of the
+    catalogue); ``"adjacent"``, every type its type has edges to; ``"all"``; or
+    ``{type: (types, ...)}`` (types not listed: all). On the cold-start validation holdouts
+    ``"auto"`` beat ``"all"`` (BENCHMARKS.md "ILLE cold start"). A node
+    left without neighbours by the rule takes any type.
     """
 
     k: int = 8
@@ -81,17 +85,20 @@ class ILLEConfig:
         if self.structure_weight < 0 or (self.change_threshold is not None and self.change_threshold < 0):
             raise ConfigError("ILLEConfig.structure_weight and change_threshold must be >= 0, got "
                              f"{self.structure_weight!r}, {self.change_threshold!r}")
-        if not (self.neighbour_types in ("all", "auto") or isinstance(self.neighbour_types, dict)):
-            raise ConfigError("ILLEConfig.neighbour_types must be 'all', 'auto' or a dict {type: (types, ...)}, "
+        if not (self.neighbour_types in ("all", "adjacent", "auto") or isinstance(self.neighbour_types, dict)):
+            raise ConfigError("ILLEConfig.neighbour_types must be 'all', 'adjacent', 'auto' or a dict {type: (types, ...)}, "
                               f"got {self.neighbour_types!r}")
 
-    def allowed(self, ntype: str, types: list[str], counts: dict[str, int]) -> list[str]:
-        """The neighbour types that reconstruct a node of type ``ntype`` (see the class doc)."""
+    def allowed(self, ntype: str, types: list[str], counts: dict[str, int], adjacent: set[str]) -> list[str]:
+        """The neighbour types that reconstruct a node of type ``ntype`` (see the class doc);
+        ``adjacent``: the types ``ntype`` has edge types to."""
         if isinstance(self.neighbour_types, dict):
             return list(self.neighbour_types.get(ntype, types))
         if self.neighbour_types == "all":
             return list(types)
-        return [t for t in types if counts[t] >= self.min_type_nodes]
+        if self.neighbour_types == "adjacent":
+            return [t for t in types if t in adjacent]
+        return [t for t in types if t in adjacent and counts[t] >= self.min_type_nodes]
 
     def k_for(self, degree: np.ndarray) -> np.ndarray:
         """Neighbours wanted per node from its 1-hop degree ``[B] -> [B]``."""

@@ -27,6 +27,20 @@ def test_convex_combination_gives_back_its_weights():
     np.testing.assert_allclose(w2, w, atol=1e-6)
 
 
+def test_weights_follow_the_neighbours_more_as_the_regulariser_shrinks():
+    """A neighbour that explains x gets the largest weight; with r = 1e-2 it dominates, with
+    the default r (chosen on validation) the weights stay nearer uniform but keep the order."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1, 16))
+    nb = x[:, None, :] + rng.normal(size=(1, 8, 16)) * np.array([0.1] + [1.0] * 7)[None, :, None]
+    sharp, status = lle_weights(x, nb, np.ones((1, 8), bool), reg=1e-2)
+    assert status[0] == LLE and sharp[0].sum() == pytest.approx(1)
+    assert sharp[0, 0] > 3 * sharp[0, 1:].max(), sharp[0]
+    default, _ = lle_weights(x, nb, np.ones((1, 8), bool), reg=ILLEConfig().reg)
+    assert default[0].argmax() == 0 and default[0, 0] > 1.2 / 8, default[0]
+    assert np.abs(default[0] - 1 / 8).max() < np.abs(sharp[0] - 1 / 8).max()
+
+
 def test_degenerate_neighbourhoods_have_defined_answers():
     x = np.zeros((4, 2))
     nb = np.zeros((4, 3, 2))
@@ -86,3 +100,16 @@ def test_rings_rank_one_hop_first_then_shared_neighbours(delta):
     g.remove_edges("user__rates__item", [u], [7])
     sets = select_neighbors(g, types, node_key(0, [u]), ILLEConfig(adaptive_k=True, k_min=3, k_max=5).k_for)
     assert split_key(sets.keys)[1][0] == 3 and len(sets.keys) == 5   # ceil(4 log2 3) = 7 -> k_max 5
+
+
+def test_neighbour_type_rules():
+    types = ["user", "movie", "genre", "age_group", "entity"]
+    counts = {"user": 943, "movie": 1682, "genre": 19, "age_group": 7, "entity": 20_000}
+    user_adj, movie_adj = {"movie", "age_group"}, {"user", "genre", "entity", "movie"}
+    assert ILLEConfig().allowed("user", types, counts, user_adj) == ["movie"]           # not 2-hop users, not age
+    assert ILLEConfig().allowed("movie", types, counts, movie_adj) == ["user", "movie", "entity"]
+    assert ILLEConfig(neighbour_types="adjacent").allowed("user", types, counts, user_adj) == ["movie", "age_group"]
+    assert ILLEConfig(neighbour_types="all").allowed("user", types, counts, user_adj) == types
+    assert ILLEConfig(neighbour_types={"user": ("user",)}).allowed("user", types, counts, user_adj) == ["user"]
+    with pytest.raises(Exception, match="neighbour_types must be"):
+        ILLEConfig(neighbour_types="nearest")
