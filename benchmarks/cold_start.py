@@ -19,8 +19,13 @@ interactions, full ranking over all movies, the streamed ones masked:
 ILLE's update time is compared with the retrain's both without the update pool's start-up
 (a running service has its pool up) and with it (a batch job starts one).
 
-ILLE's defaults (``reg``, ``structure_weight``) were chosen on holdout seed 1; the report
-uses seeds 0, 2 and 3 (``--seeds``), mean and std over them in ``summary``.
+ILLE's settings are chosen on other holdout seeds than the report's:
+
+    python benchmarks/cold_start.py --movielens runs/ml-100k --grid --seeds 1,4,5
+
+trains one base per seed and runs ILLE with every ``reg`` x ``neighbour_types`` of the grid
+(no retrain), writing ``benchmarks/results/cold_start_grid.json``; the report uses seeds 0,
+2 and 3 (``--seeds``), mean and std over them in ``summary``.
 
 Writes ``benchmarks/results/cold_start.json``.
 """
@@ -48,6 +53,7 @@ from trainers.evaluation.splits import Interactions, concat, load_interactions  
 from trainers.hetsgformer.export import export_embeddings  # noqa: E402
 from trainers.hetsgformer.train import TrainConfig, train  # noqa: E402
 from trainers.ille.pool import UpdatePool  # noqa: E402
+from trainers.ille.weights import ILLEConfig  # noqa: E402
 from trainers.run_dir import RunDir  # noqa: E402
 
 ETYPE = "user__rates__movie"
@@ -104,22 +110,52 @@ def scores_from(users: np.ndarray, items: np.ndarray):
     return lambda batch: u[batch] @ v.T
 
 
+# validation grid (--grid): the regulariser r of (G + r trace(G) I) and the neighbour-type rule
+GRID = {f"ille_r{reg:g}_{types}": ILLEConfig(reg=reg, neighbour_types=types)
+        for reg in (1e-3, 1e-2, 1e-1, 0.3) for types in ("all", "auto")}
+
+
+def run_ille(base_run: Path, run: Path, events: list[dict], cfg: ILLEConfig, actors: int, counts: dict,
+             test: Interactions, known: Interactions) -> dict:
+    """ILLE with ``cfg`` on a copy of ``base_run``: metrics, apply and pool start-up seconds, status."""
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(base_run, run, ignore=shutil.ignore_patterns("updates"))
+    t0 = time.perf_counter()
+    pool = UpdatePool(run, actors=actors, cfg=cfg)
+    start_s = time.perf_counter() - t0
+    ack = pool.submit(events)
+    assert not ack.errors, ack.errors[:3]
+    t1 = time.perf_counter()
+    (stats,) = pool.apply()
+    apply_s = time.perf_counter() - t1
+    view = pool.embeddings()
+    pool.close()
+    score = scores_from(view.rows("user", np.arange(counts["user"])), view.rows("movie", np.arange(counts["movie"])))
+    return {**evaluate_scores(score, test, known, ks=(10, 20)), "apply_s": apply_s, "pool_start_s": start_s,
+            "status": stats.status, "unanchored": stats.unanchored, "resolved": stats.resolved}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--movielens", default="runs/demo/ml-100k")
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    ap.add_argument("--grid", action="store_true", help="validation: ILLE settings on one base per seed")
+    ap.add_argument("--reg", type=float, default=ILLEConfig.reg, help="ILLE's r (the report)")
+    ap.add_argument("--neighbour-types", default=ILLEConfig.neighbour_types, help="'all' or 'auto' (the report)")
     ap.add_argument("--m", default="1,3,5")
     ap.add_argument("--actors", type=int, default=2)
     ap.add_argument("--seeds", default="0,2,3", help="holdout seeds (1 chose ILLE's defaults)")
     ap.add_argument("--work", default="/tmp/hetrec-bench-cold")
-    ap.add_argument("--out", default="benchmarks/results/cold_start.json")
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    args.out = args.out or f"benchmarks/results/cold_start{'_grid' if args.grid else ''}.json"
     ray.init(log_to_driver=False)
     per_seed = {}
     for seed in [int(s) for s in args.seeds.split(",")]:
         per_seed[seed] = run_seed(args, seed)
-        write_result(args.out, {"epochs": args.epochs, "actors": args.actors, "summary": mean_std([doc["m"] for doc in per_seed.values()]),
-                                "seeds": per_seed})
+        write_result(args.out, {"epochs": args.epochs, "actors": args.actors, "grid": args.grid, "reg": args.reg,
+                                "neighbour_types": args.neighbour_types,
+                                "summary": mean_std([doc["m"] for doc in per_seed.values()]), "seeds": per_seed})
 
 
 def run_seed(args, seed: int) -> dict:
@@ -161,27 +197,21 @@ def run_seed(args, seed: int) -> dict:
                                  for u, i, t in zip(events_part.user, events_part.item, events_part.ts)]
         row = {"streamed_interactions": len(events_part), "events": len(events), "test_interactions": len(test),
                "test_users": len(test.users())}
-        # (a) ILLE on a copy of the base run
-        run = work / f"ille-m{m}"
-        shutil.copytree(work / "base" / "run", run, ignore=shutil.ignore_patterns("updates"))
-        t0 = time.perf_counter()
-        pool = UpdatePool(run, actors=args.actors)
-        start_s = time.perf_counter() - t0
-        ack = pool.submit(events)
-        assert not ack.errors, ack.errors[:3]
-        t1 = time.perf_counter()
-        (stats,) = pool.apply()
-        apply_s = time.perf_counter() - t1
-        view = pool.embeddings()
-        pool.close()
-        score = scores_from(view.rows("user", np.arange(counts["user"])), view.rows("movie", np.arange(counts["movie"])))
-        row["ille"] = {**evaluate_scores(score, test, known, ks=(10, 20)), "apply_s": apply_s, "pool_start_s": start_s,
-                       "status": stats.status, "unanchored": stats.unanchored}
+        variants = GRID if args.grid else {"ille": ILLEConfig(reg=args.reg, neighbour_types=args.neighbour_types)}
+        for name, ille_cfg in variants.items():           # (a) ILLE on a copy of the base run
+            row[name] = run_ille(work / "base" / "run", work / f"{name}-m{m}", events, ille_cfg, args.actors,
+                                 counts, test, known)
         # (d) neighbour mean over the same base embeddings
         base_version = RunDir(work / "base" / "run").latest_embeddings()
         mean_u, mean_i = neighbour_mean(np.load(base_version / "user.npy"), np.load(base_version / "movie.npy"),
                                         events_part, counts["user"], counts["movie"])
         row["neighbour_mean"] = evaluate_scores(scores_from(mean_u, mean_i), test, known, ks=(10, 20))
+        row["popularity"] = evaluate_scores(BASELINES["pop"](known, seed), test, known, ks=(10, 20))
+        if args.grid:
+            results[m] = row
+            print(f"seed {seed} m={m}: " + ", ".join(f"{k} {v['ndcg@20']:.4f}" for k, v in row.items()
+                                                      if isinstance(v, dict)), flush=True)
+            continue
         # (b) full retrain with the streamed events
         t0 = time.perf_counter()
         write_renumbered_graph(graph, work / f"full-m{m}" / "graph", remap, all_counts, ETYPE, edges(known))
@@ -190,14 +220,12 @@ def run_seed(args, seed: int) -> dict:
         retrain_s = time.perf_counter() - t0
         score = scores_from(np.load(version / "user.npy"), np.load(version / "movie.npy"))
         row["retrain"] = {**evaluate_scores(score, test, known, ks=(10, 20)), "seconds": retrain_s}
-        # (c) no update: popularity
-        row["popularity"] = evaluate_scores(BASELINES["pop"](known, seed), test, known, ks=(10, 20))
         row["ille_vs_retrain_ndcg@20"] = row["ille"]["ndcg@20"] / max(row["retrain"]["ndcg@20"], 1e-12)
-        row["ille_time_vs_retrain"] = apply_s / retrain_s
-        row["ille_time_with_pool_start_vs_retrain"] = (apply_s + start_s) / retrain_s
+        row["ille_time_vs_retrain"] = row["ille"]["apply_s"] / retrain_s
+        row["ille_time_with_pool_start_vs_retrain"] = (row["ille"]["apply_s"] + row["ille"]["pool_start_s"]) / retrain_s
         results[m] = row
         print(f"seed {seed} m={m}: ILLE ndcg@20 {row['ille']['ndcg@20']:.4f} recall@20 {row['ille']['recall@20']:.4f} "
-              f"({apply_s:.2f} s) | retrain {row['retrain']['ndcg@20']:.4f} / {row['retrain']['recall@20']:.4f} "
+              f"({row['ille']['apply_s']:.2f} s) | retrain {row['retrain']['ndcg@20']:.4f} / {row['retrain']['recall@20']:.4f} "
               f"({retrain_s:.0f} s) | pop {row['popularity']['ndcg@20']:.4f} / {row['popularity']['recall@20']:.4f} "
               f"| neighbour mean {row['neighbour_mean']['ndcg@20']:.4f}", flush=True)
     return {"setup": {"cut": cut, "cold_users": len(cold_u), "cold_movies": len(cold_i),
