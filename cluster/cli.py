@@ -148,27 +148,28 @@ def partition(graph: Path, out: Path, parts: int, address: str | None, bucket_ed
 @click.option("--lr", type=float, default=1e-2, show_default=True)
 @click.option("--fanouts", default="10", show_default=True, help="Neighbours sampled per hop, comma-separated.")
 @click.option("--fanout-per", type=click.Choice(["relation", "node", "edge"]), default="node", show_default=True)
-@click.option("--hard-negatives", type=int, default=0, show_default=True,
-              help="Hard negatives per user, mined from the current embeddings every epoch.")
+@click.option("--hard-negatives", type=int, default=0, show_default=True, help="Hard negatives per user.")
 @click.option("--valid", type=click.Path(path_type=Path, dir_okay=False),
               help="Parquet of held-out (src, dst) pairs: validation NDCG@10 every epoch.")
+@click.option("--popularity-prior", type=float, default=None, help="Weight of log(1 + item count) added to the "
+              "cosine when ranking. Default: chosen on --valid each epoch, else 0.1.")
 @click.option("--use-gpu", is_flag=True, help="One GPU per worker, NCCL.")
 @click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its last checkpoint.")
 @click.option("--no-export", is_flag=True, help="Skip exporting the embeddings after training.")
 @click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
 def train_cmd(graph: Path, run_dir: Path, workers: int, epochs: int, batch_size: int, lr: float, fanouts: str,
               fanout_per: str, hard_negatives: int, valid: Path | None, use_gpu: bool, resume: bool, no_export: bool,
-              address: str | None) -> None:
+              address: str | None, popularity_prior: float | None) -> None:
     """Pretrain HetSGFormer on GRAPH (graph directory or partitioned graph) into RUN_DIR."""
     from trainers.hetsgformer.train import TrainConfig, train
     if not re.fullmatch(r"\d+(,\d+)*", fanouts):
         raise click.BadParameter(f"must be comma-separated ints, got {fanouts!r}", param_hint="--fanouts")
     cfg = TrainConfig(workers=workers, epochs=epochs, batch_size=batch_size, lr=lr, fanout_per=fanout_per,
                       fanouts=tuple(map(int, fanouts.split(","))), hard_negatives=hard_negatives,
-                      valid=str(valid) if valid else None, use_gpu=use_gpu)
+                      valid=str(valid) if valid else None, use_gpu=use_gpu, popularity_prior=popularity_prior)
     init_ray(address)
     def progress(m: dict) -> None:
-        ndcg = f", valid ndcg@10 {m['valid_ndcg@10']:.4f}" if cfg.valid else ""
+        ndcg = f", valid ndcg@10 {m['valid_ndcg@10']:.4f} (prior {m['valid_prior']:g})" if cfg.valid else ""
         click.echo(f"epoch {m['epoch'] + 1}/{epochs}: loss {m['loss']:.4f}{ndcg}, {m['edges_per_s']:,.0f} edges/s, "
                    f"{m['epoch_s']:.0f} s")
 
@@ -185,8 +186,7 @@ def train_cmd(graph: Path, run_dir: Path, workers: int, epochs: int, batch_size:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
 def export_cmd(run_dir: Path, address: str | None) -> None:
-    """Embed every node with RUN_DIR's last checkpoint into a new embeddings version."""
-
+    """Embed every node with RUN_DIR's best validation (else last) checkpoint into a new embeddings version."""
     from trainers.hetsgformer.export import export_embeddings
 
     init_ray(address)

@@ -24,8 +24,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from graphs.exceptions import ConfigError
 from graphs.store import GraphDir
@@ -75,10 +73,11 @@ def fit_part(split: Split) -> Interactions:
 
 def fit_hetsgformer(graph_dir: Path, split: Split, seed: int, etype: str, work_dir: Path,
                     cfg: TrainConfig, log=None) -> ScoreFn:
-    """Train HetSGFormer on the split's graph, export, score users by cosine from the export.
+    """Train HetSGFormer on the split's graph, export, score users from the export (cosine plus
+    the popularity prior chosen on validation: :func:`trainers.hetsgformer.export.ranking_scores`).
     ``log``: called with one line per epoch."""
     from trainers.evaluation.split_graph import write_split_graph
-    from trainers.hetsgformer.export import export_embeddings
+    from trainers.hetsgformer.export import export_embeddings, ranking_scores
     from trainers.hetsgformer.train import train
     from trainers.hetsgformer.validation import write_pairs
 
@@ -88,15 +87,13 @@ def fit_hetsgformer(graph_dir: Path, split: Split, seed: int, etype: str, work_d
     valid = str(write_pairs(work_dir / "valid.parquet", split.valid)) if len(split.valid) else None
     def progress(m: dict) -> None:
         log(f"hetsgformer epoch {m['epoch'] + 1}/{cfg.epochs}: loss {m['loss']:.3f}, "
-            f"valid ndcg@10 {m['valid_ndcg@10']:.4f}, {m['edges_per_s']:,.0f} edges/s")
+            f"valid ndcg@10 {m['valid_ndcg@10']:.4f} (prior {m['valid_prior']:g}), {m['edges_per_s']:,.0f} edges/s")
 
     train(graph, work_dir / "run", replace(cfg, seed=seed, target=etype, valid=valid),
           progress=progress if log else None)
     version = export_embeddings(work_dir / "run")
     src, _, dst = etype.split("__")
-    users = F.normalize(torch.from_numpy(np.load(version / f"{src}.npy")), dim=-1)  # [U, D]
-    items = F.normalize(torch.from_numpy(np.load(version / f"{dst}.npy")), dim=-1)  # [N, D]
-    return lambda u: users[u] @ items.T
+    return ranking_scores(version, src, dst)
 
 
 def run_eval(graph_dir: str | Path, models: Sequence[str] = ("pop", "mf", "lightgcn"), protocol: str = "random",

@@ -3,7 +3,8 @@
 Layout::
 
     <run>/embeddings/v0001/<ntype>.npy    float32 [count, d], row = node id within the type
-    <run>/embeddings/v0001/meta.json      version, dim, counts, checkpoint
+    <run>/embeddings/v0001/prior.npy      float32 [items], log(1 + the item's count of target edges)
+    <run>/embeddings/v0001/meta.json      version, dim, counts, checkpoint, prior (type, weight)
     <run>/embeddings/LATEST               the newest version's folder name
 
 Inference is a Ray Data job: chunks of node ids go to ``map_batches`` tasks (at most
@@ -12,6 +13,9 @@ chunk) that sample every chunk's neighbourhood from the shard store and write th
 straight into the version's ``.npy`` files (memory-mapped, disjoint rows). A failed task
 is retried by Ray; rewriting a chunk's rows is idempotent.
 The version folder is written under a temporary name and renamed when complete.
+
+Ranking scores are ``cos(u, i) + weight * prior[i]`` (:func:`ranking_scores`); the weight is
+the one validation chose with the exported weights (``TrainConfig.popularity_prior``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import ray
+import torch
 
 from graphs.exceptions import ConfigError
 from graphs.shards import ShardStore
@@ -32,6 +37,7 @@ from trainers.features import FeatureStore
 from trainers.hetsgformer.inference import embed_nodes, global_context
 from trainers.hetsgformer.model import HetSGFormer
 from trainers.hetsgformer.train import TrainConfig
+from trainers.hetsgformer.validation import DEFAULT_PRIOR, popularity_prior
 from trainers.ray_train import load_state
 from trainers.run_dir import RunDir
 
@@ -93,14 +99,42 @@ def export_embeddings(run_dir: str | Path, chunk_nodes: int = 2048, actors: int 
                    .sum("rows"))
         if written != sum(counts.values()):
             raise RuntimeError(f"export wrote {written} rows, expected {sum(counts.values())}")
+        target = store.edge_types[run.target]
+        np.save(tmp / "prior.npy", popularity_prior(store, target))
         write_json_atomic(tmp / "meta.json", {"version": version, "dim": cfg.model.dim, "counts": counts,
-                                              "checkpoint": str(checkpoint)})
+                                              "checkpoint": str(checkpoint),
+                                              "prior": {"type": target.dst, "weight": prior_weight(cfg, checkpoint)}})
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     write_text_atomic(run.embeddings / "LATEST", final.name)
     return final
+
+
+def prior_weight(cfg: TrainConfig, checkpoint: Path) -> float:
+    """The popularity-prior weight to rank with: the one validation kept with ``checkpoint``
+    (``best/``), else the configured one, else :data:`DEFAULT_PRIOR`."""
+    chosen = torch.load(checkpoint / "state.pt", weights_only=True, mmap=True, map_location="cpu").get("prior")
+    if chosen is not None and np.isfinite(chosen):
+        return float(chosen)
+    return DEFAULT_PRIOR if cfg.popularity_prior is None else cfg.popularity_prior
+
+
+def ranking_scores(version: str | Path, src: str, dst: str):
+    """A scorer ``users: [B] -> [B, N]`` of an exported version: cosine between the ``src`` and
+    ``dst`` rows plus the version's popularity prior (none for a version without one, or
+    for another item type)."""
+    import torch.nn.functional as F
+
+    version = Path(version)
+    meta = json.loads((version / "meta.json").read_text())
+    users = F.normalize(torch.from_numpy(np.load(version / f"{src}.npy")), dim=-1)        # [U, D]
+    items = F.normalize(torch.from_numpy(np.load(version / f"{dst}.npy")), dim=-1)        # [N, D]
+    prior = meta.get("prior") or {}
+    bias = (prior["weight"] * torch.from_numpy(np.load(version / "prior.npy"))
+            if prior.get("type") == dst else torch.zeros(len(items)))                      # [N]
+    return lambda u: users[u] @ items.T + bias
 
 
 def serving_run(trained: str | Path, parts: str | Path, out: str | Path, **export_kwargs) -> Path:

@@ -45,7 +45,7 @@ from trainers.hetsgformer.config import HetSGFormerConfig
 from trainers.hetsgformer.curves import write_metrics
 from trainers.hetsgformer.inference import embed_nodes
 from trainers.hetsgformer.model import HetSGFormer
-from trainers.hetsgformer.validation import Validator
+from trainers.hetsgformer.validation import PRIOR_GRID, Validator
 from trainers.ray_train import fit, load_state, report, restore, unwrap
 from trainers.run_dir import RunDir
 
@@ -66,6 +66,10 @@ class TrainConfig:
     sampled neighbourhood (no label leakage through message passing). valid: a parquet of held-out (src, dst) target pairs,
     scored every epoch as NDCG@10 over at most ``valid_users`` users (None: no validation); the
     best epoch's model is kept in ``RUN_DIR/best`` and is what export embeds with.
+    popularity_prior: the weight w of ``log(1 + item count)`` added to the cosine when ranking
+    (:func:`trainers.hetsgformer.validation.popularity_prior`); None (default): chosen every
+    epoch on ``valid`` among ``PRIOR_GRID`` and kept with the best epoch, or ``DEFAULT_PRIOR``
+    when the run does not validate.
     resources_per_worker: Ray resources of each worker, passed to ``ScalingConfig`` (None: one
     CPU, or one GPU with ``use_gpu``); e.g. ``{"CPU": 1, "trainer": 1}`` places the workers on
     the trainer nodes of ``ray_config.yaml``.
@@ -95,6 +99,7 @@ class TrainConfig:
     num_parts: int = 4
     valid: str | None = None
     valid_users: int = 1000
+    popularity_prior: float | None = None
     model: HetSGFormerConfig = field(default_factory=HetSGFormerConfig)
 
     def __post_init__(self) -> None:
@@ -110,6 +115,8 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.lr_decay must be in (0, 1], got {self.lr_decay}")
         if self.lr <= 0 or self.temperature <= 0:
             raise ConfigError(f"TrainConfig.lr and temperature must be > 0, got {self.lr}, {self.temperature}")
+        if self.popularity_prior is not None and self.popularity_prior < 0:
+            raise ConfigError(f"TrainConfig.popularity_prior must be >= 0 or None, got {self.popularity_prior}")
         if self.fanout_per not in FANOUT_SCOPES:
             raise ConfigError(f"TrainConfig.fanout_per must be one of {FANOUT_SCOPES}, got {self.fanout_per!r}")
         if not self.fanouts or min(self.fanouts) < 1:
@@ -139,6 +146,7 @@ def _train_loop(loop: dict) -> None:
     opt = Optimizers(unwrap(model), cfg.lr)
     start, history = restore(model, opt, device)
     validator = Validator(cfg.valid, store, target, cfg.valid_users, cfg.seed) if cfg.valid and rank == 0 else None
+    priors = PRIOR_GRID if cfg.popularity_prior is None else (cfg.popularity_prior,)
     best = max([h["valid_ndcg@10"] for h in history if math.isfinite(h.get("valid_ndcg@10", math.nan))],
                default=-math.inf)
     owned = [p for p in range(store.num_parts) if p % world == rank]
@@ -164,25 +172,27 @@ def _train_loop(loop: dict) -> None:
             aux.append(parts["aux"])
             edges += len(batch["src"])
         seconds = time.perf_counter() - t0
+        valid, prior = (validator.score(unwrap(model), features, list(cfg.fanouts), cfg.fanout_per, priors)
+                        if validator else (float("nan"), float("nan")))
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "first_loss": losses[0],
                    "aux_loss": float(np.mean(aux)), "edges_per_s": world * edges / seconds,
                    "epoch_s": seconds, "steps": steps, "pid": os.getpid(),
                    "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this worker's peak
                    **_rss_split_mb(),
-                   "valid_ndcg@10": validator.ndcg10(unwrap(model), features, list(cfg.fanouts), cfg.fanout_per)
-                   if validator else float("nan")}
+                   "valid_ndcg@10": valid, "valid_prior": prior}
         history.append(metrics)
         if validator and metrics["valid_ndcg@10"] > best:   # what export embeds with (RunDir.best)
             best = metrics["valid_ndcg@10"]
-            save_best(Path(loop["best"]), unwrap(model), epoch, best)
+            save_best(Path(loop["best"]), unwrap(model), epoch, best, prior)
         report(metrics, model, opt, epoch, history, rank)
 
 
-def save_best(folder: Path, model: torch.nn.Module, epoch: int, valid: float) -> None:
-    """Replace ``folder/state.pt`` with ``model``'s weights, atomically."""
+def save_best(folder: Path, model: torch.nn.Module, epoch: int, valid: float, prior: float) -> None:
+    """Replace ``folder/state.pt`` with ``model``'s weights and the popularity-prior weight
+    chosen with them, atomically."""
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_file(folder / "state.pt") as tmp:
-        torch.save({"model": model.state_dict(), "epoch": epoch, "valid_ndcg@10": valid}, tmp)
+        torch.save({"model": model.state_dict(), "epoch": epoch, "valid_ndcg@10": valid, "prior": prior}, tmp)
 
 
 def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:

@@ -4,6 +4,10 @@ The held-out pairs are a parquet file with ``src`` and ``dst`` columns (ids with
 target edge type's source and destination types), written for example by the evaluation
 harness from its split's valid part. Up to ``max_users`` users are scored against every
 item; each user's training items (its neighbours in the shard store) are masked.
+
+Scores are the model's ranking scores, ``cos(u, i) + w * log(1 + n_i)`` (:func:`popularity_prior`,
+``n_i`` the item's count of training edges); :meth:`Validator.score` tries each weight of a
+grid on the same embeddings and keeps the best, so the weight is chosen on validation.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 import torch.nn.functional as F
 
 from graphs.exceptions import GraphFormatError
@@ -22,6 +27,22 @@ from trainers.evaluation.metrics import evaluate_scores
 from trainers.evaluation.splits import Interactions
 from trainers.features import FeatureStore
 from trainers.hetsgformer.inference import embed_nodes, global_context
+
+
+PRIOR_GRID = (0.0, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3)
+"""Popularity-prior weights a validating run chooses among (on the cosine's scale)."""
+DEFAULT_PRIOR = 0.1
+"""The weight of a run without validation: the choice of MovieLens-100K's validation, 3 seeds
+(BENCHMARKS.md "The popularity prior")."""
+
+
+def popularity_prior(store: ShardStore, target: EdgeType) -> np.ndarray:
+    """``log(1 + n_i)`` for every item of ``target``'s destination type, ``n_i`` its count of
+    ``target`` edges in ``store``: ``[N]`` float32. The sampled softmax's logQ correction
+    trains the embeddings without item popularity; ranking adds it back with a weight
+    (:class:`trainers.hetsgformer.train.TrainConfig` ``popularity_prior``)."""
+    items = np.arange(store.counts[target.dst])
+    return np.log1p(store.degree(target.reverse().key, items)).astype(np.float32)
 
 
 def write_pairs(path: str | Path, inter: Interactions) -> Path:
@@ -58,11 +79,14 @@ class Validator:
         seen = store.neighbors(target.key, users)
         seen_users = np.repeat(users, np.diff(seen.ptr))
         self.train = Interactions(seen_users, seen.ids, np.zeros(len(seen_users), np.int64), n_users, n_items)
+        self.prior = torch.from_numpy(popularity_prior(store, target))                # [N]
 
-    def ndcg10(self, model, features: FeatureStore, fanouts: list[int], per: str = "relation") -> float:
-        """Embed the users and every item with ``model``; NDCG@10 over the held-out pairs."""
+    def score(self, model, features: FeatureStore, fanouts: list[int], per: str = "relation",
+              weights: tuple[float, ...] = (0.0,)) -> tuple[float, float]:
+        """Embed the users and every item with ``model``; the best NDCG@10 over the held-out
+        pairs among the popularity-prior ``weights``, and that weight (the first on ties)."""
         if not len(self.users):
-            return float("nan")
+            return float("nan"), float(weights[0])
         items = np.arange(self.store.counts[self.target.dst])
         ctx = global_context(model, self.store, features, self.seed)
         u = F.normalize(embed_nodes(model, self.store, features, self.target.src, self.users, fanouts,
@@ -72,7 +96,10 @@ class Validator:
         row = {int(x): i for i, x in enumerate(self.users)}
         index = np.vectorize(row.__getitem__, otypes=[np.int64])
 
-        def score(batch):
-            return u[index(batch.numpy())] @ v.T
+        results = []
+        for w in weights:
+            def score(batch, w=w):
+                return u[index(batch.numpy())] @ v.T + w * self.prior
 
-        return evaluate_scores(score, self.valid, self.train, ks=[10])["ndcg@10"]
+            results.append((evaluate_scores(score, self.valid, self.train, ks=[10])["ndcg@10"], float(w)))
+        return max(results, key=lambda r: r[0])

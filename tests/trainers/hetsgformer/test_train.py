@@ -14,6 +14,7 @@ from graphs.synthetic import generate_synthetic
 from trainers.hetsgformer.config import HetSGFormerConfig
 from trainers.hetsgformer.export import export_embeddings
 from trainers.hetsgformer.train import TrainConfig, train
+from trainers.hetsgformer.validation import DEFAULT_PRIOR, PRIOR_GRID
 
 pytestmark = pytest.mark.slow          # minutes on 2 cores: `pytest -m "not slow and not cluster"` skips it
 
@@ -59,6 +60,11 @@ def test_two_workers_checkpoint_resume_and_export(graph, tmp_path, ray_local):
         emb = np.load(first_export / f"{ntype}.npy")
         assert emb.shape == (count, 16) and emb.dtype == np.float32 and np.isfinite(emb).all()
         assert (np.abs(emb).sum(axis=1) > 0).all()  # every row was written
+    # a run without validation ranks with the default popularity prior over its own counts
+    assert meta["prior"] == {"type": "item", "weight": DEFAULT_PRIOR}
+    store = ShardStore(run / "parts")
+    degree = store.degree("item__rev_clicks__user", np.arange(counts["item"]))
+    np.testing.assert_allclose(np.load(first_export / "prior.npy"), np.log1p(degree), rtol=1e-6)
     items = np.load(first_export / "item.npy")
     assert np.linalg.matrix_rank(items[:200]) > 8  # nodes get different embeddings
     second_export = export_embeddings(run)
@@ -98,4 +104,7 @@ def test_export_embeds_the_best_validation_epoch(graph, tmp_path, ray_local):
     assert best["epoch"] == int(np.argmax(valid)) and best["valid_ndcg@10"] == max(valid)
     assert RunDir(run).export_checkpoint() == run / "best"
     version = export_embeddings(run)
-    assert json.loads((version / "meta.json").read_text())["checkpoint"] == str(run / "best")
+    meta = json.loads((version / "meta.json").read_text())
+    assert meta["checkpoint"] == str(run / "best")
+    prior = [e["valid_prior"] for e in json.loads((run / "metrics.json").read_text())["epochs"]]
+    assert meta["prior"]["weight"] == best["prior"] == prior[best["epoch"]] and best["prior"] in PRIOR_GRID

@@ -18,7 +18,7 @@ from trainers.evaluation.split_graph import write_split_graph
 from trainers.evaluation.splits import Interactions, load_interactions, random_split
 from trainers.hetsgformer.batch_loss import HardPool, drop_target_edges, history_mask
 from trainers.hetsgformer.curves import write_metrics
-from trainers.hetsgformer.validation import Validator, write_pairs
+from trainers.hetsgformer.validation import Validator, popularity_prior, write_pairs
 
 EDGES = {("user", "rates", "item", True, True): 3000, ("item", "in", "cat", False, False): 200}
 COUNTS = {"user": 60, "item": 100, "cat": 5}
@@ -84,6 +84,29 @@ def test_validator_masks_train_items_and_names_bad_ids(graph, store, tmp_path):
     bad = Interactions(first.user, np.array([1, 2, 100]), first.ts, 60, 101)
     with pytest.raises(GraphFormatError, match="column dst has id 100 outside \\[0, 100\\)"):
         Validator(write_pairs(tmp_path / "bad.parquet", bad), store, target)
+
+
+def test_validator_chooses_the_popularity_prior_on_validation(graph, tmp_path, ray_local):
+    from trainers.features import FeatureStore
+    from trainers.hetsgformer.config import HetSGFormerConfig
+    from trainers.hetsgformer.model import HetSGFormer
+
+    split = random_split(load_interactions(graph, "user__rates__item"), seed=0)
+    partition_graph(write_split_graph(graph, tmp_path / "split", split.train, "user__rates__item"), tmp_path / "p",
+                    PartitionConfig(num_parts=2))
+    store = ShardStore(tmp_path / "p")
+    target = store.edge_types["user__rates__item"]
+    counts = np.bincount(split.train.item, minlength=100)                 # the training graph's
+    np.testing.assert_allclose(popularity_prior(store, target), np.log1p(counts), rtol=1e-6)
+    v = Validator(write_pairs(tmp_path / "valid.parquet", split.valid), store, target)
+    torch.manual_seed(0)
+    model = HetSGFormer(store.schema, HetSGFormerConfig(dim=16, v_max=1000, num_heads=2)).eval()
+    args = (model, FeatureStore(GraphDir(graph, validate="none")), [4], "node")
+    alone = {w: v.score(*args, weights=(w,)) for w in (0.0, 0.05, 5.0)}
+    assert [w for _, w in alone.values()] == [0.0, 0.05, 5.0]
+    assert len({round(n, 6) for n, _ in alone.values()}) == 3          # the prior changes the ranking
+    best, chosen = v.score(*args, weights=(0.0, 0.05, 5.0))
+    assert best == max(n for n, _ in alone.values()) and alone[chosen][0] == best
 
 
 def test_metrics_csv_and_png(tmp_path):
