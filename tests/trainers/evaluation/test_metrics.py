@@ -77,6 +77,23 @@ def test_ties_give_a_value_between_the_worst_and_the_best_order():
         assert worst[name] - 1e-9 <= got[name] <= best[name] + 1e-9
 
 
+def test_ties_are_broken_at_random_not_by_item_id():
+    # 100 items, all tied but item 50 (a hair above, below float32's step at 1.0 it would be lost):
+    # item 50 ranks first on every tie order, and a test item among the ties is found at the
+    # same average rank whether its id is low or high (by id, item 1 always made the top 10)
+    scores = torch.ones(1, 100)
+    scores[0, 50] += 1e-6
+    train = interactions([(0, 0)], 1, 100)
+    for seed in range(3):
+        got = evaluate_scores(lambda u: scores[u], interactions([(0, 50)], 1, 100), train, ks=(1,), tie_seed=seed)
+        assert got["hit@1"] == 1.0
+    low, high = ([evaluate_scores(lambda u: scores[u], interactions([(0, item)], 1, 100), train, ks=(10,),
+                                  tie_seed=seed)["hit@10"] for seed in range(200)] for item in (1, 98))
+    assert 0.03 < np.mean(low) < 0.17 and 0.03 < np.mean(high) < 0.17     # 9 of 98 tied slots: 0.092
+    assert evaluate_scores(lambda u: scores[u], interactions([(0, 1)], 1, 100), train, ks=(10,)) == \
+        evaluate_scores(lambda u: scores[u], interactions([(0, 1)], 1, 100), train, ks=(10,))   # deterministic
+
+
 def test_masked_items_never_count_even_if_in_test():
     scores = torch.tensor([[3.0, 2.0, 1.0]])
     got = evaluate_scores(lambda u: scores[u], interactions([(0, 0), (0, 2)], 1, 3), interactions([(0, 0)], 1, 3),
