@@ -147,6 +147,28 @@ def test_same_embeddings_on_any_actor_count_and_trained_rows_left_alone(run, tmp
     assert (moved > 1e-4).sum() >= len(touched) // 2, moved
 
 
+def test_twenty_batches_leave_every_trained_row_bit_identical(run, tmp_path):
+    """Drift: 20 update batches, each linking new users and items to trained items (and a
+    trained user to a new item), leave every trained row of every type exactly as exported."""
+    copy = tmp_path / "run"
+    copy_run(run, copy)
+    pool = UpdatePool(copy, actors=1, num_cpus=2)
+    try:
+        view = pool.embeddings()
+        counts = {t: view.count(t) for t in ("user", "item")}
+        before = {t: view.rows(t, np.arange(n)) for t, n in counts.items()}
+        for evs in _stream(batches=20):
+            assert not pool.submit(evs).errors
+            pool.apply()
+        view = pool.embeddings()
+        assert view.count("user") == counts["user"] + 80 and view.count("item") == counts["item"] + 40
+        for t, n in counts.items():
+            np.testing.assert_array_equal(view.rows(t, np.arange(n)), before[t])
+        assert np.abs(view.rows("user", np.arange(counts["user"], counts["user"] + 80))).sum(1).min() > 0
+    finally:
+        pool.close()
+
+
 def test_update_cli_applies_a_parquet_and_reports_bad_rows(run, tmp_path):
     import json
 
