@@ -47,7 +47,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.results_io import mean_std, write_result  # noqa: E402
 from trainers.evaluation.baselines import BASELINES  # noqa: E402
@@ -56,6 +55,7 @@ from trainers.evaluation.metrics import evaluate_scores  # noqa: E402
 from trainers.evaluation.splits import Interactions, concat, load_interactions  # noqa: E402
 from trainers.hetsgformer.export import export_embeddings  # noqa: E402
 from trainers.hetsgformer.train import TrainConfig, train  # noqa: E402
+from trainers.hetsgformer.validation import cosine_scores  # noqa: E402
 from trainers.ille.pool import UpdatePool  # noqa: E402
 from trainers.ille.weights import ILLEConfig  # noqa: E402
 from trainers.run_dir import RunDir  # noqa: E402
@@ -109,11 +109,9 @@ def _mean_of_neighbours(rows: np.ndarray, n_base: int, own: np.ndarray, neighbou
 
 
 def scores_from(users: np.ndarray, items: np.ndarray, prior: np.ndarray | None = None):
-    """Cosine ``[B] -> [B, N]`` plus ``prior: [N]`` (the model's popularity prior, weighted)."""
-    u = F.normalize(torch.from_numpy(np.ascontiguousarray(users)), dim=-1)
-    v = F.normalize(torch.from_numpy(np.ascontiguousarray(items)), dim=-1)
-    bias = torch.zeros(len(v)) if prior is None else torch.from_numpy(np.asarray(prior, np.float32))
-    return lambda batch: u[batch] @ v.T + bias
+    """The model's ranking rule (:func:`cosine_scores`) over these rows, ``prior: [N]`` weighted."""
+    return cosine_scores(torch.from_numpy(np.ascontiguousarray(users)), torch.from_numpy(np.ascontiguousarray(items)),
+                         None if prior is None else torch.from_numpy(np.asarray(prior, np.float32)))
 
 
 def known_prior(version: Path, known: Interactions) -> np.ndarray:
@@ -200,6 +198,7 @@ def run_seed(args, seed: int) -> dict:
           f"{base_seconds:.0f} s", flush=True)
     nodes, side = node_events(graph, remap, {"user": cold_u, "movie": cold_i}, exclude=(ETYPE,))
     cold_user_new = remap["user"][cold_u]
+    base_version = RunDir(work / "base" / "run").latest_embeddings()
     results = {}
     for m in [int(x) for x in args.m.split(",")]:
         streamed = (np.isin(cold.user, cold_user_new) & first_m(cold.user, cold.ts, m)) | \
@@ -211,7 +210,6 @@ def run_seed(args, seed: int) -> dict:
                                  for u, i, t in zip(events_part.user, events_part.item, events_part.ts)]
         row = {"streamed_interactions": len(events_part), "events": len(events), "test_interactions": len(test),
                "test_users": len(test.users())}
-        base_version = RunDir(work / "base" / "run").latest_embeddings()
         prior = known_prior(base_version, known)
         variants = GRID if args.grid else {"ille": ILLEConfig(reg=args.reg, neighbour_types=args.neighbour_types)}
         for name, ille_cfg in variants.items():           # (a) ILLE on a copy of the base run

@@ -37,7 +37,7 @@ from trainers.features import FeatureStore
 from trainers.hetsgformer.inference import embed_nodes, global_context
 from trainers.hetsgformer.model import HetSGFormer
 from trainers.hetsgformer.train import TrainConfig
-from trainers.hetsgformer.validation import DEFAULT_PRIOR, popularity_prior
+from trainers.hetsgformer.validation import DEFAULT_PRIOR, cosine_scores, popularity_prior
 from trainers.ray_train import load_state
 from trainers.run_dir import RunDir
 
@@ -116,25 +116,21 @@ def prior_weight(cfg: TrainConfig, checkpoint: Path) -> float:
     """The popularity-prior weight to rank with: the one validation kept with ``checkpoint``
     (``best/``), else the configured one, else :data:`DEFAULT_PRIOR`."""
     chosen = torch.load(checkpoint / "state.pt", weights_only=True, mmap=True, map_location="cpu").get("prior")
-    if chosen is not None and np.isfinite(chosen):
+    if chosen is not None:                      # saved by a validating run with its best epoch
         return float(chosen)
     return DEFAULT_PRIOR if cfg.popularity_prior is None else cfg.popularity_prior
 
 
 def ranking_scores(version: str | Path, src: str, dst: str):
-    """A scorer ``users: [B] -> [B, N]`` of an exported version: cosine between the ``src`` and
-    ``dst`` rows plus the version's popularity prior (none for a version without one, or
-    for another item type)."""
-    import torch.nn.functional as F
-
+    """A scorer ``users: [B] -> [B, N]`` of an exported version: :func:`cosine_scores` between
+    the ``src`` and ``dst`` rows plus the version's popularity prior (none for a version
+    without one, or for another item type)."""
     version = Path(version)
-    meta = json.loads((version / "meta.json").read_text())
-    users = F.normalize(torch.from_numpy(np.load(version / f"{src}.npy")), dim=-1)        # [U, D]
-    items = F.normalize(torch.from_numpy(np.load(version / f"{dst}.npy")), dim=-1)        # [N, D]
-    prior = meta.get("prior") or {}
+    prior = json.loads((version / "meta.json").read_text()).get("prior") or {}
     bias = (prior["weight"] * torch.from_numpy(np.load(version / "prior.npy"))
-            if prior.get("type") == dst else torch.zeros(len(items)))                      # [N]
-    return lambda u: users[u] @ items.T + bias
+            if prior.get("type") == dst else None)                                           # [N]
+    return cosine_scores(torch.from_numpy(np.load(version / f"{src}.npy")),
+                         torch.from_numpy(np.load(version / f"{dst}.npy")), bias)
 
 
 def serving_run(trained: str | Path, parts: str | Path, out: str | Path, **export_kwargs) -> Path:

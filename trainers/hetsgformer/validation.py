@@ -45,6 +45,15 @@ def popularity_prior(store: ShardStore, target: EdgeType) -> np.ndarray:
     return np.log1p(store.degree(target.reverse().key, items)).astype(np.float32)
 
 
+def cosine_scores(users: torch.Tensor, items: torch.Tensor, bias: torch.Tensor | None = None):
+    """The model's ranking rule as a scorer ``rows [B] -> [B, N]``: cosine between
+    ``users[rows]`` (``users: [U, D]``) and every row of ``items: [N, D]``, plus ``bias: [N]``
+    (the weighted popularity prior; None: none)."""
+    u, v = F.normalize(users, dim=-1), F.normalize(items, dim=-1)
+    bias = torch.zeros(len(v)) if bias is None else bias
+    return lambda rows: u[rows] @ v.T + bias
+
+
 def write_pairs(path: str | Path, inter: Interactions) -> Path:
     """Write ``inter``'s (user, item) pairs as a validation file."""
     import pyarrow as pa
@@ -89,17 +98,16 @@ class Validator:
             return float("nan"), float(weights[0])
         items = np.arange(self.store.counts[self.target.dst])
         ctx = global_context(model, self.store, features, self.seed)
-        u = F.normalize(embed_nodes(model, self.store, features, self.target.src, self.users, fanouts,
-                                    self.seed, per=per, context=ctx), dim=-1).cpu()
-        v = F.normalize(embed_nodes(model, self.store, features, self.target.dst, items, fanouts,
-                                    self.seed, per=per, context=ctx), dim=-1).cpu()
+        u = embed_nodes(model, self.store, features, self.target.src, self.users, fanouts, self.seed, per=per,
+                        context=ctx).cpu()
+        v = embed_nodes(model, self.store, features, self.target.dst, items, fanouts, self.seed, per=per,
+                        context=ctx).cpu()
         row = {int(x): i for i, x in enumerate(self.users)}
         index = np.vectorize(row.__getitem__, otypes=[np.int64])
 
         results = []
         for w in weights:
-            def score(batch, w=w):
-                return u[index(batch.numpy())] @ v.T + w * self.prior
-
-            results.append((evaluate_scores(score, self.valid, self.train, ks=[10])["ndcg@10"], float(w)))
+            scorer = cosine_scores(u, v, w * self.prior)
+            ndcg = evaluate_scores(lambda batch: scorer(index(batch.numpy())), self.valid, self.train, ks=[10])
+            results.append((ndcg["ndcg@10"], float(w)))
         return max(results, key=lambda r: r[0])

@@ -109,7 +109,8 @@ class ShardUpdater:
         change matters), and, only with ``cfg.change_threshold`` set, trained nodes whose
         half-edges added or removed since the base reach that fraction of their base degree.
         Trained rows are otherwise left as training made them."""
-        keys = [node_key(self.types.index(e["ntype"]), e["id"]) for e in events if e["op"] == "node"]
+        created = [node_key(self.types.index(e["ntype"]), e["id"]) for e in events if e["op"] == "node"]
+        keys = list(created)
         for e in events:
             if e["op"] != "node":
                 etype = self.graph.edge_types[e["etype"]]
@@ -127,8 +128,7 @@ class ShardUpdater:
             base_deg = sum(self.store.degree(e.key, ids[base]) for e in self.graph.edge_types_from(ntype))
             changed = self.graph.changed(ntype, ids[base])
             keep[base] = changed >= np.maximum(1, self.cfg.change_threshold * base_deg)
-        created = np.isin(keys, [node_key(self.types.index(e["ntype"]), e["id"]) for e in events if e["op"] == "node"])
-        return keys[keep | created]
+        return keys[keep | np.isin(keys, created)]
 
     def prepare(self, first: int, events: list[dict]) -> dict:
         """Apply a segment to this actor's graph; return its targets' rows of the ILLE system.

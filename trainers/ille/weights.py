@@ -37,9 +37,11 @@ class ILLEConfig:
     ``k`` neighbours per node (``adaptive_k``: ``clip(ceil(4 log2(2 + deg)), k_min, k_max)``
     from the node's 1-hop degree instead). ``reg`` is r in ``G + r trace(G) I`` (Roweis and
     Saul's relative form; they use about 1e-3). The default 0.3 keeps the weights close to
-    uniform. On the cold-start validation holdouts (seeds 1, 4, 5; m = 1, 3, 5) every step
-    down to 1e-1, 1e-2 and 1e-3 lost NDCG@20, because the input space (no ID rows) is only a
-    rough proxy for the learned embedding space.
+    uniform. On the cold-start validation holdouts (seeds 1, 4, 5; m = 1, 3, 5), ranked by
+    cosine alone, every step down to 1e-1, 1e-2 and 1e-3 lost NDCG@20, because the input
+    space (no ID rows) is only a rough proxy for the learned embedding space; ranked with the
+    popularity prior, 1e-2 and 1e-1 are 0.003 above 0.3 and 1e-3 is 0.02 below
+    (BENCHMARKS.md "ILLE cold start").
     ``scan``: neighbours read per node and relation (evenly spaced; bounds the cost of
     hubs); ``expand``: 1-hop neighbours whose own neighbours are read for the 2-hop ring,
     ``scan2`` of them per relation.
