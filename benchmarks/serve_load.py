@@ -14,13 +14,16 @@ on MovieLens-100K first). In one run it measures:
   tried when all of those are sustained) upwards in ``--resolution`` QPS steps until one is
   not sustained; every rate starts once the service is idle (the queue of a failed rate
   drained);
+* overload: twice the maximum sustainable rate; goodput (answered/s) against that rate,
+  the p99 of the answered requests, and the requests shed (503 with ``Retry-After``);
 * overhead: Serve p50 at the lowest sustained rate minus the floor p50;
 * freshness: for ``--fresh-users`` new users, time from ``POST /events`` to the first
   ``/recommend`` that is personalised (``fallback`` false).
 
 Each of ``--layouts`` is deployed in turn and measured the same way: ``split`` (Ingress ->
 Retriever -> Ranker deployments) and ``colocated`` (the Ingress retrieves and ranks
-in-process, ``ServeConfig.colocate``).
+in-process, ``ServeConfig.colocate``, the default). The HTTP ingress is HAProxy, as
+``hetrec serve`` has it (``--serve-proxy``: Serve's Python proxy).
 
 The load generator shares the machine's cores with the service. Writes
 ``benchmarks/results/serve_load.json``.
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import socket
 import sys
 import time
@@ -44,6 +46,7 @@ import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
 from benchmarks.results_io import write_result  # noqa: E402
+from serve.haproxy import enable_haproxy  # noqa: E402
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:
@@ -89,13 +92,13 @@ async def fixed_rate(url: str, raw_users: list[str], rate: float, seconds: float
     n = int(rate * seconds)
     rng = np.random.default_rng(int(rate))
     picks = rng.choice(len(raw_users), n)
-    ms, errors = [], 0
+    ms, errors, shed = [], 0, 0
     conn = aiohttp.TCPConnector(limit=512)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
         start = time.perf_counter()
 
         async def one(i: int) -> None:
-            nonlocal errors
+            nonlocal errors, shed
             await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
             t0 = time.perf_counter()
             try:
@@ -103,6 +106,7 @@ async def fixed_rate(url: str, raw_users: list[str], rate: float, seconds: float
                     await r.read()
                     if r.status != 200:
                         errors += 1
+                        shed += r.status == 503
                         return
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 errors += 1
@@ -111,7 +115,7 @@ async def fixed_rate(url: str, raw_users: list[str], rate: float, seconds: float
 
         await asyncio.gather(*(one(i) for i in range(n)))
         elapsed = time.perf_counter() - start
-    return {"offered_qps": rate, "requests": n, "errors": errors, "error_rate": errors / max(n, 1),
+    return {"offered_qps": rate, "requests": n, "errors": errors, "shed_503": shed, "error_rate": errors / max(n, 1),
             "achieved_qps": len(ms) / elapsed, **percentiles(ms)}
 
 
@@ -167,17 +171,15 @@ def main() -> None:
     ap.add_argument("--timeout-s", type=float, default=5)
     ap.add_argument("--max-replicas", type=int, default=2, help="Autoscaling bound of each deployment.")
     ap.add_argument("--layouts", default="split,colocated", help="Layouts to measure, in turn.")
-    ap.add_argument("--haproxy", action="store_true",
-                    help="Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1) instead of its Python proxy.")
+    ap.add_argument("--serve-proxy", action="store_true",
+                    help="Serve's Python HTTP proxy instead of HAProxy (the default of `hetrec serve`).")
     ap.add_argument("--out", default="benchmarks/results/serve_load.json")
     args = ap.parse_args()
     bad = [layout for layout in args.layouts.split(",") if layout not in ("split", "colocated")]
     if bad:
         raise SystemExit(f"--layouts: unknown layout(s) {bad} (split, colocated)")
-    if args.haproxy and "," in args.layouts:    # Serve does not start again in the same Ray
-        raise SystemExit("--haproxy measures one layout per run: use --layouts split, then --layouts colocated")
-    if args.haproxy:
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"      # read by the controller and replicas Ray starts
+    if not args.serve_proxy:
+        enable_haproxy(stats_port=None, metrics_port=None)   # as `hetrec serve` has it
     ray.init(log_to_driver=False)
     run = Path(args.run) if args.run else prepare_run(Path(args.work), args.movielens)
     from graphs.store import GraphDir
@@ -191,7 +193,7 @@ def main() -> None:
     result["layouts"] = {}
     for layout in args.layouts.split(","):
         result["layouts"][layout] = measure(run, raw_users, layout, args, result["floor_ms"]["p50"])
-    write_result(args.out, {**result, "ingress": "haproxy" if args.haproxy else "serve proxy",
+    write_result(args.out, {**result, "ingress": "serve proxy" if args.serve_proxy else "haproxy",
                             "candidates": args.candidates, "max_replicas": args.max_replicas,
                             "seconds_per_rate": args.seconds, "run": str(run)})
 
@@ -240,6 +242,15 @@ def measure(run: Path, raw_users: list[str], layout: str, args, floor_p50: float
             break
         best, rate = rate, rate + args.resolution
     result["max_sustainable_qps"] = best
+    if best:                                            # overload: twice the sustainable rate
+        over = one(2 * best)
+        result["overload"] = {"offered_qps": over["offered_qps"], "goodput_qps": over["achieved_qps"],
+                              "goodput_share_of_sustainable": over["achieved_qps"] / best,
+                              "answered_p99_ms": over["p99"], "shed_503": over["shed_503"],
+                              "other_errors": over["errors"] - over["shed_503"]}
+        print(f"{layout:>9} overload at {2 * best:.0f} QPS: goodput {over['achieved_qps']:.1f}/s "
+              f"({over['achieved_qps'] / best:.0%} of {best:.0f}), answered p99 {over['p99']:.1f} ms, "
+              f"{over['shed_503']} shed", flush=True)
     calm = sorted((r for r in result["rates"] if sustained(r)), key=lambda r: r["offered_qps"])
     result["overhead_at_qps"] = calm[0]["offered_qps"] if calm else None       # the lowest sustained rate
     result["overhead_p50_ms"] = calm[0]["p50"] - floor_p50 if calm else float("nan")

@@ -307,50 +307,37 @@ def rank_cmd(run_dir: Path, model: str, epochs: int, workers: int, steps: int | 
 
 @main.command("serve")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP bind address.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address of every listener.")
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--candidates", type=int, default=200, show_default=True, help="Items retrieved and ranked.")
 @click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Secrets file with the bearer token POST /events needs (else $HETREC_TOKEN).")
-@click.option("--colocate/--split", default=False, show_default=True,
-              help="Retrieve and rank inside the Ingress replicas (fewer hops, lower latency) or in "
+@click.option("--colocate/--split", default=True, show_default=True,
+              help="Retrieve and rank inside the Ingress replicas (one hop, lower latency) or in "
                    "Retriever and Ranker deployments that scale on their own.")
-@click.option("--haproxy", is_flag=True,
-              help="HAProxy (bundled with ray[serve]) in front of the Ingress replicas instead of Serve's "
-                   "Python HTTP proxy: less CPU and latency per request. For the Ray this command starts; on "
-                   "a running cluster set RAY_SERVE_ENABLE_HA_PROXY=1 where `ray start` runs.")
+@click.option("--haproxy/--serve-proxy", default=None,
+              help="HTTP ingress: HAProxy (bundled with ray[serve]; the default for the Ray this command "
+                   "starts) or Serve's Python proxy. On a running cluster (--address) the cluster decides: "
+                   "RAY_SERVE_ENABLE_HA_PROXY=1 where `ray start` runs.")
+@click.option("--stats-port", type=int, default=8404, show_default=True, help="HAProxy's stats page.")
+@click.option("--metrics-port", type=int, default=9101, show_default=True, help="HAProxy's Prometheus exporter.")
 @click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
 def serve_cmd(run_dir: Path, host: str, port: int, candidates: int, token_file: Path | None, colocate: bool,
-              haproxy: bool, address: str | None) -> None:
+              haproxy: bool | None, stats_port: int, metrics_port: int, address: str | None) -> None:
     """Serve RUN_DIR (embeddings + ranker) on Ray Serve: /recommend, /events, /healthz, /docs.
-    Runs until interrupted (Ctrl-C), then shuts the application down."""
-    import time
-
-    import ray
-    from ray import serve
-
-    from serve.app import start
+    Runs until Ctrl-C or SIGTERM, then shuts the application (and the Ray it started) down."""
+    from cluster.serve_process import ServeProcess, serve_until_stopped
     from serve.config import ServeConfig
 
     cfg = ServeConfig(run_dir=str(run_dir), candidates=candidates, colocate=colocate,
                       token_file=str(token_file) if token_file else None)
     if token_file is None and not os.environ.get("HETREC_TOKEN"):
         click.echo("warning: no token (--token-file or HETREC_TOKEN): POST /events will answer 401", err=True)
-    if haproxy:
-        if address is not None or ray.is_initialized():
-            raise click.UsageError("--haproxy applies to the Ray that `hetrec serve` starts; on a running "
-                                   "cluster set RAY_SERVE_ENABLE_HA_PROXY=1 in the environment of `ray start`")
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"     # read by Serve's controller and replicas
-    init_ray(address)
-    try:                                    # Ctrl-C while the app deploys shuts it down too
-        start(cfg, host=host, port=port)
-        click.echo(f"serving {run_dir} on http://{host}:{port} (docs: /docs); Ctrl-C stops")
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        click.echo("shutting down")
-    finally:
-        serve.shutdown()
+    if haproxy and address is not None:
+        raise click.UsageError("--haproxy applies to the Ray that `hetrec serve` starts; on a running "
+                               "cluster set RAY_SERVE_ENABLE_HA_PROXY=1 in the environment of `ray start`")
+    serve_until_stopped(cfg, ServeProcess(host=host, port=port, address=address, haproxy=haproxy,
+                                          stats_port=stats_port, metrics_port=metrics_port), say=click.echo)
 
 
 @main.command("demo")

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.runtime import init_ray
+from serve.haproxy import enable_haproxy
 from graphs.exceptions import ConfigError
 from trainers.run_dir import RunDir
 
@@ -72,6 +73,9 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     root = Path(cfg.root)
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if not ray.is_initialized():
+        # the serving step's HTTP ingress, as `hetrec serve` has it; stats and metrics on free ports
+        enable_haproxy(stats_port=None, metrics_port=None)
     init_ray(verbose=cfg.verbose)
     say(f"hetrec demo: outputs in {root}; Ray's logs in /tmp/ray/session_latest/logs "
         "(HETREC_LOG_LEVEL=INFO shows them here)")

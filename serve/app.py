@@ -19,8 +19,8 @@ comes from ``HETREC_TOKEN`` or ``ServeConfig.token_file``); with ``protect_reads
 than ``max_body_bytes`` get 413 before they are read. A call to a replica that died is
 retried once on another (reads only); past ``call_timeout_s`` or a second failure the
 answer is a 503 with ``Retry-After``, never a hang.
-  Counters and latency histograms also go to Ray's metrics (Prometheus export of the Ray
-  metrics agent): ``hetrec_requests_total``, ``hetrec_request_ms``.
+  Counters, latency histograms and gauges also go to Ray's metrics (Prometheus export of
+  the Ray metrics agent), listed in ``serve/telemetry.py``.
 
 Scoring time is just after the newest interaction the service has seen, so sequences
 and time gaps are those of "now" in the data's own clock.
@@ -31,66 +31,33 @@ and time gaps are those of "now" in the data's own clock.
 import asyncio
 import time
 from collections import deque
+from contextlib import contextmanager
 from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictInt, StrictStr, StringConstraints
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve import Application
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
-from ray.util import metrics
 
 from graphs.events import MAX_TS
+from serve import telemetry
 from serve.auth import load_token, require_read, require_write
 from serve.config import ServeConfig
+from serve.http_limits import Admission, BodyLimit
 from serve.deployments import Ranker, Retriever, Updater
 from serve.live import LiveCatalog
 
 api = FastAPI(title="hetrec", description="Heterogeneous-graph recommendations: retrieval, ranking, live updates.")
 api.state.token, api.state.protect_reads, api.state.max_body_bytes = None, False, 1 << 20   # set by Ingress
-
-
-class BodyLimit:
-    """413 for a body over ``max_body_bytes``: by its Content-Length, or, chunked, as read.
-    A plain ASGI middleware (no per-request task group, unlike ``@app.middleware``)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = scope["app"].state.max_body_bytes         # the app serving this request
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            shown = length[:20].decode("latin-1")
-            return await JSONResponse(status_code=413, content={
-                "detail": f"request body of {shown} bytes is over the limit of {limit} bytes (max_body_bytes)"})(
-                scope, receive, send)
-        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
-            messages, size = [], 0
-            while True:                                 # read it all, up to the limit, then replay it
-                message = await receive()
-                messages.append(message)
-                size += len(message.get("body", b""))
-                if size > limit:
-                    return await JSONResponse(status_code=413, content={
-                        "detail": f"request body is over the limit of {limit} bytes (max_body_bytes)"})(
-                        scope, receive, send)
-                if message["type"] != "http.request" or not message.get("more_body"):
-                    break
-
-            async def replay():
-                return messages.pop(0) if messages else await receive()
-            return await self.app(scope, replay, send)
-        return await self.app(scope, receive, send)
+api.state.max_inflight = 8
 
 
 api.add_middleware(BodyLimit)
+api.add_middleware(Admission)      # added last: runs first, before the body is read
 
 
 RawId = Annotated[StrictStr, StringConstraints(min_length=1, max_length=256)] | StrictInt
@@ -141,11 +108,9 @@ class Ingress:
         self.catalog = LiveCatalog(cfg.run_dir, cfg.etype)
         api.state.token = load_token(cfg.token_file)      # this replica's process only; never logged
         api.state.protect_reads, api.state.max_body_bytes = cfg.protect_reads, cfg.max_body_bytes
+        api.state.max_inflight = cfg.max_inflight
         self.counts: dict[str, int] = {}
         self.latency: dict[str, deque] = {}
-        self.requests = metrics.Counter("hetrec_requests", "requests by route and outcome", ("route", "outcome"))
-        self.ms = metrics.Histogram("hetrec_request_ms", "request latency (ms)",
-                                    [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000], ("route",))
 
     async def _call(self, make, what: str, retries: int = 1):
         """Await the deployment call ``make()``, again on another replica if the first one
@@ -177,17 +142,36 @@ class Ingress:
         return await self._call(lambda: self.retriever.version.remote(), "retrieval")
 
     def _record(self, route: str, outcome: str, t0: float) -> None:
-        ms = (time.perf_counter() - t0) * 1000
+        """Count the request; answered ones (``ok``, ``fallback``) also get their latency."""
         self.counts[f"{route}:{outcome}"] = self.counts.get(f"{route}:{outcome}", 0) + 1
-        self.latency.setdefault(route, deque(maxlen=10_000)).append(ms)
-        self.requests.inc(tags={"route": route, "outcome": outcome})
-        self.ms.observe(ms, tags={"route": route})
+        telemetry.requests().inc(tags={"route": route, "outcome": outcome})
+        if outcome in ("ok", "fallback"):
+            ms = (time.perf_counter() - t0) * 1000
+            self.latency.setdefault(route, deque(maxlen=10_000)).append(ms)
+            telemetry.request_ms().observe(ms, tags={"route": route})
+
+    @contextmanager
+    def _failures(self, route: str, t0: float):
+        """Count a request that ends in an error: ``shed`` (503) or ``invalid`` (4xx)."""
+        try:
+            yield
+        except HTTPException as err:
+            self._record(route, "shed" if err.status_code == 503 else "invalid", t0)
+            raise
+        except RequestValidationError:
+            self._record(route, "invalid", t0)
+            raise
 
     @api.get("/recommend", response_model=Recommendation, dependencies=[Depends(require_read)])
     async def recommend(self, user_id: str = Query(min_length=1, max_length=256, description="raw user id"),
                         k: int | None = Query(None, ge=1, description="items to return (capped by max_k)")) -> dict:
         t0 = time.perf_counter()
-        k = self.cfg.default_k if k is None else k
+        with self._failures("recommend", t0):
+            answer = await self._recommend(user_id, self.cfg.default_k if k is None else k)
+        self._record("recommend", "fallback" if answer["fallback"] else "ok", t0)
+        return answer
+
+    async def _recommend(self, user_id: str, k: int) -> dict:
         if k > self.cfg.max_k:
             raise _invalid(("query", "k"), f"k must be <= {self.cfg.max_k}", k)
         self.catalog.follow()
@@ -208,18 +192,19 @@ class Ingress:
             ids, scores = c.popular(k, seen)
             version = version or await self._version()
         raw = c.ids[c.item_type].to_raw(ids)
-        self._record("recommend", "fallback" if fallback else "ok", t0)
         return {"user_id": user_id, "items": [{"item_id": r, "score": float(s)} for r, s in zip(raw, scores)],
                 "version": version, "fallback": fallback}
 
     @api.post("/events", dependencies=[Depends(require_write)])
     async def events(self, body: EventsIn) -> dict:
         t0 = time.perf_counter()
-        if len(body.events) > self.cfg.max_events:
-            raise _invalid(("body", "events"), f"at most {self.cfg.max_events} events per request", len(body.events))
-        # not retried: a write that died half-way may have been logged (the client decides)
-        ack = await self._call(lambda: self.updater.submit.remote([e.model_dump() for e in body.events]),
-                               "the event log", retries=0)
+        with self._failures("events", t0):
+            if len(body.events) > self.cfg.max_events:
+                raise _invalid(("body", "events"), f"at most {self.cfg.max_events} events per request",
+                               len(body.events))
+            # not retried: a write that died half-way may have been logged (the client decides)
+            ack = await self._call(lambda: self.updater.submit.remote([e.model_dump() for e in body.events]),
+                                   "the event log", retries=0)
         if not ack["accepted"]:
             self._record("events", "rejected", t0)
             raise _invalid(("body", "events"), "; ".join(f"event {e['index']}: {e['message']}" for e in ack["errors"]),
@@ -229,6 +214,9 @@ class Ingress:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
+        """200 once the index, the ranker and the updater answer; else 503 naming which not."""
+        if self.local is None:
+            await self._call(lambda: self.ranker.ready.remote(), "ranking")
         return {"status": "ok", "version": await self._version(),
                 "updates": await self._call(lambda: self.updater.status.remote(), "the updater")}
 

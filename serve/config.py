@@ -22,6 +22,8 @@ class ServeConfig:
     ``max_ongoing_requests`` per replica must exceed ``batch_size`` for batches to form;
     ``max_queued_requests``: requests a deployment's callers may queue beyond that; more get
     503 at once instead of waiting in a queue without bound;
+    ``max_inflight``: requests in progress in one Ingress replica past which a new one gets
+    503 with ``Retry-After`` at once (load shedding; ``/healthz`` is never shed);
     ``batch_wait_s`` 0: a batch is whatever queued while the last one ran (no added wait).
     ``resources`` / ``ille_resources``: custom Ray resources per CPU of every replica / ILLE
     actor, e.g. ``{"serving": 1}`` and ``{"updater": 1}`` to place them on those node types
@@ -31,8 +33,8 @@ class ServeConfig:
     larger request bodies get 413. ``colocate``: the Ingress replicas hold the retriever and
     the ranker in-process, with ``ingress_cpus + retriever_cpus + ranker_cpus`` each, and
     there are no Retriever and Ranker deployments: a request makes one hop instead of three
-    (the lower-latency layout while the index and the model fit in each replica);
-    False: retrieval and ranking scale as deployments of their own."""
+    (the default: the lower-latency layout while the index and the model fit in each
+    replica); False: retrieval and ranking scale as deployments of their own."""
 
     run_dir: str
     etype: str | None = None
@@ -51,6 +53,7 @@ class ServeConfig:
     target_ongoing_requests: int = 8
     max_ongoing_requests: int = 32
     max_queued_requests: int = 64
+    max_inflight: int = 8
     batch_size: int = 8
     batch_wait_s: float = 0.0
     call_timeout_s: float = 5.0
@@ -60,14 +63,13 @@ class ServeConfig:
     resources: dict[str, float] = field(default_factory=dict)
     ille_resources: dict[str, float] = field(default_factory=dict)
     index: IndexConfig = field(default_factory=IndexConfig)
-    colocate: bool = False
+    colocate: bool = True
 
     def __post_init__(self) -> None:
         absolute_fields(self, "run_dir", "token_file")      # read by replicas in other directories
         for name in ("candidates", "default_k", "max_k", "max_events", "ille_actors", "max_replicas",
                      "min_replicas", "max_body_bytes", "target_ongoing_requests", "max_ongoing_requests",
-                     "max_queued_requests",
-                     "batch_size"):
+                     "max_queued_requests", "max_inflight", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"ServeConfig.{name} must be an int >= 1, got {value!r}")

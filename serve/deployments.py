@@ -25,6 +25,7 @@ from ray import serve
 
 from serve.config import ServeConfig
 from serve.index import ItemIndex
+from serve import telemetry
 from serve.live import LiveCatalog
 from trainers.ille.embedding_view import EmbeddingView
 from trainers.ille.pool import UpdatePool, stats_json
@@ -46,11 +47,15 @@ class Retriever:
         self.view = EmbeddingView(cfg.run_dir)
         self.index = ItemIndex.from_view(self.view, self.item_type, cfg.index)
         self.last_follow = time.monotonic()
+        telemetry.serving_version(self.index.version)
 
     def _follow(self) -> None:
         if time.monotonic() - self.last_follow >= FOLLOW_EVERY_S:
+            before = self.index.version
             self.index.follow(self.view, self.item_type)          # refreshes the view too
             self.last_follow = time.monotonic()
+            if self.index.version != before:
+                telemetry.serving_version(self.index.version)
 
     # async with no await inside: calls run one at a time on the replica's event loop, so the
     # view and the index never change under a search (sync methods would share a thread pool)
@@ -58,8 +63,10 @@ class Retriever:
         self._follow()
         if not self.view.has(self.user_type, np.array([user]))[0]:
             return {"ids": [], "scores": [], "version": self.index.version, "known": False}
+        t0 = time.perf_counter()
         query = self.view.rows(self.user_type, np.array([user]))
         ids, scores = self.index.search(query, n, [set(exclude)])
+        telemetry.stage_ms().observe((time.perf_counter() - t0) * 1000, tags={"stage": "retrieve"})
         keep = ids[0] >= 0
         return {"ids": ids[0][keep].tolist(), "scores": scores[0][keep].tolist(), "version": self.index.version,
                 "known": True}
@@ -122,6 +129,10 @@ class Ranker:
         rows = torch.from_numpy(items)
         return [{"mask": self.mask[rows]}], self.enc[rows]
 
+    async def ready(self) -> bool:
+        """Answers once the model and the sequences are loaded (for ``/healthz``)."""
+        return True
+
     @torch.no_grad()
     def score(self, requests: list[tuple[int, list[int]]]) -> list[list[float]]:
         """Each request ``(user, candidate items)``; one model call for all."""
@@ -142,7 +153,10 @@ class Ranker:
         """``retrieved[j]``: the Retriever's answer for ``users[j]`` (passed straight from
         it, not through the ingress); returns it with ``logits`` for its ``ids``."""
         todo = [j for j, got in enumerate(retrieved) if got["known"] and got["ids"]]
+        t0 = time.perf_counter()
         scores = self.score([(users[j], retrieved[j]["ids"]) for j in todo]) if todo else []
+        for _ in todo:                  # each request waited for the whole batch
+            telemetry.stage_ms().observe((time.perf_counter() - t0) * 1000, tags={"stage": "rank"})
         out = [{**got, "logits": []} for got in retrieved]
         for j, s in zip(todo, scores):
             out[j]["logits"] = s
@@ -188,6 +202,7 @@ class Updater:
                               "dst": node_id(c.item_type, str(ev["item_id"])), "ts": ev["ts"]})
             ack = self.pool.submit(nodes + edges)
             self.catalog.follow()                          # its own writes, so ids stay in step
+        telemetry.update_lag().set(self.pool.lag())
         self.wake.set()
         # ack indexes count the node events first; report the request's own event indexes
         return {"accepted": ack.accepted - len(nodes), "offset": ack.first, "created_nodes": len(nodes),
@@ -202,12 +217,14 @@ class Updater:
                 stats = self.pool.apply()
                 self.applied.extend(stats_json(stats))
                 self.batches += len(stats)
+                telemetry.update_lag().set(self.pool.lag())
             except Exception:                               # keep serving; the log still holds the events
                 self.failures += 1
+                telemetry.update_failures().inc()
                 log.exception("ILLE apply failed; retrying on the next submit")
                 time.sleep(1.0)
                 self.wake.set()
 
     def status(self) -> dict:
-        return {"pending": len(self.pool.pending()), "applied_batches": self.batches, "failures": self.failures,
+        return {"pending": len(self.pool.pending()), "lag_events": self.pool.lag(), "applied_batches": self.batches, "failures": self.failures,
                 "last": self.applied[-1] if self.applied else None}

@@ -12,12 +12,25 @@ from graphs.store import GraphWriter
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real local Ray (2 CPUs), started once and shut down at the end."""
+    """A real local Ray (2 CPUs), started once and shut down at the end, with Serve's HTTP
+    ingress as ``hetrec serve`` has it by default (HAProxy, on free ports)."""
     if not ray.is_initialized():
+        from serve.haproxy import enable_haproxy
+
+        enable_haproxy(stats_port=None, metrics_port=None)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,8 @@ def test_local_profile_mirrors_ray_config():
     assert cloud["available_node_types"]["trainer"]["resources"]["GPU"] == 1
     start = " ".join(cloud["head_start_ray_commands"])
     assert "--num-cpus=0" in start and "--dashboard-host=127.0.0.1" in start
+    for commands in ("head_start_ray_commands", "worker_start_ray_commands"):   # HAProxy, as `hetrec serve`
+        assert "RAY_SERVE_ENABLE_HA_PROXY=1" in " ".join(cloud[commands]), commands
 
 
 def test_local_profile_on_another_port_points_workers_at_it():
@@ -75,7 +77,7 @@ def test_stages_declare_their_node_types():
 
 
 def test_serve_replicas_ask_for_the_serving_resource_per_cpu(tmp_path):
-    cfg = ServeConfig(run_dir=str(tmp_path), resources={"serving": 1}, ille_resources={"updater": 1})
+    cfg = ServeConfig(run_dir=str(tmp_path), colocate=False, resources={"serving": 1}, ille_resources={"updater": 1})
     app = build_app(cfg)
     ingress = app._bound_deployment
     assert ingress.ray_actor_options["resources"] == {"serving": cfg.ingress_cpus}

