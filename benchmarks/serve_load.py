@@ -46,6 +46,7 @@ import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
 from benchmarks.results_io import write_result  # noqa: E402
+from serve.config import ServeConfig  # noqa: E402
 from serve.haproxy import enable_haproxy  # noqa: E402
 
 
@@ -170,6 +171,8 @@ def main() -> None:
     ap.add_argument("--resolution", type=float, default=10, help="QPS step at which the rate search stops.")
     ap.add_argument("--timeout-s", type=float, default=5)
     ap.add_argument("--max-replicas", type=int, default=2, help="Autoscaling bound of each deployment.")
+    ap.add_argument("--max-inflight", type=int, default=None,
+                    help="ServeConfig.max_inflight (requests in progress per Ingress replica before 503s).")
     ap.add_argument("--layouts", default="split,colocated", help="Layouts to measure, in turn.")
     ap.add_argument("--serve-proxy", action="store_true",
                     help="Serve's Python HTTP proxy instead of HAProxy (the default of `hetrec serve`).")
@@ -195,6 +198,7 @@ def main() -> None:
         result["layouts"][layout] = measure(run, raw_users, layout, args, result["floor_ms"]["p50"])
     write_result(args.out, {**result, "ingress": "serve proxy" if args.serve_proxy else "haproxy",
                             "candidates": args.candidates, "max_replicas": args.max_replicas,
+                            "max_inflight": args.max_inflight or ServeConfig.max_inflight,
                             "seconds_per_rate": args.seconds, "run": str(run)})
 
 
@@ -209,7 +213,8 @@ def measure(run: Path, raw_users: list[str], layout: str, args, floor_p50: float
         port = s.getsockname()[1]
     token = write_token_file(run / "serve.token")
     start(ServeConfig(run_dir=str(run), candidates=args.candidates, max_replicas=args.max_replicas,
-                      token_file=str(run / "serve.token"), colocate=layout == "colocated"), port=port)
+                      token_file=str(run / "serve.token"), colocate=layout == "colocated",
+                      **({"max_inflight": args.max_inflight} if args.max_inflight else {})), port=port)
     url = f"http://127.0.0.1:{port}"
     asyncio.run(fixed_rate(url, raw_users, 20, 3, args.timeout_s))          # warm-up, not reported
     result = {"rates": []}

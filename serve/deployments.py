@@ -133,7 +133,7 @@ class Ranker:
         """Answers once the model and the sequences are loaded (for ``/healthz``)."""
         return True
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def score(self, requests: list[tuple[int, list[int]]]) -> list[list[float]]:
         """Each request ``(user, candidate items)``; one model call for all."""
         graphs = self._current()

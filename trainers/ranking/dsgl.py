@@ -74,13 +74,31 @@ class _Aggregate(nn.Module):
         steps = steps * mask[..., None]               # padding (at the front) carries nothing
         return self.lstm(steps)[0]
 
-    def attend(self, center: Tensor, parent: Tensor, h: Tensor, mask: Tensor) -> Tensor:
+    def attend(self, center: Tensor, parent: Tensor, h: Tensor, mask: Tensor, rows: Tensor | None = None) -> Tensor:
+        """``rows: [M]`` (optional): query m attends to sequence ``rows[m]`` of ``h: [R, L, D]``
+        and ``mask: [R, L]``, as if given ``h[rows], mask[rows]``; outside training, each
+        sequence's keys and values are then projected once, not once per query."""
         q = self.query(torch.cat([center, parent], -1) if self.cfg.second_order else center)
-        empty = ~mask.any(1)                                               # [M]
+        empty = ~mask.any(1)                                               # [R]
         keep = mask | empty[:, None]                                       # no all-masked rows
-        att, _ = self.attn(q[:, None], h, h, key_padding_mask=~keep, need_weights=False)
-        new = torch.tanh(self.out(torch.cat([center, att[:, 0]], -1)))
+        if rows is None or self.training:
+            h, keep, empty = (h, keep, empty) if rows is None else (h[rows], keep[rows], empty[rows])
+            att = self.attn(q[:, None], h, h, key_padding_mask=~keep, need_weights=False)[0][:, 0]
+        else:
+            att = self._attend_shared(q, h, keep, rows)
+            empty = empty[rows]
+        new = torch.tanh(self.out(torch.cat([center, att], -1)))
         return torch.where(empty[:, None], center, new)
+
+    def _attend_shared(self, q: Tensor, h: Tensor, keep: Tensor, rows: Tensor) -> Tensor:
+        """``self.attn`` (no dropout) for queries ``q: [M, D]`` over ``h[rows]``, the key and
+        value projections computed on the R sequences of ``h: [R, L, D]`` -> ``[M, D]``."""
+        M, (R, L, D), H = len(q), h.shape, self.attn.num_heads
+        w, b = self.attn.in_proj_weight, self.attn.in_proj_bias
+        k, v = F.linear(h, w[D:], b[D:]).view(R, L, 2, H, D // H).permute(2, 0, 3, 1, 4)   # 2 x [R, H, L, d]
+        q = F.linear(q, w[:D], b[:D]).view(M, H, 1, D // H)
+        att = F.scaled_dot_product_attention(q, k[rows], v[rows], attn_mask=keep[rows][:, None, None, :])
+        return self.attn.out_proj(att.reshape(M, D))
 
 
 class DSGL(nn.Module):
@@ -157,7 +175,7 @@ class DSGL(nn.Module):
                 else:
                     enc = agg.encode(seq.reshape(N, L, D), hop["gap"].reshape(N, L), mask)
                 if h == 0:
-                    root_new = agg.attend(root_x, other_root, enc[pair], mask[pair])
+                    root_new = agg.attend(root_x, other_root, enc, mask, rows=pair)
                 else:
                     center = xs[h]
                     parent = (root_input if h == 1 else xs[h - 1])[..., None, :].expand_as(center)

@@ -94,3 +94,23 @@ def test_cached_item_encoding_needs_only_the_mask_at_depth_2():
     torch.testing.assert_close(mask_only, pairwise)
     with pytest.raises(KeyError):                                  # without the encoding the ids are needed
         model(torch.as_tensor(users), torch.as_tensor(items), hops_to_tensors(u_hops), [{"mask": i_t[0]["mask"]}])
+
+
+def test_shared_sequences_attend_as_torch_multihead_attention_on_the_copies():
+    """Serving's attention (keys and values projected once per sequence, then indexed by
+    ``rows``) equals ``nn.MultiheadAttention`` over a copy of the sequence per query,
+    an empty sequence included; training keeps the module (with its dropout)."""
+    from trainers.ranking.dsgl import _Aggregate
+
+    torch.manual_seed(0)
+    agg = _Aggregate(DSGLConfig(dim=16, heads=4)).eval()
+    R, L, M = 3, 7, 11
+    h, mask = torch.randn(R, L, 16), torch.rand(R, L) > 0.3
+    mask[2] = False                                                     # an empty sequence
+    rows = torch.tensor([0, 1, 2, 0, 0, 1, 2, 2, 1, 0, 1])
+    center, parent = torch.randn(M, 16), torch.randn(M, 16)
+    shared = agg.attend(center, parent, h, mask, rows=rows)
+    copies = agg.attend(center, parent, h[rows], mask[rows])
+    torch.testing.assert_close(shared, copies, rtol=1e-5, atol=1e-6)
+    assert torch.equal(shared[rows == 2], center[rows == 2])            # empty: the centre unchanged
+    assert not torch.allclose(shared[rows == 0], center[rows == 0])
