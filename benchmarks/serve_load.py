@@ -1,6 +1,7 @@
 """Load test of the Serve application: a real HTTP client on loopback, bounded in count and time.
 
     python benchmarks/serve_load.py --run RUN_DIR --rates 50,100,200 --seconds 15
+    python benchmarks/serve_load.py --run RUN_DIR --catalogue 1000000      # a 1e6-item catalogue
 
 RUN_DIR holds embeddings and a trained ranker (without ``--run``, a small one is trained
 on MovieLens-100K first). In one run it measures:
@@ -173,7 +174,12 @@ def main() -> None:
     ap.add_argument("--max-replicas", type=int, default=2, help="Autoscaling bound of each deployment.")
     ap.add_argument("--max-inflight", type=int, default=None,
                     help="ServeConfig.max_inflight (requests in progress per Ingress replica before 503s).")
-    ap.add_argument("--layouts", default="split,colocated", help="Layouts to measure, in turn.")
+    ap.add_argument("--layouts", default="colocated", help="Layouts to measure, in turn (split, colocated).")
+    ap.add_argument("--catalogue", type=int, default=None,
+                    help="Serve a copy of the run whose item type has this many items (benchmarks/catalogue.py), "
+                         "after measuring its ANN recall@200 against exact search.")
+    ap.add_argument("--catalogue-noise", type=float, default=0.5,
+                    help="The new items' noise around trained items, in per-dimension stds.")
     ap.add_argument("--serve-proxy", action="store_true",
                     help="Serve's Python HTTP proxy instead of HAProxy (the default of `hetrec serve`).")
     ap.add_argument("--out", default="benchmarks/results/serve_load.json")
@@ -185,18 +191,31 @@ def main() -> None:
         enable_haproxy(stats_port=None, metrics_port=None)   # as `hetrec serve` has it
     ray.init(log_to_driver=False)
     run = Path(args.run) if args.run else prepare_run(Path(args.work), args.movielens)
+    result = {}
+    if args.catalogue:
+        from benchmarks.catalogue import ann_recall, build_catalogue_run
+
+        run = build_catalogue_run(run, args.catalogue, Path(args.work) / f"catalogue-{args.catalogue}",
+                                  noise=args.catalogue_noise)
+        result["ann"] = ann_recall(run)
+        print(f"catalogue of {args.catalogue:,} items: {result['ann']}", flush=True)
     from graphs.store import GraphDir
     from trainers.run_dir import RunDir
 
     graph = RunDir(run).graph
     raw_users = GraphDir(graph, validate="none").read_nodes("user", columns=["id", "raw_id"])["raw_id"].to_pylist()
     users = np.random.default_rng(0).choice(len(raw_users), args.floor_requests)
-    result = {"floor_ms": floor(run, users, args.candidates)}
+    result["floor_ms"] = floor(run, users, args.candidates)
     print(f"floor (in-process retrieve + rank, N={args.candidates}): {result['floor_ms']}", flush=True)
     result["layouts"] = {}
     for layout in args.layouts.split(","):
         result["layouts"][layout] = measure(run, raw_users, layout, args, result["floor_ms"]["p50"])
-    write_result(args.out, {**result, "ingress": "serve proxy" if args.serve_proxy else "haproxy",
+    first = result["layouts"][args.layouts.split(",")[0]]
+    at_100 = [r for r in first["rates"] if r["offered_qps"] == 100]
+    write_result(args.out, {**result, "catalogue": args.catalogue or "run",
+                            "ann_recall@200": result["ann"]["ann_recall@200"] if "ann" in result else None,
+                            "p99_ms_at_100qps": at_100[0]["p99"] if at_100 else None,
+                            "overhead_ms": first["overhead_p50_ms"], "ingress": "serve proxy" if args.serve_proxy else "haproxy",
                             "candidates": args.candidates, "max_replicas": args.max_replicas,
                             "max_inflight": args.max_inflight or ServeConfig.max_inflight,
                             "seconds_per_rate": args.seconds, "run": str(run)})

@@ -37,6 +37,7 @@ from trainers.run_dir import RunDir
 log = logging.getLogger("ray.serve")
 
 FOLLOW_EVERY_S = 0.05    # how often a replica looks for new embedding deltas
+CACHE_ITEMS = 65_536     # item encodings a ranker keeps (about 80 MB at L = 10, D = 32)
 
 
 class Retriever:
@@ -89,8 +90,8 @@ class Ranker:
         self.model, self.rcfg, _ = load_ranker(RunDir(cfg.run_dir).ranker)
         self.catalog = LiveCatalog(cfg.run_dir, cfg.etype)
         self.graphs = self._build()
-        # item -> first-layer encoding [L, D] and mask [L], valid where `cached`
-        self.enc, self.mask, self.cached = None, None, np.zeros(0, bool)
+        # cache rows: first-layer encodings [C, L, D] and masks [C, L]; `slot[item]` its row
+        self.enc, self.mask, self.slot, self.used = None, None, np.zeros(0, np.int64), 0
         self.rank.set_max_batch_size(cfg.batch_size)
         self.rank.set_batch_wait_timeout_s(cfg.batch_wait_s)
 
@@ -103,31 +104,48 @@ class Ranker:
             # New interactions since the last request: rebuilt from the catalogue (a sort of
             # the domain's interactions, ~20 ms for MovieLens-100K), and the cache dropped.
             self.graphs = self._build()
-            self.cached[:] = False
+            self.slot[:], self.used = -1, 0
         return self.graphs
 
     def _item_side(self, items: np.ndarray, t: int) -> tuple[list[dict], torch.Tensor | None]:
         """The candidates' item-side input: ``(hops, [B, L, D] first-layer encodings)``. With
         one item hop (depth 2) each item's encoding and mask are cached, and only the items
-        not cached yet get their sequences built; otherwise ``(hops, None)``."""
+        not cached yet get their sequences built; otherwise ``(hops, None)``. The cache holds
+        at most ``max(CACHE_ITEMS, B)`` items (grown as needed) and starts over when full,
+        so its memory is bounded whatever the catalogue's size."""
         if self.rcfg.dsgl.depth != 2:
             return hops_to_tensors(self.graphs.item_side(items, np.full(len(items), t))), None
-        if len(self.cached) <= items.max():
-            self.cached = np.concatenate([self.cached, np.zeros(2 * int(items.max()) + 2 - len(self.cached), bool)])
-        missing = np.unique(items[~self.cached[items]])
+        if len(self.slot) <= items.max():                       # item id -> cache row, -1: not cached
+            self.slot = np.concatenate([self.slot, np.full(2 * int(items.max()) + 2 - len(self.slot), -1)])
+        missing = np.unique(items[self.slot[items] < 0])
         if len(missing):
+            need = self.used + len(missing)
+            if need > self._rows() and self._rows() < CACHE_ITEMS:      # grow (doubling) up to the bound
+                self._grow(min(CACHE_ITEMS, max(need, 2 * self._rows())))
+            if need > self._rows():                                     # full: start over
+                self.slot[:], self.used = -1, 0
+                missing = np.unique(items)
+                self._grow(len(missing))                                # a batch larger than the bound
             hop = hops_to_tensors(self.graphs.item_side(missing, np.full(len(missing), t)))[0]
-            enc, rows = self.model.encode_roots(False, hop), torch.from_numpy(missing)
-            if self.enc is None or len(self.enc) < len(self.cached):
-                grown_enc = enc.new_zeros((len(self.cached), *enc.shape[1:]))
-                grown_mask = hop["mask"].new_zeros((len(self.cached), *hop["mask"].shape[1:]))
-                if self.enc is not None:
-                    grown_enc[:len(self.enc)], grown_mask[:len(self.mask)] = self.enc, self.mask
-                self.enc, self.mask = grown_enc, grown_mask
+            enc = self.model.encode_roots(False, hop)
+            rows = np.arange(self.used, self.used + len(missing))
             self.enc[rows], self.mask[rows] = enc, hop["mask"]
-            self.cached[missing] = True
-        rows = torch.from_numpy(items)
+            self.slot[missing], self.used = rows, self.used + len(missing)
+        rows = torch.from_numpy(self.slot[items])
         return [{"mask": self.mask[rows]}], self.enc[rows]
+
+    def _rows(self) -> int:
+        return 0 if self.enc is None else len(self.enc)
+
+    def _grow(self, size: int) -> None:
+        """At least ``size`` cache rows, keeping the old ones."""
+        have = self._rows()
+        if size > have:
+            L, D = self.rcfg.length, self.rcfg.dsgl.dim
+            grown_enc, grown_mask = torch.zeros(size, L, D), torch.zeros(size, L, dtype=torch.bool)
+            if self.enc is not None:
+                grown_enc[:have], grown_mask[:have] = self.enc, self.mask
+            self.enc, self.mask = grown_enc, grown_mask
 
     async def ready(self) -> bool:
         """Answers once the model and the sequences are loaded (for ``/healthz``)."""

@@ -30,13 +30,14 @@ class IndexConfig:
 
     exact_max: int = 200_000
     ivf_max: int = 5_000_000
-    nprobe: int = 16
+    nprobe: int = 32
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
     compact_at: int = 10_000
+    train_per_list: int = 40
 
     def __post_init__(self) -> None:
-        for name in ("exact_max", "ivf_max", "nprobe", "hnsw_m", "hnsw_ef_search", "compact_at"):
+        for name in ("exact_max", "ivf_max", "nprobe", "hnsw_m", "hnsw_ef_search", "compact_at", "train_per_list"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"IndexConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
 
@@ -69,7 +70,7 @@ def _build(vectors: np.ndarray, ids: np.ndarray, spec: str, cfg: IndexConfig) ->
         index.hnsw.efSearch = cfg.hnsw_ef_search
     if not index.is_trained:                      # IVF: coarse centroids from a sample
         rng = np.random.default_rng(0)
-        sample = vectors[rng.choice(len(vectors), min(len(vectors), 256 * index.nlist), replace=False)]
+        sample = vectors[rng.choice(len(vectors), min(len(vectors), cfg.train_per_list * index.nlist), replace=False)]
         index.train(sample)
         index.nprobe = cfg.nprobe
         index.make_direct_map()                   # so compact() can read rows back

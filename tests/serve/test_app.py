@@ -212,6 +212,24 @@ def test_api_fuzzed_from_its_openapi_schema(service):
     assert {k.split()[1] for k in seen} >= {"/recommend", "/events", "/healthz", "/stats"}
 
 
+def test_the_rankers_item_cache_stays_bounded_and_exact(service, monkeypatch):
+    """With room for 300 items, 200 new candidates per request: the cache grows to 300,
+    starts over when full, and every score equals a cold ranker's."""
+    import numpy as np
+
+    from serve import deployments
+
+    monkeypatch.setattr(deployments, "CACHE_ITEMS", 300)
+    cfg = ServeConfig(run_dir=RUN_DIR)
+    warm, rng = deployments.Ranker(cfg), np.random.default_rng(0)
+    for step in range(5):
+        request = [(1 + step, rng.choice(1682, 200, replace=False).tolist())]
+        got = warm.score(request)[0]
+        assert got == pytest.approx(deployments.Ranker(cfg).score(request)[0], abs=1e-5), step
+        assert len(warm.enc) <= 300 and warm.used <= 300
+    assert len(warm.enc) == 300
+
+
 def _ray_metrics(names: set[str]) -> dict[tuple[str, str], float]:
     """The local Ray's Prometheus samples of ``names`` (without Ray's ``ray_`` prefix), as
     ``{(name, labels): value}`` summed over replicas, for the labels hetrec sets."""
