@@ -1,6 +1,6 @@
 """A serving run whose item type has N items, for the cost of retrieval and ranking at scale.
 
-    python benchmarks/catalogue.py --run RUN_DIR --items 1000000 --out /tmp/cat   # build + ANN recall
+    python benchmarks/catalogue.py --run RUN_DIR --items 1000000   # catalogues + ANN recall grid -> JSON
 
 The first items are the trained run's, with their interactions, attributes and ranker; the
 others are new item nodes (raw ids ``cat-<id>``, no attributes, no interactions, so the
@@ -19,17 +19,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
-import faiss
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from graphs.store import GraphDir
-from serve.index import IndexConfig, ItemIndex, index_spec
-from trainers.run_dir import RunDir
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from benchmarks.results_io import write_result  # noqa: E402
+from graphs.store import GraphDir  # noqa: E402
+from serve.index import IndexConfig, ItemIndex, index_spec  # noqa: E402
+from trainers.run_dir import RunDir  # noqa: E402
 
 
 def _link_tree(src: Path, dst: Path, skip: set[str]) -> None:
@@ -122,3 +126,31 @@ def ann_recall(run: str | Path, queries: int = 1000, k: int = 200, cfg: IndexCon
             "hnsw_ef_search": cfg.hnsw_ef_search, f"ann_recall@{k}": float(recall), "queries": queries,
             "build_s": build_s, "index_bytes": int(faiss.serialize_index(index.main).nbytes),
             "search_ms_per_query": search_ms}
+
+
+def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="A trained, exported run.")
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--work", default="/tmp/hetrec-catalogue")
+    ap.add_argument("--noise", default="0.5,1.0", help="Noise levels of the new items, one catalogue each.")
+    ap.add_argument("--nprobe", default="16,32,64", help="IVF lists probed, one index each.")
+    ap.add_argument("--train-per-list", default="40", help="IVF training points per list, one index each.")
+    ap.add_argument("--out", default="benchmarks/results/catalogue_ann.json")
+    args = ap.parse_args()
+    rows = []
+    for noise in [float(x) for x in args.noise.split(",")]:
+        run = build_catalogue_run(args.run, args.items, Path(args.work) / f"noise-{noise}", noise=noise)
+        for per_list in [int(x) for x in args.train_per_list.split(",")]:
+            for nprobe in [int(x) for x in args.nprobe.split(",")]:
+                row = {"noise": noise, "train_per_list": per_list,
+                       **ann_recall(run, cfg=IndexConfig(nprobe=nprobe, train_per_list=per_list))}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    write_result(args.out, {"rows": rows, "items": args.items, "source_run": str(args.run)})
+
+
+if __name__ == "__main__":
+    main()
