@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from conftest import free_port
 from serve.http_limits import Admission, BodyLimit
 
-HOLD_S = 0.6          # how long the app keeps each request
+HOLD_S = 1.0          # how long the app keeps each request
 
 
 def _slow_app(max_inflight: int) -> FastAPI:
