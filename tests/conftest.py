@@ -62,6 +62,24 @@ def trained_run(tmp_path_factory, ray_local):
     return root / "run"
 
 
+@pytest.fixture(scope="session")
+def served_run(ml100k, tmp_path_factory, ray_local):
+    """What ``hetrec serve`` serves: a short HetSGFormer run on MovieLens-100K, exported, with
+    a short DSGL ranker, and a bearer-token file; ``(run, token_file, token)``, built once.
+    The Serve tests' service writes events into it: another service works on a copy."""
+    from serve.auth import write_token_file
+    from trainers.hetsgformer.export import export_embeddings
+    from trainers.hetsgformer.train import TrainConfig, train
+    from trainers.ranking.train import RankerConfig, train_ranker
+
+    root = tmp_path_factory.mktemp("served")
+    train(ml100k, root / "run", TrainConfig(workers=1, epochs=1, steps_per_epoch=20))
+    export_embeddings(root / "run", actors=1)
+    train_ranker(ml100k, root / "run" / "ranker", RankerConfig(workers=1, epochs=1, steps_per_epoch=10,
+                                                               eval_samples=1000))
+    return root / "run", root / "serve.token", write_token_file(root / "serve.token")
+
+
 def copy_run(run, dest):
     """A copy of ``run`` without its updates, sharing its (read-only) graph and shards."""
     import shutil

@@ -15,27 +15,19 @@ from ray import serve
 from conftest import free_port
 from graphs.store import GraphDir
 from serve.app import app_builder, start
-from serve.auth import write_token_file
 from serve.config import ServeConfig
-from trainers.hetsgformer.export import export_embeddings
-from trainers.hetsgformer.train import TrainConfig, train
-from trainers.ranking.train import RankerConfig, train_ranker
 
 pytestmark = pytest.mark.slow          # minutes on 2 cores: `pytest -m "not slow and not cluster"` skips it
 
 
 @pytest.fixture(scope="module")
-def service(ml100k, tmp_path_factory, ray_local):
+def service(served_run):
     """The default application (colocated, behind HAProxy: see ``ray_local``), 2 replicas."""
-    root = tmp_path_factory.mktemp("serve")
-    train(ml100k, root / "run", TrainConfig(workers=1, epochs=1, steps_per_epoch=20))
-    export_embeddings(root / "run", actors=1)
-    train_ranker(ml100k, root / "run" / "ranker",
-                 RankerConfig(workers=1, epochs=1, steps_per_epoch=10, eval_samples=1000))
+    run, token_file, token = served_run
     port = free_port()
     global TOKEN, RUN_DIR
-    TOKEN, RUN_DIR = write_token_file(root / "serve.token"), str(root / "run")
-    start(ServeConfig(run_dir=str(root / "run"), max_k=50, token_file=str(root / "serve.token"),
+    TOKEN, RUN_DIR = token, str(run)
+    start(ServeConfig(run_dir=str(run), max_k=50, token_file=str(token_file),
                       max_body_bytes=64 * 1024, min_replicas=2, ingress_cpus=0.1, retriever_cpus=0.1,
                       ranker_cpus=0.25, updater_cpus=0.1), port=port)   # 2 x 0.45 + 0.1 + ILLE's 0.5 CPUs
     yield f"http://127.0.0.1:{port}"
@@ -346,67 +338,3 @@ def test_the_split_layout_answers_as_the_colocated_one_and_survives_kills(servic
         assert [it["item_id"] for it in b["items"]] == [it["item_id"] for it in a["items"]]
         assert [it["score"] for it in b["items"]] == pytest.approx([it["score"] for it in a["items"]], abs=1e-6)
     _kill_under_load(service, ("Ranker", "Retriever"))
-
-
-def test_hetrec_serve_by_default_listens_on_its_host_only_and_stops_on_sigterm(service, tmp_path):
-    """``hetrec serve RUN`` with every default, in its own process and its own Ray, on a
-    copy of the run (the module's service holds the original's event log): HAProxy answers
-    in place of Serve's Python proxy, reads and writes work, every HAProxy listener (stats
-    and Prometheus included) is on 127.0.0.1, and SIGTERM stops it cleanly, leaving no
-    process of its Ray behind."""
-    import os
-    import shutil
-    import signal
-    import subprocess
-    import sys
-
-    import psutil
-
-    run = tmp_path / "run"
-    shutil.copytree(RUN_DIR, run, ignore=shutil.ignore_patterns("updates"))
-    port, stats, metrics = free_port(), free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_SERVE_"))}
-    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", str(run), "--port", str(port),
-                             "--stats-port", str(stats), "--metrics-port", str(metrics),
-                             "--token-file", str(Path(RUN_DIR).parent / "serve.token")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "hetrec serve did not answer within 240 s"
-            try:
-                if _get(f"{url}/healthz")[0] == 200:
-                    break
-            except (OSError, ValueError):          # not up, or HAProxy's own page while it waits
-                pass
-            time.sleep(1)
-        tree = psutil.Process(proc.pid).children(recursive=True)
-        haproxy = [p for p in tree if p.name() == "haproxy"]
-        assert haproxy, "no HAProxy process"
-        listening = {c.laddr for p in haproxy for c in p.net_connections(kind="inet") if c.status == "LISTEN"}
-        assert {(a.ip, a.port) for a in listening} >= {("127.0.0.1", port), ("127.0.0.1", stats),
-                                                        ("127.0.0.1", metrics)}, listening
-        assert {a.ip for a in listening} == {"127.0.0.1"}, listening
-        status, body = _get(f"{url}/recommend?user_id=1&k=10")
-        assert status == 200 and body["fallback"] is False and len({it["item_id"] for it in body["items"]}) == 10
-        status, ack = _post(f"{url}/events", {"events": [{"user_id": "via-haproxy", "item_id": "50", "ts": 893_286_700}]})
-        assert status == 200 and ack["accepted"] == 1 and ack["created_nodes"] == 1
-        assert _post(f"{url}/events", GOOD, token="not-the-token")[0] == 401
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and "shutting down" in out, out[-2000:]
-    time.sleep(2)
-    left = [(p.pid, p.name()) for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not left, f"processes of the stopped service still running: {left}"
-
-
-def test_hetrec_serve_refuses_haproxy_on_a_running_cluster(tmp_path):
-    from click.testing import CliRunner
-
-    from cluster.cli import main
-
-    result = CliRunner().invoke(main, ["serve", str(tmp_path), "--haproxy", "--address", "127.0.0.1:6379"])
-    assert result.exit_code == 2 and "RAY_SERVE_ENABLE_HA_PROXY=1" in result.output
