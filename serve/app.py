@@ -47,13 +47,13 @@ from graphs.events import MAX_TS
 from serve import telemetry
 from serve.auth import load_token, require_read, require_write
 from serve.config import ServeConfig
-from serve.http_limits import Admission, BodyLimit
 from serve.deployments import Ranker, Retriever, Updater
+from serve.http_limits import Admission, BodyLimit
 from serve.live import LiveCatalog
 
 api = FastAPI(title="hetrec", description="Heterogeneous-graph recommendations: retrieval, ranking, live updates.")
 api.state.token, api.state.protect_reads, api.state.max_body_bytes = None, False, 1 << 20   # set by Ingress
-api.state.max_inflight = 8
+api.state.max_inflight = ServeConfig.max_inflight
 
 
 api.add_middleware(BodyLimit)

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from ray import serve
 
+from serve import telemetry
 from serve.config import ServeConfig
 from serve.index import ItemIndex
-from serve import telemetry
 from serve.live import LiveCatalog
 from trainers.ille.embedding_view import EmbeddingView
 from trainers.ille.pool import UpdatePool, stats_json
