@@ -33,6 +33,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from benchmarks.results_io import write_result  # noqa: E402
 from graphs.store import GraphDir  # noqa: E402
 from serve.index import IndexConfig, ItemIndex, index_spec  # noqa: E402
+from serve.live import LiveCatalog  # noqa: E402
 from trainers.run_dir import RunDir  # noqa: E402
 
 
@@ -47,7 +48,7 @@ def _link_tree(src: Path, dst: Path, skip: set[str]) -> None:
 def build_catalogue_run(run: str | Path, items: int, out: str | Path, noise: float = 0.5, seed: int = 0) -> Path:
     """A copy of ``run`` under ``out`` whose item type has ``items`` items; returns its path."""
     src, out = RunDir(run), Path(out)
-    item_type = src.target.split("__")[2]
+    item_type = LiveCatalog.types(run)[1]
     graph = GraphDir(src.graph, validate="none")
     have = graph.schema.node_type(item_type).count
     if items <= have:
@@ -102,8 +103,7 @@ def ann_recall(run: str | Path, queries: int = 1000, k: int = 200, cfg: IndexCon
     embeddings (users drawn at random, plus a little noise so repeats differ)."""
     from trainers.ille.embedding_view import EmbeddingView
 
-    src = RunDir(run)
-    user_type, item_type = src.target.split("__")[0], src.target.split("__")[2]
+    user_type, item_type = LiveCatalog.types(run)
     view = EmbeddingView(run)
     users = view.rows(user_type, np.arange(view.count(user_type)))
     rng = np.random.default_rng(seed)

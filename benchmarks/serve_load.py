@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import sys
 import time
 from pathlib import Path
@@ -48,7 +47,7 @@ from ray import serve  # noqa: E402
 
 from benchmarks.results_io import write_result  # noqa: E402
 from serve.config import ServeConfig  # noqa: E402
-from serve.haproxy import enable_haproxy  # noqa: E402
+from serve.haproxy import enable_haproxy, free_port  # noqa: E402
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:
@@ -225,11 +224,8 @@ def measure(run: Path, raw_users: list[str], layout: str, args, floor_p50: float
     """Deploy the app in ``layout``, run the fixed rates, the rate search and freshness."""
     from serve.app import start
     from serve.auth import write_token_file
-    from serve.config import ServeConfig
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     token = write_token_file(run / "serve.token")
     start(ServeConfig(run_dir=str(run), candidates=args.candidates, max_replicas=args.max_replicas,
                       token_file=str(run / "serve.token"), colocate=layout == "colocated",

@@ -220,7 +220,6 @@ class Updater:
                               "dst": node_id(c.item_type, str(ev["item_id"])), "ts": ev["ts"]})
             ack = self.pool.submit(nodes + edges)
             self.catalog.follow()                          # its own writes, so ids stay in step
-        telemetry.update_lag().set(self.pool.lag())
         self.wake.set()
         # ack indexes count the node events first; report the request's own event indexes
         return {"accepted": ack.accepted - len(nodes), "offset": ack.first, "created_nodes": len(nodes),
@@ -231,7 +230,8 @@ class Updater:
         while True:
             self.wake.wait()
             self.wake.clear()
-            try:
+            try:                                            # the lag, off the request path
+                telemetry.update_lag().set(self.pool.lag())
                 stats = self.pool.apply()
                 self.applied.extend(stats_json(stats))
                 self.batches += len(stats)

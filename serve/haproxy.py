@@ -60,7 +60,8 @@ exec "$real" "$@"
 _ALL_ADDRESSES = ("", "0.0.0.0", "::", "*")
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now."""
     with socket.socket() as s:
         s.bind((host if host not in _ALL_ADDRESSES else "", 0))
         return s.getsockname()[1]
@@ -72,8 +73,8 @@ def enable_haproxy(host: str = "127.0.0.1", stats_port: int | None = 8404, metri
     on ``host``; returns the private folder of HAProxy's files. ``stats_port`` /
     ``metrics_port`` None: a port free now. Raises ``ConfigError`` when Ray is already
     running here (its processes have their environment already)."""
-    stats_port = _free_port(host) if stats_port is None else stats_port
-    metrics_port = _free_port(host) if metrics_port is None else metrics_port
+    stats_port = free_port(host) if stats_port is None else stats_port
+    metrics_port = free_port(host) if metrics_port is None else metrics_port
     if ray.is_initialized():
         raise ConfigError("HAProxy must be enabled before Ray starts in this process (ray.init); "
                           "on a running cluster set RAY_SERVE_ENABLE_HA_PROXY=1 where `ray start` runs")

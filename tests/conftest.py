@@ -24,15 +24,6 @@ def ray_local():
     ray.shutdown()
 
 
-def free_port() -> int:
-    """A TCP port free on loopback now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def ml100k(tmp_path_factory):
     """The real MovieLens-100K graph directory (from the recbole wheel), built once per session."""

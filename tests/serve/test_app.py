@@ -12,7 +12,7 @@ import pytest
 import yaml
 from ray import serve
 
-from conftest import free_port
+from serve.haproxy import free_port
 from graphs.store import GraphDir
 from serve.app import app_builder, start
 from serve.config import ServeConfig

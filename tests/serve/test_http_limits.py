@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from conftest import free_port
+from serve.haproxy import free_port
 from serve.http_limits import Admission, BodyLimit
 
 HOLD_S = 1.0          # how long the app keeps each request

@@ -15,7 +15,7 @@ import urllib.request
 import psutil
 import pytest
 
-from conftest import free_port
+from serve.haproxy import free_port
 
 
 def _call(url: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict]:
