@@ -19,7 +19,9 @@ on MovieLens-100K first). In one run it measures:
   the p99 of the answered requests, and the requests shed (503 with ``Retry-After``);
 * overhead: Serve p50 at the lowest sustained rate minus the floor p50;
 * freshness: for ``--fresh-users`` new users, time from ``POST /events`` to the first
-  ``/recommend`` that is personalised (``fallback`` false).
+  ``/recommend`` that is personalised (``fallback`` false);
+* publish: a new embeddings version moved into ``LATEST`` under ``--publish-qps`` reads
+  (``benchmarks/publish.py``): seconds until every answer carries it, failed reads, p99.
 
 Each of ``--layouts`` is deployed in turn and measured the same way: ``split`` (Ingress ->
 Retriever -> Ranker deployments) and ``colocated`` (the Ingress retrieves and ranks
@@ -45,6 +47,7 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
+from benchmarks.publish import publish_under_load  # noqa: E402
 from benchmarks.results_io import write_result  # noqa: E402
 from serve.config import ServeConfig  # noqa: E402
 from serve.haproxy import enable_haproxy, free_port  # noqa: E402
@@ -179,6 +182,9 @@ def main() -> None:
                          "after measuring its ANN recall@200 against exact search.")
     ap.add_argument("--catalogue-noise", type=float, default=0.5,
                     help="The new items' noise around trained items, in per-dimension stds.")
+    ap.add_argument("--publish-qps", type=float, default=50,
+                    help="Rate of the reads while a new embeddings version is published (adds a version to the "
+                         "run; 0: skip).")
     ap.add_argument("--serve-proxy", action="store_true",
                     help="Serve's Python HTTP proxy instead of HAProxy (the default of `hetrec serve`).")
     ap.add_argument("--out", default="benchmarks/results/serve_load.json")
@@ -214,7 +220,9 @@ def main() -> None:
     write_result(args.out, {**result, "catalogue": args.catalogue or "run",
                             "ann_recall@200": result["ann"]["ann_recall@200"] if "ann" in result else None,
                             "p99_ms_at_100qps": at_100[0]["p99"] if at_100 else None,
-                            "overhead_ms": first["overhead_p50_ms"], "ingress": "serve proxy" if args.serve_proxy else "haproxy",
+                            "overhead_ms": first["overhead_p50_ms"],
+                            "publish_s": first["publish"]["last_old_s"] if "publish" in first else None,
+                            "ingress": "serve proxy" if args.serve_proxy else "haproxy",
                             "candidates": args.candidates, "max_replicas": args.max_replicas,
                             "max_inflight": args.max_inflight or ServeConfig.max_inflight,
                             "seconds_per_rate": args.seconds, "run": str(run)})
@@ -279,6 +287,13 @@ def measure(run: Path, raw_users: list[str], layout: str, args, floor_p50: float
     print(f"{layout:>9}: max sustainable {best:.0f} QPS; overhead at p50 {result['overhead_p50_ms']:.1f} ms "
           f"(at {result['overhead_at_qps']} QPS); "
           f"freshness median {np.median(fresh):.2f} s (max {np.max(fresh):.2f} s)", flush=True)
+    if args.publish_qps:
+        pub = asyncio.run(publish_under_load(url, raw_users, run, args.publish_qps, args.timeout_s))
+        result["publish"] = pub
+        print(f"{layout:>9}: {pub['version']} published under {args.publish_qps:.0f} QPS: first answer "
+              f"{pub['first_new_s'] or float('nan'):.1f} s, every replica {pub['last_old_s']:.1f} s after the move; "
+              f"{pub['failed']} of {pub['reads']} reads failed; p99 {pub['p99_before_ms']:.1f} ms before, "
+              f"{pub['p99_during_ms']:.1f} ms during", flush=True)
     serve.shutdown()
     return result
 

@@ -16,7 +16,9 @@ An event is a dict (one row of an events parquet file):
 :class:`EventLog` appends accepted events to ``<dir>/<first offset>.jsonl`` segments, one
 per submitted batch, written to a temporary name, fsynced, renamed and the directory
 fsynced: when :meth:`EventLog.append` returns the events survive a crash. Offsets
-number events from 0 in log order.
+number events from 0 in log order. :meth:`EventLog.carry_from` copies another log's
+segments, with their offsets, so a log can take over from an older one (a new embeddings
+version takes over the events logged on the one before it).
 """
 
 from __future__ import annotations
@@ -185,6 +187,21 @@ class EventLog:
         self.segments.append(first)
         self.end = first + len(events)
         return first
+
+    def carry_from(self, folder: str | Path) -> list[int]:
+        """Append the segments of the log in ``folder`` from this log's end on, one segment
+        each, so offsets stay the same in both; returns their first offsets. This log must
+        be a copy of the other up to its end (only carried segments, or none, so far)."""
+        other = EventLog(folder, writer=False)
+        carried = []
+        for first in other.segments:
+            if first < self.end:
+                continue
+            if first != self.end:
+                raise EventError(f"{self.folder}: ends at offset {self.end}, but {other.folder} has no segment "
+                                 f"there (next one at {first}); the logs have diverged and cannot be carried")
+            carried.append(self.append(other.read(first)))
+        return carried
 
     def close(self) -> None:
         """Release the writer's lock (a reader holds none)."""

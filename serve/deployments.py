@@ -1,15 +1,17 @@
 """The back-end deployments of the Serve application: retrieval, ranking, updates.
 
 * :class:`Retriever`: the faiss :class:`~serve.index.ItemIndex` over item embeddings, which
-  follows ILLE's deltas (new and changed items, without a restart); user vectors from the
-  same :class:`~trainers.ille.embedding_view.EmbeddingView`.
+  follows ILLE's deltas (new and changed items, without a restart) and a newly exported
+  version (built aside, :mod:`serve.versions`); user vectors from the same
+  :class:`~trainers.ille.embedding_view.EmbeddingView`.
 * :class:`Ranker`: the trained DSGL (or baseline) ranker scoring one user's N candidates,
   requests grouped by ``@serve.batch``; sequences from the :class:`~serve.live.LiveCatalog`,
   so a new user's posted events are in its next ranking.
 * :class:`Updater`: the single writer of the event log. Turns raw-id events into graph
   events (an unknown raw id creates its node), submits them to the
   :class:`~trainers.ille.pool.UpdatePool` (durable before it returns), and applies them
-  with ILLE in a background thread, so a response never waits for the solve.
+  with ILLE in a background thread, so a response never waits for the solve. When a new
+  embeddings version is exported, it moves its pool there, carrying the log over.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from serve import telemetry
 from serve.config import ServeConfig
 from serve.index import ItemIndex
 from serve.live import LiveCatalog
+from serve.versions import CHECK_EVERY_S, IndexSwap
 from trainers.ille.embedding_view import EmbeddingView
 from trainers.ille.pool import UpdatePool, stats_json
 from trainers.ranking.dsgl import hops_to_tensors
@@ -46,13 +49,15 @@ class Retriever:
     def __init__(self, cfg: ServeConfig):
         self.user_type, self.item_type = LiveCatalog.types(cfg.run_dir, cfg.etype)
         self.view = EmbeddingView(cfg.run_dir)
-        self.index = ItemIndex.from_view(self.view, self.item_type, cfg.index)
+        self.index = ItemIndex.from_view(self.view, self.item_type, cfg.index, compact=False)
+        self.swap = IndexSwap(cfg.run_dir, self.item_type, cfg.index)
         self.last_follow = time.monotonic()
         telemetry.serving_version(self.index.version)
 
     def _follow(self) -> None:
         if time.monotonic() - self.last_follow >= FOLLOW_EVERY_S:
             before = self.index.version
+            self.view, self.index = self.swap.poll(self.view, self.index)    # a new version, compacted
             self.index.follow(self.view, self.item_type)          # refreshes the view too
             self.last_follow = time.monotonic()
             if self.index.version != before:
@@ -186,8 +191,7 @@ class Updater:
 
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
-        self.pool = UpdatePool(cfg.run_dir, actors=cfg.ille_actors, num_cpus=cfg.ille_cpus,
-                               resources={k: v * cfg.ille_cpus for k, v in cfg.ille_resources.items()})
+        self.pool = self._pool()
         self.catalog = LiveCatalog(cfg.run_dir, cfg.etype)
         self.lock = threading.Lock()
         self.wake = threading.Event()
@@ -226,11 +230,33 @@ class Updater:
                 "errors": [{"index": e.index - len(nodes) if e.index >= len(nodes) else None, "message": e.message}
                            for e in ack.errors]}
 
+    def _pool(self) -> UpdatePool:
+        return UpdatePool(self.cfg.run_dir, actors=self.cfg.ille_actors, num_cpus=self.cfg.ille_cpus,
+                          resources={k: v * self.cfg.ille_cpus for k, v in self.cfg.ille_resources.items()})
+
+    def _switch(self, version: str) -> None:
+        """Move to a newly exported embeddings ``version``: the new pool's log takes over the
+        old one's events (those logged until the switch too), and ILLE applies them there."""
+        t0 = time.perf_counter()
+        old = self.pool
+        old.stop()                        # its actors' CPUs for the new pool's; it still logs
+        new = self._pool()                # carries what was logged so far
+        with self.lock:                   # no submit in between: carry the rest, then switch
+            carried = new.carry()
+            old.close()
+            self.pool = new
+            self.catalog.follow(check_version=True)
+        log.info("updates moved to embeddings %s in %.1f s (%d more events carried)", version,
+                 time.perf_counter() - t0, carried)
+
     def _apply_loop(self) -> None:
         while True:
-            self.wake.wait()
+            self.wake.wait(timeout=CHECK_EVERY_S)
             self.wake.clear()
             try:                                            # the lag, off the request path
+                latest = RunDir(self.cfg.run_dir).latest_embeddings().name
+                if latest != self.pool.view.version.name:
+                    self._switch(latest)
                 telemetry.update_lag().set(self.pool.lag())
                 stats = self.pool.apply()
                 self.applied.extend(stats_json(stats))

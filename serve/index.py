@@ -11,7 +11,8 @@ size, one factory string for :func:`faiss.index_factory`:
 Updates (new items, or items ILLE re-solved) go to a small exact side index; the main
 index's copies of those ids are tombstoned, and searches merge both, fetching past the
 tombstones. :meth:`ItemIndex.compact` rebuilds one index, automatically once the side
-index holds ``compact_at`` rows, which bounds that over-fetch.
+index holds ``compact_at`` rows, which bounds that over-fetch (``compact=False``: the
+owner rebuilds aside instead, as the Serve replicas do with :mod:`serve.versions`).
 """
 
 from __future__ import annotations
@@ -90,11 +91,11 @@ class ItemIndex:
     """
 
     def __init__(self, vectors: np.ndarray, ids: np.ndarray | None = None, cfg: IndexConfig = IndexConfig(),
-                 version: str = ""):
+                 version: str = "", compact: bool = True):
         vectors = np.asarray(vectors)
         if vectors.ndim != 2 or vectors.shape[1] < 1:
             raise ConfigError(f"vectors: expected shape [N, d], got {list(vectors.shape)}")
-        self.dim, self.cfg, self.version = vectors.shape[1], cfg, version
+        self.dim, self.cfg, self.version, self.auto_compact = vectors.shape[1], cfg, version, compact
         ids = np.arange(len(vectors), dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
         if ids.shape != (len(vectors),) or len(np.unique(ids)) != len(ids):
             raise ConfigError(f"ids: expected {len(vectors)} distinct ids, got shape {list(ids.shape)}")
@@ -106,11 +107,12 @@ class ItemIndex:
         self.deltas: set[int] = set()         # update deltas folded in (see follow)
 
     @classmethod
-    def from_view(cls, view, ntype: str, cfg: IndexConfig = IndexConfig()) -> ItemIndex:
+    def from_view(cls, view, ntype: str, cfg: IndexConfig = IndexConfig(), compact: bool = True) -> ItemIndex:
         """Index every ``ntype`` row of an :class:`~trainers.ille.embedding_view.EmbeddingView`
         (base plus applied updates); :meth:`follow` then keeps it current."""
         view.refresh()
-        index = cls(view.rows(ntype, np.arange(view.count(ntype))), cfg=cfg, version=_version(view))
+        index = cls(view.rows(ntype, np.arange(view.count(ntype))), cfg=cfg, version=_version(view),
+                    compact=compact)
         index.deltas = set(view.applied)
         return index
 
@@ -142,7 +144,7 @@ class ItemIndex:
         self.stale.update(ids[np.isin(ids, self.main_ids)].tolist())
         if version is not None:
             self.version = version
-        if self.side.ntotal >= self.cfg.compact_at:
+        if self.auto_compact and self.side.ntotal >= self.cfg.compact_at:
             self.compact()
 
     def compact(self) -> None:

@@ -4,7 +4,8 @@
 the user-item interactions, for the base graph and for every event the update stage has
 logged since (``updates/<base version>/log``, DESIGN.md's event log). The log is the
 source of truth: any replica catches up with :meth:`LiveCatalog.follow`, which reads only
-the segments it has not seen (one ``stat`` when there are none).
+the segments it has not seen (one ``stat`` when there are none), and which moves on to a
+newly exported embeddings version's log by itself.
 
 Memory: the raw ids of the two served types (sorted, searched with ``searchsorted``), the
 interactions as CSR by user, and the new nodes and edges since the base. That is the
@@ -14,15 +15,18 @@ catalogue of one recommendation domain; the graph's other types are never loaded
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
 from graphs.events import EventLog
-from graphs.exceptions import EventError
+from graphs.exceptions import EventError, NotFoundError
 from graphs.store import GraphDir
 from trainers.evaluation.splits import Interactions, load_interactions
 from trainers.run_dir import RunDir
+
+VERSION_CHECK_S = 0.5     # how often a catalogue looks for a newly exported embeddings version
 
 
 class RawIds:
@@ -78,7 +82,11 @@ class LiveCatalog:
         self.removed: set[tuple[int, int]] = set()              # (user, item) pairs removed since
         self.popularity = np.bincount(base.item, minlength=base.num_items).astype(np.int64)
         self.latest = int(base.ts.max()) if len(base) else 0
-        self.log = EventLog(run.updates() / "log", writer=False)
+        self.run = run
+        self.version = run.latest_embeddings().name
+        self.log = EventLog(run.updates(self.version) / "log", writer=False)
+        self.next_log: EventLog | None = None                    # a newer version's log, once exported
+        self.checked = time.monotonic()
         self.offset, self.changes = 0, 0
         self._lock = threading.Lock()
         self.follow()
@@ -90,12 +98,16 @@ class LiveCatalog:
         et = GraphDir(run.graph, validate="none").schema.edge_type(etype or run.target)
         return et.src, et.dst
 
-    def follow(self) -> bool:
+    def follow(self, check_version: bool = False) -> bool:
         """Read the log segments written since the last call; True if anything changed.
-        The offset moves past a segment only once all of its events are in."""
+        The offset moves past a segment only once all of its events are in. With
+        ``check_version`` a newer embeddings version is looked for now, not on the clock."""
         with self._lock:
+            self._look_for_version(check_version)
             changed = False
             while True:
+                if self.next_log is not None and (self.next_log.folder / f"{self.offset:012d}.jsonl").is_file():
+                    self.log, self.next_log = self.next_log, None    # the new log has caught up: move on
                 nxt, events = self.log.tail(self.offset, max_segments=1)
                 if nxt == self.offset:
                     break
@@ -104,6 +116,21 @@ class LiveCatalog:
                 self.offset = nxt
             self.changes += changed
             return changed
+
+    def _look_for_version(self, now: bool = False) -> None:
+        """At most every ``VERSION_CHECK_S``: a newer embeddings version? Its log carries this
+        one's segments with the same offsets (``EventLog.carry_from``), so reading goes on
+        from the same offset, in the new log once it has the segment there (until then the
+        old log's copy is read, and nothing is read twice or skipped)."""
+        if not now and time.monotonic() - self.checked < VERSION_CHECK_S:
+            return
+        self.checked = time.monotonic()
+        try:
+            latest = self.run.latest_embeddings().name
+        except NotFoundError:
+            return
+        if latest != self.version:
+            self.version, self.next_log = latest, EventLog(self.run.updates(latest) / "log", writer=False)
 
     def _apply(self, ev: dict) -> bool:
         if ev["op"] == "node" and ev["ntype"] in self.ids:

@@ -7,7 +7,8 @@
     <run>/metrics.json|.csv|.png      per-epoch curves
     <run>/embeddings/vNNNN/           exported versions (<ntype>.npy, meta.json)
     <run>/embeddings/LATEST           the newest version's folder name
-    <run>/updates/vNNNN/log/          the event log of ILLE updates on that version
+    <run>/updates/vNNNN/log/          the event log of ILLE updates on that version (it starts
+                                      with a copy of the older version's log: events carry over)
     <run>/updates/vNNNN/deltas/       one committed batch of updated rows per file
     <run>/ranker/                     the ranker (model.pt, meta.json)
 
@@ -131,6 +132,14 @@ class RunDir:
         """The ILLE update folder on top of an embeddings version (default: the latest)."""
         name = Path(version).name if version is not None else self.latest_embeddings().name
         return self.path / "updates" / name
+
+    def previous_updates(self, version: Path | str) -> Path | None:
+        """The update folder whose event log ``version``'s log takes over: that of the highest
+        version below it with a non-empty log (None: no events were logged before it)."""
+        number = int(Path(version).name[1:])
+        older = sorted((int(p.name[1:]), p) for p in (self.path / "updates").glob("v[0-9]*")
+                       if int(p.name[1:]) < number and any((p / "log").glob("*.jsonl")))
+        return older[-1][1] if older else None
 
     # -- ranker ----------------------------------------------------------------------------
 

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from ray import serve
 
-from serve.haproxy import free_port
 from graphs.store import GraphDir
 from serve.app import app_builder, start
 from serve.config import ServeConfig
+from serve.haproxy import free_port
 
 pytestmark = pytest.mark.slow          # minutes on 2 cores: `pytest -m "not slow and not cluster"` skips it
 

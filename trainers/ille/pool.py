@@ -5,6 +5,10 @@
     stats = pool.apply()             # every logged, unapplied segment -> a delta version
     view = pool.embeddings()         # base + deltas, what retrieval reads
 
+A pool works on the latest embeddings version. Its log starts as a copy of the older
+version's (``EventLog.carry_from``, offsets kept), so the events acknowledged before a new
+version was exported are applied on it too: nothing acknowledged is lost by a retrain.
+
 For each log segment (one submitted batch) the pool broadcasts the events to the ``P``
 :class:`~trainers.ille.shard_updater.ShardUpdater` actors (Ray actors, ``num_cpus`` each, restarted on
 failure), each returns the ILLE rows of the nodes it owns, the pool solves the batch
@@ -77,6 +81,9 @@ class UpdatePool:
         self.view = EmbeddingView(run.path)
         self.dir = run.updates(self.view.version)
         self.log = EventLog(self.dir / "log")
+        self.previous = run.previous_updates(self.view.version)
+        if self.previous is not None:                     # events logged on older versions
+            self.log.carry_from(self.previous / "log")
         store = ShardStore(run.parts)
         self.types = [n.name for n in store.schema.node_types]
         self.validator = EventValidator(store.schema, store.counts)
@@ -101,6 +108,16 @@ class UpdatePool:
             raise
         return Ack(first, len(accepted), errors)
 
+    def carry(self) -> int:
+        """Carry over what was logged on the older version since this pool started (a
+        writer that was still on it, until it switched); returns the events carried."""
+        if self.previous is None:
+            return 0
+        carried = [self.log.read(first) for first in self.log.carry_from(self.previous / "log")]
+        for events in carried:
+            self.validator.check([e for e in events if e["op"] == "node"])
+        return sum(map(len, carried))
+
     def pending(self) -> list[int]:
         done = self._committed()
         return [s for s in self.log.segments if s not in done]
@@ -123,10 +140,14 @@ class UpdatePool:
         self.view.refresh()
         return self.view
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Stop the actors; the pool still takes submits (applying needs a new pool)."""
         for a in self.actors:
             ray.kill(a)
         self.actors = []
+
+    def close(self) -> None:
+        self.stop()
         self.log.close()
 
     def _committed(self) -> set[int]:

@@ -246,3 +246,55 @@ def test_actors_killed_at_random_points_apply_every_event_once(run, tmp_path):
     assert results["killed"][3] == results["clean"][3] and len(results["clean"][3]) == len(batches)
     np.testing.assert_allclose(results["killed"][1], results["clean"][1], atol=1e-6)
     np.testing.assert_allclose(results["killed"][2], results["clean"][2], atol=1e-6)
+
+
+def _publish_copy(run) -> str:
+    """A new embeddings version with the latest one's rows (what ``hetrec export`` writes
+    after a retrain), moved into ``LATEST``; returns its name."""
+    import json
+    import shutil
+
+    from trainers.run_dir import RunDir
+
+    r = RunDir(run)
+    old, new = r.latest_embeddings(), r.next_embeddings()
+    shutil.copytree(old, new)
+    meta = json.loads((new / "meta.json").read_text())
+    (new / "meta.json").write_text(json.dumps({**meta, "version": int(new.name[1:])}))
+    (r.embeddings / "LATEST").write_text(new.name)
+    return new.name
+
+
+def test_a_new_version_carries_every_event_logged_on_the_old_one(run, tmp_path):
+    """Events acknowledged on v0001, before and after v0002's pool started, are carried to
+    v0002's log with their offsets, its validator knows the nodes they created, and ILLE
+    applies them there: a retrain and export loses none of them."""
+    from graphs.exceptions import EventError
+
+    copy = copy_run(run, tmp_path / "run")
+    batches = _stream()
+    old = UpdatePool(copy, actors=1, num_cpus=0.5)
+    try:
+        assert old.submit(batches[0]).accepted == len(batches[0])
+        old.apply()
+        assert _publish_copy(copy) == "v0002"
+        new = UpdatePool(copy, actors=1, num_cpus=0.5)      # carries what v0001 logged so far
+        try:
+            assert new.log.segments == [0] and new.pending() == [0]
+            assert old.submit(batches[1]).accepted == len(batches[1])     # still logged on v0001
+            assert new.carry() == len(batches[1]) and new.carry() == 0
+            old.close()
+            ack = new.submit(batches[2])      # its node ids follow the carried ones: all accepted
+            assert ack.accepted == len(batches[2]) and ack.first == len(batches[0]) + len(batches[1])
+            assert [s.first for s in new.apply()] == [0, len(batches[0]), ack.first]
+            view = new.embeddings()
+            assert view.version.name == "v0002" and view.count("user") == 1012 and view.count("item") == 406
+            assert np.isfinite(view.rows("user", np.arange(1000, 1012))).all()
+        finally:
+            new.close()
+    finally:
+        old.close()
+    diverged = EventLog(tmp_path / "diverged")
+    diverged.append([{"op": "edge", "etype": "user__clicks__item", "src": 1, "dst": 2}])
+    with pytest.raises(EventError, match="the logs have diverged"):
+        diverged.carry_from(copy / "updates" / "v0001" / "log")
