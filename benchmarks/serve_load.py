@@ -81,13 +81,15 @@ def floor(run: Path, users: np.ndarray, candidates: int) -> dict:
 
     cfg = ServeConfig(run_dir=str(run), candidates=candidates)
     retriever, ranker = Retriever(cfg), Ranker(cfg)
+    loop = asyncio.new_event_loop()            # one running loop, as in a replica
     ms = []
     for u in users.tolist():
         t0 = time.perf_counter()
         seen = ranker.catalog.history(u)
-        got = asyncio.run(retriever.retrieve(u, candidates, seen.tolist()))   # an async method
+        got = loop.run_until_complete(retriever.retrieve(u, candidates, seen.tolist()))   # an async method
         ranker.score([(u, got["ids"])])
         ms.append((time.perf_counter() - t0) * 1000)
+    loop.close()
     return percentiles(ms)
 
 

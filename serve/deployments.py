@@ -40,7 +40,7 @@ from trainers.run_dir import RunDir
 log = logging.getLogger("ray.serve")
 
 FOLLOW_EVERY_S = 0.05    # how often a replica looks for new embedding deltas
-CACHE_ITEMS = 65_536     # item encodings a ranker keeps (about 80 MB at L = 10, D = 32)
+CACHE_ITEMS = 65_536     # item memories a ranker keeps (about 170 MB at L = 10, D = 32)
 
 
 class Retriever:
@@ -85,18 +85,21 @@ class Retriever:
 class Ranker:
     """``rank((user, items)) -> scores`` (logits), one call per request, batched inside.
 
-    Scoring time is just after the newest interaction the catalogue holds. The candidates'
-    first-layer sequence encodings depend only on the item and that time, so they are
-    cached per item until the catalogue changes (most of a request's LSTM work).
+    Scoring time is just after the newest interaction the catalogue holds. What the
+    candidates' first-layer attention reads (their sequences encoded and projected to keys
+    and values) depends only on the item and that time, so it is cached per item until the
+    catalogue changes (most of a request's LSTM and projection work).
     """
 
     def __init__(self, cfg: ServeConfig, threads: int = 1):
         torch.set_num_threads(max(1, threads))
         self.model, self.rcfg, _ = load_ranker(RunDir(cfg.run_dir).ranker)
+        if hasattr(self.model, "freeze_embeddings"):       # DSGL: one lookup per embedding
+            self.model.freeze_embeddings()
         self.catalog = LiveCatalog(cfg.run_dir, cfg.etype)
         self.graphs = self._build()
-        # cache rows: first-layer encodings [C, L, D] and masks [C, L]; `slot[item]` its row
-        self.enc, self.mask, self.slot, self.used = None, None, np.zeros(0, np.int64), 0
+        # cache rows: first-layer memories [C, 2, L, D] and masks [C, L]; `slot[item]` its row
+        self.memory, self.mask, self.slot, self.used = None, None, np.zeros(0, np.int64), 0
         self.rank.set_max_batch_size(cfg.batch_size)
         self.rank.set_batch_wait_timeout_s(cfg.batch_wait_s)
 
@@ -113,8 +116,8 @@ class Ranker:
         return self.graphs
 
     def _item_side(self, items: np.ndarray, t: int) -> tuple[list[dict], torch.Tensor | None]:
-        """The candidates' item-side input: ``(hops, [B, L, D] first-layer encodings)``. With
-        one item hop (depth 2) each item's encoding and mask are cached, and only the items
+        """The candidates' item-side input: ``(hops, [B, 2, L, D] first-layer memories)``. With
+        one item hop (depth 2) each item's memory and mask are cached, and only the items
         not cached yet get their sequences built; otherwise ``(hops, None)``. The cache holds
         at most ``max(CACHE_ITEMS, B)`` items (grown as needed) and starts over when full,
         so its memory is bounded whatever the catalogue's size."""
@@ -132,25 +135,25 @@ class Ranker:
                 missing = np.unique(items)
                 self._grow(len(missing))                                # a batch larger than the bound
             hop = hops_to_tensors(self.graphs.item_side(missing, np.full(len(missing), t)))[0]
-            enc = self.model.encode_roots(False, hop)
+            memory = self.model.root_memory(False, hop)
             rows = np.arange(self.used, self.used + len(missing))
-            self.enc[rows], self.mask[rows] = enc, hop["mask"]
+            self.memory[rows], self.mask[rows] = memory, hop["mask"]
             self.slot[missing], self.used = rows, self.used + len(missing)
         rows = torch.from_numpy(self.slot[items])
-        return [{"mask": self.mask[rows]}], self.enc[rows]
+        return [{"mask": self.mask.index_select(0, rows)}], self.memory.index_select(0, rows)
 
     def _rows(self) -> int:
-        return 0 if self.enc is None else len(self.enc)
+        return 0 if self.memory is None else len(self.memory)
 
     def _grow(self, size: int) -> None:
         """At least ``size`` cache rows, keeping the old ones."""
         have = self._rows()
         if size > have:
             L, D = self.rcfg.length, self.rcfg.dsgl.dim
-            grown_enc, grown_mask = torch.zeros(size, L, D), torch.zeros(size, L, dtype=torch.bool)
-            if self.enc is not None:
-                grown_enc[:have], grown_mask[:have] = self.enc, self.mask
-            self.enc, self.mask = grown_enc, grown_mask
+            grown_memory, grown_mask = torch.zeros(size, 2, L, D), torch.zeros(size, L, dtype=torch.bool)
+            if self.memory is not None:
+                grown_memory[:have], grown_mask[:have] = self.memory, self.mask
+            self.memory, self.mask = grown_memory, grown_mask
 
     async def ready(self) -> bool:
         """Answers once the model and the sequences are loaded (for ``/healthz``)."""
@@ -165,10 +168,10 @@ class Ranker:
         items = np.concatenate([np.asarray(r[1], np.int64) for r in requests])
         sizes = [len(r[1]) for r in requests]
         pair = np.repeat(np.arange(len(requests)), sizes)
-        item_hops, item_enc = self._item_side(items, t)
+        item_hops, item_memory = self._item_side(items, t)
         logits = self.model(torch.from_numpy(users), torch.from_numpy(items),
                             hops_to_tensors(graphs.user_side(users, np.full(len(users), t))), item_hops,
-                            pair=torch.from_numpy(pair), item_enc=item_enc)
+                            pair=torch.from_numpy(pair), item_memory=item_memory)
         return [part.tolist() for part in torch.split(logits, sizes)]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)

@@ -171,17 +171,24 @@ class ItemIndex:
         out_ids = np.full((B, k), -1, np.int64)
         out_scores = np.full((B, k), -np.inf, np.float32)
         parts = []
-        for index, stale in ((self.main, self.stale), (self.side, set())):
+        for index, stale in ((self.main, self.stale), (self.side, ())):
             if index.ntotal:
                 scores, ids = index.search(queries, min(fetch, index.ntotal))
-                parts.append((ids, scores, stale))
+                if stale:
+                    ids = np.where(np.isin(ids, np.fromiter(stale, np.int64, len(stale))), -1, ids)
+                parts.append((ids, scores))
+        if not parts:
+            return out_ids, out_scores
+        ids, scores = (np.concatenate(p, axis=1) for p in zip(*parts))       # [B, fetched]
         for b in range(B):
-            seen = exclude[b] if exclude else set()
-            merged = [(s, i) for ids, scores, stale in parts for i, s in zip(ids[b].tolist(), scores[b].tolist())
-                      if i != -1 and i not in stale and i not in seen]
-            merged.sort(key=lambda t: -t[0])
-            for j, (s, i) in enumerate(merged[:k]):
-                out_ids[b, j], out_scores[b, j] = i, s
+            keep = ids[b] != -1
+            if exclude and exclude[b]:
+                keep &= ~np.isin(ids[b], np.fromiter(exclude[b], np.int64, len(exclude[b])))
+            got_ids, got_scores = ids[b][keep], scores[b][keep]
+            if len(parts) > 1:                                                 # main and side: merge
+                order = np.argsort(-got_scores, kind="stable")
+                got_ids, got_scores = got_ids[order], got_scores[order]
+            out_ids[b, :min(k, len(got_ids))], out_scores[b, :min(k, len(got_ids))] = got_ids[:k], got_scores[:k]
         return out_ids, out_scores
 
     def _rows(self, index: faiss.IndexIDMap2, exclude: set[int] = frozenset()):

@@ -218,8 +218,8 @@ def test_the_rankers_item_cache_stays_bounded_and_exact(service, monkeypatch):
         request = [(1 + step, rng.choice(1682, 200, replace=False).tolist())]
         got = warm.score(request)[0]
         assert got == pytest.approx(deployments.Ranker(cfg).score(request)[0], abs=1e-5), step
-        assert len(warm.enc) <= 300 and warm.used <= 300
-    assert len(warm.enc) == 300
+        assert len(warm.memory) <= 300 and warm.used <= 300
+    assert len(warm.memory) == 300
 
 
 def _ray_metrics(names: set[str]) -> dict[tuple[str, str], float]:

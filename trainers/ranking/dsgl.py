@@ -74,30 +74,50 @@ class _Aggregate(nn.Module):
         steps = steps * mask[..., None]               # padding (at the front) carries nothing
         return self.lstm(steps)[0]
 
-    def attend(self, center: Tensor, parent: Tensor, h: Tensor, mask: Tensor, rows: Tensor | None = None) -> Tensor:
+    def attend(self, center: Tensor, parent: Tensor, h: Tensor | None, mask: Tensor, rows: Tensor | None = None,
+               memory: Tensor | None = None) -> Tensor:
         """``rows: [M]`` (optional): query m attends to sequence ``rows[m]`` of ``h: [R, L, D]``
         and ``mask: [R, L]``, as if given ``h[rows], mask[rows]``; outside training, each
-        sequence's keys and values are then projected once, not once per query."""
+        sequence's keys and values are then projected once, not once per query, or taken
+        from ``memory`` (``self.memory(h)``, e.g. cached) instead of ``h``."""
         q = self.query(torch.cat([center, parent], -1) if self.cfg.second_order else center)
         empty = ~mask.any(1)                                               # [R]
         keep = mask | empty[:, None]                                       # no all-masked rows
-        if rows is None or self.training:
+        if self.training:
+            if h is None:
+                raise ValueError("attend: training needs the sequences h, not only their memory")
             h, keep, empty = (h, keep, empty) if rows is None else (h[rows], keep[rows], empty[rows])
             att = self.attn(q[:, None], h, h, key_padding_mask=~keep, need_weights=False)[0][:, 0]
         else:
-            att = self._attend_shared(q, h, keep, rows)
-            empty = empty[rows]
+            att = self._attend_eval(q, self.memory(h) if memory is None else memory, keep, rows)
+            empty = empty if rows is None else empty[rows]
         new = torch.tanh(self.out(torch.cat([center, att], -1)))
         return torch.where(empty[:, None], center, new)
 
-    def _attend_shared(self, q: Tensor, h: Tensor, keep: Tensor, rows: Tensor) -> Tensor:
-        """``self.attn`` (no dropout) for queries ``q: [M, D]`` over ``h[rows]``, the key and
-        value projections computed on the R sequences of ``h: [R, L, D]`` -> ``[M, D]``."""
-        M, (R, L, D), H = len(q), h.shape, self.attn.num_heads
+    def memory(self, h: Tensor) -> Tensor:
+        """What a query reads of sequences ``h: [R, L, D]``: their attention keys and values
+        ``[R, 2, L, D]``. It does not depend on the query, so it can be cached."""
+        D, w, b = h.shape[-1], self.attn.in_proj_weight, self.attn.in_proj_bias
+        return torch.stack([F.linear(h, w[D:2 * D], b[D:2 * D]), F.linear(h, w[2 * D:], b[2 * D:])], 1)
+
+    def _attend_eval(self, q: Tensor, memory: Tensor, keep: Tensor, rows: Tensor | None) -> Tensor:
+        """``self.attn`` (no dropout) for queries ``q: [M, D]``, each over one sequence of
+        ``memory: [R, 2, L, D]`` (``rows[m]``; None: row m) -> ``[M, D]``. Each query has one
+        sequence of its own, so the scores are products summed over the head dimension, not
+        a batched matmul (a fifth of the time); keys and values are projected once per
+        sequence, and one sequence shared by every query (one user) is broadcast, not copied."""
+        M, (R, _, L, D), H = len(q), memory.shape, self.attn.num_heads
         w, b = self.attn.in_proj_weight, self.attn.in_proj_bias
-        k, v = F.linear(h, w[D:], b[D:]).view(R, L, 2, H, D // H).permute(2, 0, 3, 1, 4)   # 2 x [R, H, L, d]
-        q = F.linear(q, w[:D], b[:D]).view(M, H, 1, D // H)
-        att = F.scaled_dot_product_attention(q, k[rows], v[rows], attn_mask=keep[rows][:, None, None, :])
+        k, v = (memory[:, j].view(R, L, H, D // H) for j in (0, 1))             # [R, L, H, d]
+        if rows is not None and R > 1:
+            k, v, keep = k.index_select(0, rows), v.index_select(0, rows), keep.index_select(0, rows)
+        q = F.linear(q, w[:D], b[:D]).view(M, H, D // H) * (D // H) ** -0.5
+        if len(k) == 1 and M > 1:                                                # one sequence for all
+            scores = torch.einsum("mhd,lhd->mlh", q, k[0])
+            att = torch.einsum("mlh,lhd->mhd", scores.masked_fill(~keep[0, :, None], float("-inf")).softmax(1), v[0])
+        else:                                                                    # elementwise: L is short
+            scores = (q[:, None] * k).sum(-1).masked_fill(~keep[..., None], float("-inf"))
+            att = (scores.softmax(1)[..., None] * v).sum(1)
         return self.attn.out_proj(att.reshape(M, D))
 
 
@@ -130,9 +150,23 @@ class DSGL(nn.Module):
         for emb in (self.user_emb, self.item_emb):
             nn.init.normal_(emb.weight, std=0.05)
 
+    def freeze_embeddings(self) -> None:
+        """Serving: precompute every node's id plus attribute embedding, so ``embed`` is one
+        lookup (outside training). Call again after the parameters change."""
+        with torch.no_grad():
+            self.frozen = {side: self._embed(side, torch.arange(n + 1)) for side, n in
+                           ((True, self.num_users), (False, self.num_items))}
+
     def embed(self, is_user: bool, ids: Tensor) -> Tensor:
         """Id plus attribute-field embeddings: ``ids: [...]`` -> ``[..., D]``; an id past the
         trained range (a node created later) reads the unknown row and null fields."""
+        frozen = None if self.training else getattr(self, "frozen", None)
+        if frozen is None:
+            return self._embed(is_user, ids)
+        table = frozen[is_user]
+        return table.index_select(0, ids.clamp(max=len(table) - 1).reshape(-1)).view(*ids.shape, -1)
+
+    def _embed(self, is_user: bool, ids: Tensor) -> Tensor:
         emb, fields, field_emb = ((self.user_emb, self.user_fields, self.user_field_emb) if is_user
                                   else (self.item_emb, self.item_fields, self.item_field_emb))
         ids = ids.clamp(max=emb.num_embeddings - 1)
@@ -143,24 +177,24 @@ class DSGL(nn.Module):
         return x
 
     def _side(self, root: Tensor, other_root: Tensor, hops: list[dict], root_is_user: bool,
-              pair: Tensor, enc0: Tensor | None = None) -> list[Tensor]:
+              pair: Tensor | None, memory0: Tensor | None = None) -> list[Tensor]:
         """Root representations after each layer: ``depth`` of ``[B, D]``.
 
         ``root: [R]`` with hops of batch R; ``other_root: [B, D]``; ``pair: [B]`` row of
-        ``root`` for each pair. Layer l updates the levels above ``len(hops) - l``; only
+        ``root`` for each pair (None: row b, R == B). Layer l updates the levels above ``len(hops) - l``; only
         the root's update sees the other root (the candidate), so every deeper level is
         computed once per root, not once per pair. A level-1 node's parent in its query is
-        the root's input embedding (the root's updates depend on the candidate). ``enc0``:
-        the root sequences' first-layer encoding, if already computed (see ``encode_roots``);
-        with it and one hop, that hop needs only its ``mask``.
+        the root's input embedding (the root's updates depend on the candidate). ``memory0``:
+        the roots' first-layer attention memory, if already computed (see ``root_memory``;
+        outside training only); with it and one hop, that hop needs only its ``mask``.
         """
         D = self.cfg.dim
         kinds = [root_is_user ^ (h % 2 == 1) for h in range(len(hops) + 1)]   # is hop h a user hop
-        # with enc0 and one hop, the hop's nodes are only read through enc0: not embedded
-        skip = enc0 is not None and len(hops) == 1
+        # with memory0 and one hop, the hop's nodes are only read through it: not embedded
+        skip = memory0 is not None and len(hops) == 1
         xs = [self.embed(kinds[0], root)] + [None if skip else self.embed(kinds[h + 1], hop["ids"])
                                              for h, hop in enumerate(hops)]
-        root_input, root_x = xs[0], xs[0][pair]                             # [R, D], [B, D]
+        root_input, root_x = xs[0], xs[0] if pair is None else xs[0][pair]  # [R, D], [B, D]
         outs = []
         for layer in range(len(hops)):
             new = []
@@ -170,12 +204,10 @@ class DSGL(nn.Module):
                 N = hop["mask"].numel() // L
                 agg = self.on_user if kinds[h] else self.on_item
                 mask = hop["mask"].reshape(N, L)
-                if h == 0 and layer == 0 and enc0 is not None:
-                    enc = enc0
-                else:
-                    enc = agg.encode(seq.reshape(N, L, D), hop["gap"].reshape(N, L), mask)
+                first = h == 0 and layer == 0 and memory0 is not None
+                enc = None if first else agg.encode(seq.reshape(N, L, D), hop["gap"].reshape(N, L), mask)
                 if h == 0:
-                    root_new = agg.attend(root_x, other_root, enc, mask, rows=pair)
+                    root_new = agg.attend(root_x, other_root, enc, mask, rows=pair, memory=memory0 if first else None)
                 else:
                     center = xs[h]
                     parent = (root_input if h == 1 else xs[h - 1])[..., None, :].expand_as(center)
@@ -186,21 +218,23 @@ class DSGL(nn.Module):
             outs.append(root_x)
         return outs or [root_x]
 
-    def encode_roots(self, is_user: bool, hop: dict) -> Tensor:
-        """First-layer encoding of roots' sequences, ``hop`` of batch N -> ``[N, L, D]``. It
-        does not depend on the other side, so a server can cache it per item (and time)."""
-        seq = self.embed(not is_user, hop["ids"])
-        return (self.on_user if is_user else self.on_item).encode(seq, hop["gap"], hop["mask"])
+    def root_memory(self, is_user: bool, hop: dict) -> Tensor:
+        """What roots' first-layer attention reads of their sequences (``hop`` of batch N):
+        keys and values of the encoded sequence, ``[N, 2, L, D]``. It does not depend on the
+        other side, so a server can cache it per item (and time)."""
+        agg = self.on_user if is_user else self.on_item
+        return agg.memory(agg.encode(self.embed(not is_user, hop["ids"]), hop["gap"], hop["mask"]))
 
     def forward(self, users: Tensor, items: Tensor, user_hops: list[dict], item_hops: list[dict],
-                pair: Tensor | None = None, item_enc: Tensor | None = None) -> Tensor:
+                pair: Tensor | None = None, item_memory: Tensor | None = None) -> Tensor:
         """``users: [U]`` with ``user_hops`` of batch U, ``items: [B]`` with ``item_hops`` of
         batch B; ``pair: [B]`` the user row of each item (default: ``U == B``, row b);
-        ``item_enc: [B, L, D]`` optional ``encode_roots(False, item_hops[0])``."""
+        ``item_memory: [B, 2, L, D]`` optional ``root_memory(False, item_hops[0])`` (not in
+        training)."""
         pair = torch.arange(len(items), device=items.device) if pair is None else pair
         e_u, e_i = self.embed(True, users)[pair], self.embed(False, items)
         side_u = self._side(users, e_i, user_hops, True, pair)
-        side_i = self._side(items, e_u, item_hops, False, torch.arange(len(items), device=items.device), item_enc)
+        side_i = self._side(items, e_u, item_hops, False, None, item_memory)
         pick = (lambda xs: torch.stack(xs).mean(0)) if self.cfg.layer_combination else (lambda xs: xs[-1])
         return self.mlp(torch.cat([e_u, e_i, pick(side_u), pick(side_i)], -1)).squeeze(-1)
 

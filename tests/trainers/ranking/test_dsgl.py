@@ -76,41 +76,47 @@ def test_one_user_many_candidates_equals_pairwise():
     torch.testing.assert_close(shared, pairwise)
     i_t = hops_to_tensors(i_hops)
     cached = model(torch.tensor([3, 7]), torch.as_tensor(items), hops_to_tensors(one_u), i_t,
-                   pair=torch.tensor([0, 0, 0, 1, 1]), item_enc=model.encode_roots(False, i_t[0]))
-    torch.testing.assert_close(cached, pairwise)                 # a cached item encoding is exact
+                   pair=torch.tensor([0, 0, 0, 1, 1]), item_memory=model.root_memory(False, i_t[0]))
+    torch.testing.assert_close(cached, pairwise)                 # a cached item memory is exact
     # a user created after training (id 25 >= 20) reads the unknown row instead of failing
     unknown = model(torch.tensor([25, 7]), torch.as_tensor(items), hops_to_tensors(one_u), hops_to_tensors(i_hops),
                     pair=torch.tensor([0, 0, 0, 1, 1]))
     assert torch.isfinite(unknown).all() and not torch.allclose(unknown[:3], shared[:3])
 
 
-def test_cached_item_encoding_needs_only_the_mask_at_depth_2():
-    """What the server passes: per item, its cached encoding and mask, no sequence ids."""
+def test_cached_item_memory_needs_only_the_mask_at_depth_2():
+    """What the server passes: per item, its cached memory and mask, no sequence ids."""
     _, model, users, items, _, u_hops, i_hops, pairwise = _two_users_five_pairs(seed=2, depth=2)
     i_t = hops_to_tensors(i_hops)
     assert len(i_t) == 1
     mask_only = model(torch.as_tensor(users), torch.as_tensor(items), hops_to_tensors(u_hops), [{"mask": i_t[0]["mask"]}],
-                      item_enc=model.encode_roots(False, i_t[0]))
+                      item_memory=model.root_memory(False, i_t[0]))
     torch.testing.assert_close(mask_only, pairwise)
-    with pytest.raises(KeyError):                                  # without the encoding the ids are needed
+    with pytest.raises(KeyError):                                  # without the memory the ids are needed
         model(torch.as_tensor(users), torch.as_tensor(items), hops_to_tensors(u_hops), [{"mask": i_t[0]["mask"]}])
 
 
 def test_shared_sequences_attend_as_torch_multihead_attention_on_the_copies():
     """Serving's attention (keys and values projected once per sequence, then indexed by
-    ``rows``) equals ``nn.MultiheadAttention`` over a copy of the sequence per query,
-    an empty sequence included; training keeps the module (with its dropout)."""
+    ``rows``, or broadcast when there is one) equals ``nn.MultiheadAttention`` (the
+    training path) over a copy of the sequence per query, an empty sequence included."""
     from trainers.ranking.dsgl import _Aggregate
 
     torch.manual_seed(0)
-    agg = _Aggregate(DSGLConfig(dim=16, heads=4)).eval()
+    agg = _Aggregate(DSGLConfig(dim=16, heads=4, dropout=0.0))
     R, L, M = 3, 7, 11
     h, mask = torch.randn(R, L, 16), torch.rand(R, L) > 0.3
     mask[2] = False                                                     # an empty sequence
     rows = torch.tensor([0, 1, 2, 0, 0, 1, 2, 2, 1, 0, 1])
     center, parent = torch.randn(M, 16), torch.randn(M, 16)
-    shared = agg.attend(center, parent, h, mask, rows=rows)
-    copies = agg.attend(center, parent, h[rows], mask[rows])
+    with torch.no_grad():
+        copies = agg.train().attend(center, parent, h[rows], mask[rows])
+        shared = agg.eval().attend(center, parent, h, mask, rows=rows)
+        own = agg.attend(center, parent, h[rows], mask[rows])              # rows None: one sequence each
+        one = agg.attend(center, parent, h[:1], mask[:1], rows=torch.zeros(M, dtype=torch.long))
+        one_copies = agg.train().attend(center, parent, h[[0] * M], mask[[0] * M])
     torch.testing.assert_close(shared, copies, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(own, copies, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(one, one_copies, rtol=1e-5, atol=1e-6)
     assert torch.equal(shared[rows == 2], center[rows == 2])            # empty: the centre unchanged
     assert not torch.allclose(shared[rows == 0], center[rows == 0])
