@@ -12,7 +12,8 @@ Two things replace a replica's :class:`~serve.index.ItemIndex` while it serves:
   version's index is rebuilt aside (base plus every delta in one main index), instead of
   inside a search.
 
-Memory: two indexes while one is being built.
+Memory: two indexes while one is being built. CPU: the build runs on ``BUILD_THREADS``
+OpenMP threads (1), so the requests keep the replica's other cores.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import logging
 import threading
 import time
 from pathlib import Path
+
+import faiss
 
 from graphs.events import EventLog
 from graphs.exceptions import NotFoundError
@@ -31,6 +34,7 @@ from trainers.run_dir import RunDir
 log = logging.getLogger("ray.serve")
 
 CHECK_EVERY_S = 0.5       # how often ``LATEST`` is read
+BUILD_THREADS = 1         # cores an index build takes from the replica's searches and ranking
 WAIT_S = 60.0             # longest a built index waits for the updates to catch up
 
 
@@ -89,6 +93,7 @@ class IndexSwap:
 
     def _start(self, version: Path) -> None:
         def build() -> None:
+            faiss.omp_set_num_threads(BUILD_THREADS)      # this thread's OpenMP teams only
             t0 = time.perf_counter()
             try:
                 new_view = EmbeddingView(self.run.path, version)
