@@ -75,22 +75,26 @@ def prepare_run(work: Path, graph: str) -> Path:
 
 
 def floor(run: Path, users: np.ndarray, candidates: int) -> dict:
-    """In-process retrieve + rank, no Serve: the latency floor."""
+    """In-process retrieve + rank, no Serve: the latency floor, on a second pass over the
+    users (``cold``: the first pass, whose candidates fill the ranker's item cache)."""
     from serve.config import ServeConfig
     from serve.deployments import Ranker, Retriever
 
     cfg = ServeConfig(run_dir=str(run), candidates=candidates)
     retriever, ranker = Retriever(cfg), Ranker(cfg)
     loop = asyncio.new_event_loop()            # one running loop, as in a replica
-    ms = []
-    for u in users.tolist():
-        t0 = time.perf_counter()
-        seen = ranker.catalog.history(u)
-        got = loop.run_until_complete(retriever.retrieve(u, candidates, seen.tolist()))   # an async method
-        ranker.score([(u, got["ids"])])
-        ms.append((time.perf_counter() - t0) * 1000)
+    passes = []
+    for _ in range(2):
+        ms = []
+        for u in users.tolist():
+            t0 = time.perf_counter()
+            seen = ranker.catalog.history(u)
+            got = loop.run_until_complete(retriever.retrieve(u, candidates, seen.tolist()))   # an async method
+            ranker.score([(u, got["ids"])])
+            ms.append((time.perf_counter() - t0) * 1000)
+        passes.append(percentiles(ms))
     loop.close()
-    return percentiles(ms)
+    return {**passes[1], "cold": passes[0]}
 
 
 async def fixed_rate(url: str, raw_users: list[str], rate: float, seconds: float, timeout_s: float) -> dict:
