@@ -82,7 +82,9 @@ async def publish_under_load(url: str, raw_users: list[str], run: Path, rate: fl
     end = max(old) if old else 0.0                                 # the swap window: until the last old answer
     before = [r[3] for r in reads if r[1] == 200 and r[0] < at]
     during = [r[3] for r in reads if r[1] == 200 and at <= r[0] <= at + end]
-    return {"version": name, "rate_qps": rate, "reads": len(reads), "failed": sum(r[1] != 200 for r in reads),
+    statuses = [r[1] for r in reads if r[1] != 200]
+    return {"version": name, "rate_qps": rate, "reads": len(reads), "failed": len(statuses),
+            "failed_by_status": {str(c): statuses.count(c) for c in sorted(set(statuses))},   # 0: no answer
             "first_new_s": min(new) if new else None, "last_old_s": end, "swapped": bool(new) and max(new) > end,
             "p50_before_ms": _pct(before, 50), "p99_before_ms": _pct(before, 99),
             "p50_during_ms": _pct(during, 50), "p99_during_ms": _pct(during, 99), "reads_during": len(during)}

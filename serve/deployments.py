@@ -49,7 +49,7 @@ class Retriever:
     def __init__(self, cfg: ServeConfig):
         self.user_type, self.item_type = LiveCatalog.types(cfg.run_dir, cfg.etype)
         self.view = EmbeddingView(cfg.run_dir)
-        self.index = ItemIndex.from_view(self.view, self.item_type, cfg.index, compact=False)
+        self.index = ItemIndex.from_view(self.view, self.item_type, cfg.index, compact=False, shared=True)
         self.swap = IndexSwap(cfg.run_dir, self.item_type, cfg.index)
         self.last_follow = time.monotonic()
         telemetry.serving_version(self.index.version)

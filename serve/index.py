@@ -17,7 +17,10 @@ owner rebuilds aside instead, as the Serve replicas do with :mod:`serve.versions
 
 from __future__ import annotations
 
+import fcntl
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -107,13 +110,26 @@ class ItemIndex:
         self.deltas: set[int] = set()         # update deltas folded in (see follow)
 
     @classmethod
-    def from_view(cls, view, ntype: str, cfg: IndexConfig = IndexConfig(), compact: bool = True) -> ItemIndex:
+    def from_view(cls, view, ntype: str, cfg: IndexConfig = IndexConfig(), compact: bool = True,
+                  shared: bool = False) -> ItemIndex:
         """Index every ``ntype`` row of an :class:`~trainers.ille.embedding_view.EmbeddingView`
-        (base plus applied updates); :meth:`follow` then keeps it current."""
+        (base plus applied updates); :meth:`follow` then keeps it current. ``shared``: an
+        approximate (IVF/HNSW) index of the base rows is built once per version and kept in
+        ``<version>/index/`` for every other replica to read (:func:`shared_main`); the
+        update deltas go on top of it, into the side index."""
         view.refresh()
-        index = cls(view.rows(ntype, np.arange(view.count(ntype))), cfg=cfg, version=_version(view),
-                    compact=compact)
-        index.deltas = set(view.applied)
+        count = view.base_counts[ntype]
+        spec = index_spec(count, cfg)
+        if not shared or spec == "Flat":                  # exact: building costs less than reading
+            index = cls(view.rows(ntype, np.arange(view.count(ntype))), cfg=cfg, version=_version(view),
+                        compact=compact)
+            index.deltas = set(view.applied)
+            return index
+        index = cls(np.zeros((0, view.dim), np.float32), cfg=cfg, version=_version(view), compact=compact)
+        index.main = shared_main(view.base[ntype], view.version / "index" / f"{ntype}-{spec}-t{cfg.train_per_list}.faiss",
+                                 spec, cfg)
+        index.spec, index.main_ids = spec, np.arange(count, dtype=np.int64)
+        index.follow(view, ntype)
         return index
 
     def follow(self, view, ntype: str) -> int:
@@ -197,6 +213,41 @@ class ItemIndex:
         vectors = np.stack([index.reconstruct(int(i)) for i in ids[keep]]) if keep.any() \
             else np.zeros((0, self.dim), np.float32)
         return ids[keep], vectors
+
+
+def shared_main(base: np.ndarray, path: Path, spec: str, cfg: IndexConfig) -> faiss.Index:
+    """The index of ``base`` ``[N, d]`` (ids 0..N-1) kept at ``path``: read when it is there
+    and whole, else built by one process while the others wait on a lock, written to a
+    temporary name and renamed. A version's rows never change, and the build is seeded, so
+    every replica gets the same index (and on a filesystem without locks, each builds it)."""
+    def read() -> faiss.Index | None:
+        try:
+            main = faiss.read_index(str(path))
+        except (RuntimeError, OSError):                   # missing, or cut short
+            return None
+        if main.ntotal != len(base) or main.d != base.shape[1]:
+            return None
+        inner = faiss.downcast_index(main.index)
+        if spec.startswith("HNSW"):
+            inner.hnsw.efSearch = cfg.hnsw_ef_search
+        else:
+            inner.nprobe = cfg.nprobe
+            inner.make_direct_map()
+        return main
+
+    main = read()
+    if main is not None:
+        return main
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)                  # one builder; the others read its file
+        main = read()
+        if main is None:
+            main = _build(_unit(base, base.shape[1], "vectors"), np.arange(len(base), dtype=np.int64), spec, cfg)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            faiss.write_index(main, str(tmp))
+            os.replace(tmp, path)
+    return main
 
 
 def _version(view) -> str:

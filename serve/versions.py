@@ -3,7 +3,8 @@
 Two things replace a replica's :class:`~serve.index.ItemIndex` while it serves:
 
 * **a new embeddings version** (``hetrec export`` moved ``embeddings/LATEST``): the new
-  version's index is built in a background thread from its own
+  version's index is built (by one replica, read by the others: ``ItemIndex.from_view``'s
+  ``shared``) in a background thread from its own
   :class:`~trainers.ille.embedding_view.EmbeddingView`, and swapped in once the events
   logged on the served version have been carried to the new one and applied there (its
   ILLE deltas cover them), so a user or item added since the old base keeps an embedding
@@ -80,7 +81,7 @@ class IndexSwap:
                 return new_view, new_index
             return view, index
         if index.side.ntotal >= self.cfg.compact_at and view.version.name not in self.failed:
-            self._start(view.version)                             # compaction: the same version
+            self._start(view.version, shared=False)               # compaction: deltas folded in
         elif time.monotonic() - self.checked >= CHECK_EVERY_S:
             self.checked = time.monotonic()
             try:
@@ -88,16 +89,16 @@ class IndexSwap:
             except NotFoundError:
                 return view, index
             if latest.name != view.version.name and latest.name not in self.failed:
-                self._start(latest)
+                self._start(latest, shared=True)
         return view, index
 
-    def _start(self, version: Path) -> None:
+    def _start(self, version: Path, shared: bool) -> None:
         def build() -> None:
             faiss.omp_set_num_threads(BUILD_THREADS)      # this thread's OpenMP teams only
             t0 = time.perf_counter()
             try:
                 new_view = EmbeddingView(self.run.path, version)
-                new_index = ItemIndex.from_view(new_view, self.item_type, self.cfg, compact=False)
+                new_index = ItemIndex.from_view(new_view, self.item_type, self.cfg, compact=False, shared=shared)
             except Exception:
                 log.exception("building the index of %s failed; still serving the old one", version.name)
                 self.failed.add(version.name)

@@ -92,3 +92,42 @@ def test_index_follows_the_embedding_view_deltas(tmp_path):
     assert index.follow(view, "item") == 2 and index.follow(view, "item") == 0
     assert len(index) == 51 and index.version == "v0001+1"
     assert index.search(new[:1], 1)[0][0, 0] == 50 and index.search(new[1:], 1)[0][0, 0] == 3
+
+
+@pytest.mark.parametrize("count,spec", [(300, "IVF69,Flat"), (600, "HNSW32")])
+def test_a_shared_index_is_built_once_per_version_and_read_by_the_others(tmp_path, count, spec):
+    """``from_view(shared=True)``: the first replica builds the version's approximate index
+    and writes it into ``<version>/index/``; the next one reads it (the same answers, no
+    build); a file cut short is rebuilt; update deltas go on top of it."""
+    import json
+    import time
+
+    from trainers.ille.embedding_view import EmbeddingView
+
+    cfg = IndexConfig(exact_max=100, ivf_max=500)
+    rng = np.random.default_rng(3)
+    items, queries = rng.normal(size=(count, 16)).astype(np.float32), rng.normal(size=(5, 16))
+    version = tmp_path / "embeddings" / "v0001"
+    version.mkdir(parents=True)
+    np.save(version / "item.npy", items)
+    (version / "meta.json").write_text(json.dumps({"version": 1, "dim": 16, "counts": {"item": count}}))
+    (tmp_path / "embeddings" / "LATEST").write_text("v0001")
+    first = ItemIndex.from_view(EmbeddingView(tmp_path), "item", cfg, shared=True)
+    (kept,) = (version / "index").glob("*.faiss")
+    assert first.spec == spec and kept.name == f"item-{spec}-t40.faiss"
+    stamp = kept.stat().st_mtime_ns
+    time.sleep(0.01)
+    second = ItemIndex.from_view(EmbeddingView(tmp_path), "item", cfg, shared=True)
+    assert kept.stat().st_mtime_ns == stamp                           # read, not built again
+    np.testing.assert_array_equal(second.search(queries, 10)[0], first.search(queries, 10)[0])
+    kept.write_bytes(kept.read_bytes()[:1000])                        # cut short: rebuilt
+    third = ItemIndex.from_view(EmbeddingView(tmp_path), "item", cfg, shared=True)
+    np.testing.assert_array_equal(third.search(queries, 10)[0], first.search(queries, 10)[0])
+    assert kept.stat().st_size > 1000
+    deltas = tmp_path / "updates" / "v0001" / "deltas"
+    deltas.mkdir(parents=True)
+    np.savez(deltas / f"{0:012d}.npz", **{"item.ids": np.array([count]), "item.rows": queries[:1].astype(np.float32)})
+    updated = ItemIndex.from_view(EmbeddingView(tmp_path), "item", cfg, shared=True)
+    assert updated.search(queries[:1], 1)[0][0, 0] == count and updated.version == "v0001+1"
+    updated.compact()                                                 # reads the loaded index's rows back
+    assert updated.search(queries[:1], 1)[0][0, 0] == count and len(updated) == count + 1
