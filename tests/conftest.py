@@ -71,6 +71,24 @@ def served_run(ml100k, tmp_path_factory, ray_local):
     return root / "run", root / "serve.token", write_token_file(root / "serve.token")
 
 
+def http_call(url: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict]:
+    """GET ``url`` (POST ``body`` as JSON) with an optional bearer token: ``(status, JSON)``;
+    status 0 when nothing answered (refused, reset, timed out)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+    except OSError as e:
+        return 0, {"error": repr(e)}
+
+
 def copy_run(run, dest):
     """A copy of ``run`` without its updates, sharing its (read-only) graph and shards."""
     import shutil

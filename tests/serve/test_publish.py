@@ -6,12 +6,10 @@ import json
 import shutil
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
-from conftest import copy_run
+from conftest import copy_run, http_call
 from ray import serve
 
 from serve.app import start
@@ -20,18 +18,6 @@ from serve.haproxy import free_port
 from trainers.run_dir import RunDir
 
 pytestmark = pytest.mark.slow          # minutes on 2 cores: `pytest -m "not slow and not cluster"` skips it
-
-
-def _call(url: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict]:
-    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
-    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-    except OSError as e:                    # a dropped connection is a failed request too
-        return 0, {"error": repr(e)}
 
 
 def _publish(run, item_type: str) -> str:
@@ -71,11 +57,11 @@ def test_a_new_version_is_served_under_load_without_a_failed_request(served_run,
     start(ServeConfig(run_dir=str(run), token_file=str(token_file), ingress_cpus=0.1, retriever_cpus=0.1,
                       ranker_cpus=0.25, updater_cpus=0.1), port=port)
     try:
-        status, ack = _call(f"{url}/events", {"events": [{"user_id": "early", "item_id": m, "ts": 893_286_638}
+        status, ack = http_call(f"{url}/events", {"events": [{"user_id": "early", "item_id": m, "ts": 893_286_638}
                                                          for m in ("172", "181", "50")]}, token)
         assert status == 200 and ack["offset"] == 0 and ack["created_nodes"] == 1
-        _until("the new user personalised", lambda: not _call(f"{url}/recommend?user_id=early")[1]["fallback"])
-        before = _call(f"{url}/recommend?user_id=1&k=10")[1]
+        _until("the new user personalised", lambda: not http_call(f"{url}/recommend?user_id=early")[1]["fallback"])
+        before = http_call(f"{url}/recommend?user_id=1&k=10")[1]
         assert before["version"].startswith("v0001")
 
         reads: list[tuple[int, str]] = []
@@ -84,7 +70,7 @@ def test_a_new_version_is_served_under_load_without_a_failed_request(served_run,
         def load() -> None:
             i = 0
             while not stop.is_set():
-                status, body = _call(f"{url}/recommend?user_id={1 + i % 900}&k=5")
+                status, body = http_call(f"{url}/recommend?user_id={1 + i % 900}&k=5")
                 reads.append((status, body.get("version", "")))
                 i += 1
                 time.sleep(0.05)
@@ -94,7 +80,7 @@ def test_a_new_version_is_served_under_load_without_a_failed_request(served_run,
         try:
             time.sleep(2)
             assert _publish(run, "movie") == "v0002"
-            status, ack = _call(f"{url}/events", {"events": [{"user_id": "late", "item_id": "50",
+            status, ack = http_call(f"{url}/events", {"events": [{"user_id": "late", "item_id": "50",
                                                               "ts": 893_286_700}]}, token)
             assert status == 200 and ack["accepted"] == 1 and ack["offset"] == 4    # after early's 4 events
             took = _until("v0002 served", lambda: reads and reads[-1][1].startswith("v0002"))
@@ -107,13 +93,13 @@ def test_a_new_version_is_served_under_load_without_a_failed_request(served_run,
         versions = [v.split("+")[0] for _, v in reads]
         first = versions.index("v0002")
         assert set(versions[:first]) == {"v0001"} and set(versions[first:]) == {"v0002"}   # swapped once
-        after = _call(f"{url}/recommend?user_id=1&k=10")[1]
+        after = http_call(f"{url}/recommend?user_id=1&k=10")[1]
         assert after["version"].startswith("v0002") and not after["fallback"]
         assert [it["item_id"] for it in after["items"]] != [it["item_id"] for it in before["items"]]
-        early = _call(f"{url}/recommend?user_id=early")[1]
+        early = http_call(f"{url}/recommend?user_id=early")[1]
         assert early["version"].startswith("v0002") and not early["fallback"]
         _until("the user posted after the export personalised",
-               lambda: not _call(f"{url}/recommend?user_id=late")[1]["fallback"])
+               lambda: not http_call(f"{url}/recommend?user_id=late")[1]["fallback"])
         log = sorted(p.name for p in (run / "updates" / "v0002" / "log").glob("*.jsonl"))
         assert log == ["000000000000.jsonl", "000000000004.jsonl"]
         print(f"v0002 served {took:.1f} s after the export, {len(reads)} reads, none failed")

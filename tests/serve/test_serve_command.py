@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import psutil
 import pytest
+from conftest import http_call
 
 from serve.haproxy import free_port
-
-
-def _call(url: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict]:
-    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
-    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def _haproxy_listeners(pid: int) -> set[tuple[str, int]]:
@@ -71,7 +59,7 @@ def test_hetrec_serve_by_default_listens_on_its_host_only_and_stops_on_sigterm(s
             assert proc.poll() is None, proc.stdout.read()
             assert time.monotonic() < deadline, "hetrec serve did not answer within 240 s"
             try:
-                if _call(f"{url}/healthz")[0] == 200:
+                if http_call(f"{url}/healthz")[0] == 200:
                     break
             except (OSError, ValueError):          # not up, or HAProxy's own page while it waits
                 pass
@@ -82,12 +70,12 @@ def test_hetrec_serve_by_default_listens_on_its_host_only_and_stops_on_sigterm(s
             assert time.monotonic() < deadline, listening
             time.sleep(0.5)
         assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
-        status, body = _call(f"{url}/recommend?user_id=1&k=10")
+        status, body = http_call(f"{url}/recommend?user_id=1&k=10")
         assert status == 200 and body["fallback"] is False and len({it["item_id"] for it in body["items"]}) == 10
         event = {"events": [{"user_id": "via-haproxy", "item_id": "50", "ts": 893_286_700}]}
-        status, ack = _call(f"{url}/events", event, token)
+        status, ack = http_call(f"{url}/events", event, token)
         assert status == 200 and ack["accepted"] == 1 and ack["created_nodes"] == 1
-        assert _call(f"{url}/events", event, "not-the-token")[0] == 401
+        assert http_call(f"{url}/events", event, "not-the-token")[0] == 401
     finally:
         tree = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
         proc.send_signal(signal.SIGTERM)
