@@ -39,18 +39,18 @@ BUILD_THREADS = 1         # cores an index build takes from the replica's search
 WAIT_S = 60.0             # longest a built index waits for the updates to catch up
 
 
-def caught_up(run: RunDir, old: str, new: str) -> bool:
-    """True once every event logged on version ``old`` is in ``new``'s log and applied
-    there (a delta for each of those segments)."""
+def caught_up(run: RunDir, old: str, new: EmbeddingView) -> bool:
+    """True once every event logged on version ``old`` is in the log of ``new``'s version
+    and applied there (the view has read a delta for each of those segments)."""
     old_log = run.updates(old) / "log"
     if not any(old_log.glob("*.jsonl")):
         return True
     end = EventLog(old_log, writer=False).end
-    new_log = EventLog(run.updates(new) / "log", writer=False)
+    new_log = EventLog(run.updates(new.version) / "log", writer=False)
     if new_log.end < end:
         return False
-    deltas = run.updates(new) / "deltas"
-    return all((deltas / f"{first:012d}.npz").is_file() for first in new_log.segments if first < end)
+    new.refresh()
+    return set(first for first in new_log.segments if first < end) <= set(new.applied)
 
 
 class IndexSwap:
@@ -63,20 +63,18 @@ class IndexSwap:
         self.thread: threading.Thread | None = None
         self.built: tuple[EmbeddingView, ItemIndex, float] | None = None
         self.failed: set[str] = set()          # versions whose build raised (not retried)
-        self.swaps = 0
 
     def poll(self, view: EmbeddingView, index: ItemIndex) -> tuple[EmbeddingView, ItemIndex]:
         if self.thread is not None and self.thread.is_alive():
             return view, index
         if self.built is not None:
             new_view, new_index, done = self.built
-            same = new_view.version == view.version
-            if same or caught_up(self.run, view.version.name, new_view.version.name) \
-                    or time.monotonic() - done > self.wait_s:
-                if not same and not caught_up(self.run, view.version.name, new_view.version.name):
+            ready = new_view.version == view.version or caught_up(self.run, view.version.name, new_view)
+            if ready or time.monotonic() - done > self.wait_s:
+                if not ready:
                     log.warning("serving %s before its updates caught up with %s (waited %.0f s)",
                                 new_view.version.name, view.version.name, self.wait_s)
-                self.built, self.swaps = None, self.swaps + 1
+                self.built = None
                 new_index.follow(new_view, self.item_type)        # deltas written during the build
                 return new_view, new_index
             return view, index
