@@ -68,12 +68,20 @@ class ShardUpdater:
         self.state_path = run.updates(self.view.version) / f"actor-{index:03d}.json"
         self.log = EventLog(run.updates(self.view.version) / "log", writer=False)
         self.applied = -1                      # last segment applied to the graph
-        for first in sorted(self.view.applied):   # replay what was committed before a restart
-            self._apply_events(first, self.log.read(first))
+        self._catch_up()                       # replay what was committed before a restart
 
     def owns(self, ntype: str, ids: np.ndarray) -> np.ndarray:
         g = self.store.schema.offsets[ntype] + np.asarray(ids, np.int64)
         return owner(g, self.store.num_parts) % self.num_actors == self.index
+
+    def _catch_up(self) -> None:
+        """Apply the committed segments (those with a delta) this actor has not applied. A
+        restart reads the deltas when it starts; one written after that (the actor died once
+        its rows were sent, before the pool wrote the delta) is applied here, from the log."""
+        self.view.refresh()
+        for first in sorted(self.view.applied):
+            if first > self.applied:
+                self._apply_events(first, self.log.read(first))
 
     def _apply_events(self, first: int, events: list[dict]) -> None:
         if first <= self.applied:
@@ -138,6 +146,7 @@ class ShardUpdater:
         ``rows [M]`` (index into targets), ``cols [M]`` (keys, new in this batch), ``w [M]``,
         and ``old [B, D]`` the targets' embeddings before (NaN for new nodes), for drift.
         """
+        self._catch_up()
         self._apply_events(first, events)
         unknown_keys = self.targets(events)
         t_idx, ids = split_key(unknown_keys)
@@ -173,8 +182,9 @@ class ShardUpdater:
                 "rows": owner_b[unknown], "cols": sets.keys[unknown], "w": w_flat[unknown]}
 
     def commit(self, first: int) -> int:
-        """The pool wrote segment ``first``'s delta: read it and record the offset."""
-        self.view.refresh()
+        """The pool wrote segment ``first``'s delta: read it (applying the segment's events if
+        this actor restarted after preparing it) and record the offset."""
+        self._catch_up()
         write_json_atomic(self.state_path, {"applied": first, "deltas_read": len(self.view.applied)})
         return first
 

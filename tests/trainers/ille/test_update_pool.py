@@ -248,6 +248,32 @@ def test_actors_killed_at_random_points_apply_every_event_once(run, tmp_path):
     np.testing.assert_allclose(results["killed"][2], results["clean"][2], atol=1e-6)
 
 
+def test_an_actor_restarted_after_preparing_a_segment_applies_it_at_commit(run, tmp_path):
+    """The race the random kills found: an actor dies once it has sent a segment's rows, its
+    replacement reads the deltas before the pool writes that segment's, and the pool then
+    commits it there. The replacement applies the segment's events from the log at commit,
+    so its graph equals the other actors' and the next segment (whose edges reach the
+    nodes the first one created) applies."""
+    from trainers.ille.shard_updater import ShardUpdater
+
+    copy = copy_run(run, tmp_path / "run")
+    first_batch, second_batch = _stream(batches=2)
+    pool = UpdatePool(copy, actors=1, num_cpus=0.5)
+    try:
+        first = pool.submit(first_batch).first
+        replacement = ShardUpdater(str(copy), 0, 1, pool.cfg)      # started before the delta exists
+        pool.apply()
+        assert replacement.new_edges() == 0 and replacement.graph.counts["user"] == 1000
+        replacement.commit(first)
+        clicks = sum(1 for e in first_batch if e["op"] == "edge")
+        assert replacement.new_edges() == ray.get(pool.actors[0].new_edges.remote()) == 2 * clicks
+        assert replacement.graph.counts["user"] == 1004
+        second = pool.submit(second_batch).first
+        assert len(replacement.prepare(second, pool.log.read(second))["targets"]) >= 4
+    finally:
+        pool.close()
+
+
 def _publish_copy(run) -> str:
     """A new embeddings version with the latest one's rows (what ``hetrec export`` writes
     after a retrain), moved into ``LATEST``; returns its name."""
