@@ -379,9 +379,11 @@ def graph_validate(path: Path, full: bool) -> None:
     click.echo(f"ok: {gdir.path} ({gdir.schema.num_nodes:,} nodes, {gdir.schema.num_edges:,} edges)")
 
 
+from cluster.cli_gfm import register as register_gfm  # noqa: E402  (data text)
 from cluster.cli_ops import register  # noqa: E402  (cluster, pipeline, submit, jobs)
 
 register(main)
+register_gfm(main)
 
 if __name__ == "__main__":
     main()

@@ -76,6 +76,15 @@ def replace_dir(tmp: Path, final: Path, overwrite: bool) -> None:
         os.rename(tmp, final)
 
 
+def link_file(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (a copy where links are not allowed), making ``dst``'s folder."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dst)
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yields a temporary sibling of ``path`` to write; when the block ends it is fsynced

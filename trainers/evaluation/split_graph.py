@@ -9,23 +9,14 @@ not possible), so it costs the size of the train edges only.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
 from graphs.exceptions import ConfigError
-from graphs.store import GraphDir, GraphWriter, replace_dir, temp_sibling, write_json_atomic
+from graphs.store import GraphDir, GraphWriter, link_file, replace_dir, temp_sibling, write_json_atomic
 from trainers.evaluation.splits import Interactions
-
-
-def _link(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system, or links not allowed
-        shutil.copy2(src, dst)
 
 
 def write_split_graph(graph: str | Path, out: str | Path, train: Interactions,
@@ -50,15 +41,15 @@ def write_split_graph(graph: str | Path, out: str | Path, train: Interactions,
                        "weight": np.ones(len(order), dtype=np.float32)}
             w.write_edges(etype, columns)
         for f in (tmp / "edges_only" / "edges" / etype).glob("part-*.parquet"):
-            _link(f, tmp / "edges" / etype / f.name)
+            link_file(f, tmp / "edges" / etype / f.name)
         shutil.rmtree(tmp / "edges_only")
         for n in schema.node_types:
             for f in src.node_files(n.name):
-                _link(f, tmp / "nodes" / n.name / f.name)
+                link_file(f, tmp / "nodes" / n.name / f.name)
         for e in schema.edge_types:
             if e.key != etype:
                 for f in src.edge_files(e.key):
-                    _link(f, tmp / "edges" / e.key / f.name)
+                    link_file(f, tmp / "edges" / e.key / f.name)
         counts = {e.key: e.count for e in schema.edge_types} | {etype: len(train)}
         write_json_atomic(tmp / "schema.json",
                           schema.with_counts({n.name: n.count for n in schema.node_types}, counts).to_json())

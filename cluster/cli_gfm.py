@@ -1,0 +1,45 @@
+"""``hetrec data text``: a node type's text as a sentence-model feature of the graph.
+Registered on the ``data`` group by ``cluster.cli``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cluster.runtime import init_ray
+
+
+@click.command("text")
+@click.argument("graph", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write the graph with the text features here (default: replace GRAPH in place, atomically).")
+@click.option("--types", default="", help="Comma-separated node types to encode (default: every type with "
+              "a text column).")
+@click.option("--workers", type=int, default=2, show_default=True, help="Encoder actors (one CPU or GPU each).")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Texts per model call.")
+@click.option("--max-attribute-nodes", type=int, default=1000, show_default=True,
+              help="Neighbour types at most this large are attributes whose names join a node's text "
+                   "(a movie's genres).")
+@click.option("--use-gpu", is_flag=True, help="One GPU per encoder actor.")
+@click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def data_text(graph: Path, out: Path | None, types: str, workers: int, batch_size: int, max_attribute_nodes: int,
+              use_gpu: bool, address: str | None, overwrite: bool) -> None:
+    """Encode each node's text (its text columns and attribute names) with the shipped
+    all-MiniLM-L6-v2 into a dense feature ``<column>_emb`` [384] that every model reads."""
+    from graphs.exceptions import ConfigError
+    from graphs.text_features import TextConfig, encode_text
+
+    for name, value in (("--workers", workers), ("--batch-size", batch_size)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    cfg = TextConfig(types=tuple(t for t in types.split(",") if t), max_attribute_nodes=max_attribute_nodes,
+                     batch_size=batch_size, workers=workers, use_gpu=use_gpu)
+    init_ray(address)
+    schema = encode_text(graph, out, cfg, overwrite=overwrite, log=click.echo)
+    click.echo(f"wrote {out or graph} ({schema.num_nodes:,} nodes)")
+
+
+def register(main: click.Group) -> None:
+    main.commands["data"].add_command(data_text)
