@@ -11,7 +11,8 @@ on the split's valid part, exported, and scored from the exported embeddings.
 
 The parts live in :mod:`trainers.evaluation.splits` (interactions, random/temporal splits),
 :mod:`trainers.evaluation.metrics` (full-ranking Recall/NDCG/Hit/MRR), :mod:`trainers.evaluation.baselines`
-and :mod:`trainers.evaluation.hetero_peer` (HGT / R-GCN on the same heterogeneous graph).
+and :mod:`trainers.evaluation.hetero_peer` (HGT / R-GCN on the same heterogeneous graph) and
+:mod:`trainers.evaluation.content` (the text-profile baseline, on ``hetrec data text``'s features).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 from graphs.exceptions import ConfigError
 from graphs.store import GraphDir
 from trainers.evaluation.baselines import BASELINES
+from trainers.evaluation.content import fit_text_profile
 from trainers.evaluation.hetero_peer import HETERO_PEERS
 from trainers.evaluation.metrics import ScoreFn, evaluate_scores
 from trainers.evaluation.splits import Interactions, Split, concat, load_interactions, random_split, temporal_split
@@ -37,7 +39,8 @@ __all__ = ["Interactions", "Split", "ScoreFn", "evaluate_scores", "load_interact
            "temporal_split", "run_eval", "format_table", "PROTOCOLS"]
 
 PROTOCOLS = ("random", "temporal")
-MODELS = ("hetsgformer", *BASELINES, *HETERO_PEERS)
+GRAPH_MODELS = {**HETERO_PEERS, "text": fit_text_profile}   # fitted on the split's interactions and the graph
+MODELS = ("hetsgformer", *BASELINES, *GRAPH_MODELS)
 
 
 def make_split(inter: Interactions, protocol: str, seed: int, first_events: int = 1) -> Split:
@@ -128,8 +131,8 @@ def run_eval(graph_dir: str | Path, models: Sequence[str] = ("pop", "mf", "light
                 if name == "hetsgformer":
                     score = fit_hetsgformer(graph_dir, split, seed, etype, root / f"hetsgformer-{protocol}-{seed}",
                                             train_cfg or TrainConfig(), log)
-                elif name in HETERO_PEERS:
-                    score = HETERO_PEERS[name](fit_part(split), seed, graph_dir, etype)
+                elif name in GRAPH_MODELS:
+                    score = GRAPH_MODELS[name](fit_part(split), seed, graph_dir, etype)
                 else:
                     score = BASELINES[name](fit_part(split), seed)
                 per_seed[name].append(score_split(score, split, ks))
