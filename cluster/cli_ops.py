@@ -90,6 +90,8 @@ def cluster_status(address: str, as_json: bool) -> None:
               help="Place each stage on its node type (trainer, updater, serving custom resources). "
                    "Default: on when connected to a cluster (--address or RAY_ADDRESS, as in a job).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing training run under ROOT.")
+@click.option("--text", is_flag=True, help="'data' also encodes titles and genres into title_emb "
+              "(hetrec data text), a feature every model reads.")
 @click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Secrets file (readable on the serving nodes) with the token POST /events needs.")
 @click.option("--storage", default=None, help="Filesystem URI (s3://bucket/prefix, file:///...) each stage's "

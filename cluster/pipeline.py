@@ -64,7 +64,8 @@ class PipelineConfig:
     ``roles``: place stages by node type (above). ``overwrite``: replace an existing run.
     ``storage``: a pyarrow filesystem URI (``s3://bucket/runs/ml``) where each stage's outputs
     are published and missing inputs restored from (``cluster/storage.py``). ``token_file``:
-    the service's bearer-token file (``serve/auth.py``)."""
+    the service's bearer-token file (``serve/auth.py``). ``text``: the ``data`` stage also
+    encodes the movie titles and genres into ``title_emb`` (``hetrec data text``)."""
 
     root: str
     source: str | None = None
@@ -83,6 +84,7 @@ class PipelineConfig:
     overwrite: bool = False
     storage: str | None = None
     token_file: str | None = None
+    text: bool = False
 
     def __post_init__(self) -> None:
         absolute_fields(self, "root", "source", "events", "token_file")   # stages run in Ray tasks and workers
@@ -178,7 +180,15 @@ def _build_graph(out: str, source: str | None) -> dict:
 
 def stage_data(cfg: PipelineConfig) -> dict:
     task = ray.remote(_build_graph).options(num_cpus=1, resources=cfg.role("updater"))
-    return ray.get(task.remote(str(cfg.graph), cfg.source))
+    out = ray.get(task.remote(str(cfg.graph), cfg.source))
+    if cfg.text:          # a Ray Data job of its own: its encoder actors go on updater nodes
+        from graphs.text_features import TextConfig, encode_text
+
+        text = TextConfig(workers=cfg.workers, use_gpu=cfg.use_gpu, resources=cfg.role("updater"))
+        schema = encode_text(cfg.graph, cfg=text, log=log.info)
+        out["text_features"] = [f"{n.name}.{f.name}" for n in schema.node_types for f in n.features
+                                if f.kind == "dense" and f.name.endswith("_emb")]
+    return out
 
 
 def stage_partition(cfg: PipelineConfig) -> dict:

@@ -57,13 +57,15 @@ def load_sentence_model(device: str = "cpu"):
 class TextConfig:
     """``types``: node types to encode (default: every type with a text column);
     ``max_attribute_nodes``: a neighbour type this small is an attribute whose names join
-    the text; ``batch_size``: texts per model call; ``workers``: encoder actors."""
+    the text; ``batch_size``: texts per model call; ``workers``: encoder actors (one CPU, or
+    one GPU with ``use_gpu``, each)."""
 
     types: tuple[str, ...] = ()
     max_attribute_nodes: int = 1000
     batch_size: int = 256
     workers: int = 2
     use_gpu: bool = False
+    resources: dict | None = None      # custom Ray resources of each encoder actor
 
 
 @dataclass
@@ -190,7 +192,7 @@ def _encode_type(gdir: GraphDir, ntype: str, text_columns: list[str], folder: Pa
         _read_row_groups, batch_size=1, batch_format="pyarrow", num_cpus=0)
     ds = ds.map_batches(
         SentenceEncoder, batch_format="pyarrow", batch_size=None, concurrency=cfg.workers,
-        num_cpus=0 if cfg.use_gpu else 1, num_gpus=1 if cfg.use_gpu else 0,
+        num_cpus=0 if cfg.use_gpu else 1, num_gpus=1 if cfg.use_gpu else 0, resources=cfg.resources or None,
         fn_constructor_kwargs={"text_columns": text_columns, "names": names, "out": feature,
                                "batch_size": cfg.batch_size, "device": "cuda" if cfg.use_gpu else "cpu"})
     writer, dim, rows = None, 0, 0

@@ -62,15 +62,19 @@ def test_publish_names_what_is_missing_and_bad_uris(folder):
 
 def test_pipeline_publishes_outputs_and_restores_inputs(ray_local, tmp_path):
     uri = f"file://{tmp_path / 'store'}"
-    cfg = PipelineConfig(root=str(tmp_path / "ml"), storage=uri)
+    cfg = PipelineConfig(root=str(tmp_path / "ml"), storage=uri, text=True)
     first = run_pipeline(cfg, ["data", "partition"])
     published = {p["name"]: p["files"] for s in first["stages"].values() for p in s["published"]}
     assert set(published) == {"graph", "parts"} and published["parts"] > 10
     edges = first["stages"]["data"]["edges"]
+    assert first["stages"]["data"]["text_features"] == ["movie.title_emb"]
 
     shutil.rmtree(tmp_path / "ml" / "graph")                         # a fresh scratch disk
     shutil.rmtree(tmp_path / "ml" / "parts")
     again = run_pipeline(cfg, ["partition"])
     assert again["stages"]["partition"]["restored"] == ["graph"]
+    restored = json.loads((tmp_path / "ml" / "graph" / "schema.json").read_text())
+    movie = next(n for n in restored["node_types"] if n["name"] == "movie")
+    assert {"name": "title_emb", "kind": "dense", "dim": 384} in movie["features"]      # published with the text
     meta = json.loads((tmp_path / "ml" / "parts" / "meta.json").read_text())
     assert meta["num_edges"] == 2 * edges                            # every edge, both directions
