@@ -146,7 +146,6 @@ class ShardUpdater:
         ``rows [M]`` (index into targets), ``cols [M]`` (keys, new in this batch), ``w [M]``,
         and ``old [B, D]`` the targets' embeddings before (NaN for new nodes), for drift.
         """
-        self._catch_up()
         self._apply_events(first, events)
         unknown_keys = self.targets(events)
         t_idx, ids = split_key(unknown_keys)
