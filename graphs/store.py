@@ -161,6 +161,7 @@ class GraphWriter:
         self.tmp = temp_sibling(self.out)
         self.tmp.mkdir(parents=True)
         self._parts: dict[str, _PartWriter] = {}
+        self._linked: dict[str, int] = {}
 
     def _table(self, columns: dict | pa.Table, schema: pa.Schema, what: str) -> pa.Table:
         table = columns if isinstance(columns, pa.Table) else pa.table(
@@ -192,6 +193,13 @@ class GraphWriter:
             self._parts[key] = _PartWriter(self.tmp / "edges" / ekey, table.schema, use_dictionary=False)
         self._parts[key].write(table)
 
+    def link_nodes(self, ntype: str, files: list[Path], count: int) -> None:
+        """Take another graph's part files of ``ntype`` (``count`` rows, the same columns),
+        hard-linked instead of rewritten."""
+        for f in files:
+            link_file(f, self.tmp / "nodes" / ntype / f.name)
+        self._linked[f"nodes/{ntype}"] = count
+
     def close(self) -> GraphSchema:
         """Finish the part files, write ``schema.json`` with the real counts, rename into place."""
         for part in self._parts.values():
@@ -209,7 +217,7 @@ class GraphWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _rows(self, key: str) -> int:
-        return self._parts[key].rows if key in self._parts else 0
+        return self._parts[key].rows if key in self._parts else self._linked.get(key, 0)
 
     def __enter__(self) -> GraphWriter:
         return self
