@@ -196,7 +196,7 @@ def export_cmd(run_dir: Path, address: str | None) -> None:
 @main.command("eval")
 @click.argument("graph", type=click.Path(path_type=Path))
 @click.option("--models", default="hetsgformer,lightgcn,mf,pop,rgcn", show_default=True,
-              help="Comma-separated: hetsgformer, lightgcn, mf, pop, rgcn, hgt, text (needs hetrec data text).")
+              help="Comma-separated: hetsgformer, lightgcn, mf, pop, rgcn, hgt; text, gfm-foundation (need hetrec data text).")
 @click.option("--protocol", type=click.Choice(["random", "temporal"]), default="random", show_default=True)
 @click.option("--seeds", type=int, default=1, show_default=True, help="Seeds 0..N-1; mean ± std over them.")
 @click.option("--etype", default=None, help="The user-item edge type (default: the graph's largest type "

@@ -1,5 +1,5 @@
-"""``hetrec data text``: a node type's text as a sentence-model feature of the graph.
-Registered on the ``data`` group by ``cluster.cli``."""
+"""``hetrec data text`` (a node type's text as a sentence-model feature of the graph) and
+``hetrec gfm foundation``. Registered on the main group by ``cluster.cli``."""
 
 from __future__ import annotations
 
@@ -41,5 +41,37 @@ def data_text(graph: Path, out: Path | None, types: str, workers: int, batch_siz
     click.echo(f"wrote {out or graph} ({schema.num_nodes:,} nodes)")
 
 
+
+
+@click.group("gfm")
+def gfm_group() -> None:
+    """GFM: item foundation embeddings from text over the co-interaction graph."""
+
+
+@gfm_group.command("foundation")
+@click.argument("graph", type=click.Path(path_type=Path))
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--window", type=int, default=5, show_default=True,
+              help="Items of one user at most this many steps apart in time order are linked.")
+@click.option("--top-k", type=int, default=20, show_default=True, help="Links kept per item.")
+@click.option("--steps", type=int, default=300, show_default=True, help="GraphSAGE training steps.")
+@click.option("--dim", type=int, default=64, show_default=True, help="Embedding size.")
+@click.option("--etype", default=None, help="The user-item edge type (default: the graph's).")
+@click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
+def gfm_foundation(graph: Path, run_dir: Path, window: int, top_k: int, steps: int, dim: int, etype: str | None,
+                   address: str | None) -> None:
+    """Build the item co-interaction graph of GRAPH (Ray Data), train a GraphSAGE on it over
+    the items' text embeddings (run `hetrec data text GRAPH` first) with link prediction, and
+    write the item embeddings to RUN_DIR/foundation/<item>.npy."""
+    from graphs.co_interaction import CoInteractionConfig
+    from trainers.gfm.foundation import FoundationConfig, run_foundation
+
+    co_cfg, cfg = CoInteractionConfig(window=window, top_k=top_k), FoundationConfig(steps=steps, dim=dim)
+    init_ray(address)
+    folder = run_foundation(graph, run_dir, co_cfg, cfg, etype=etype, log=click.echo)
+    click.echo(f"wrote {folder}")
+
+
 def register(main: click.Group) -> None:
     main.commands["data"].add_command(data_text)
+    main.add_command(gfm_group)

@@ -217,8 +217,9 @@ def _row_group_rows(path: Path) -> list[int]:
 
 def _read_row_groups(units: pa.Table) -> pa.Table:
     """``units``: rows ``{path, group, start, stop}`` -> those node rows."""
-    return pa.concat_tables(pq.ParquetFile(u["path"]).read_row_group(u["group"]).slice(u["start"], u["stop"] - u["start"])
-                            for u in units.to_pylist())
+    return pa.concat_tables(
+        pq.ParquetFile(u["path"]).read_row_group(u["group"]).slice(u["start"], u["stop"] - u["start"])
+        for u in units.to_pylist())
 
 
 def _link_tree(src: Path, dst: Path, skip: set[Path]) -> None:

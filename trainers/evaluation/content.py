@@ -20,15 +20,21 @@ from trainers.evaluation.splits import Interactions
 from trainers.features import FeatureStore
 
 
-def text_embeddings(graph_dir: str | Path, ntype: str) -> np.ndarray:
-    """``[N, d]`` float32: the node type's first ``*_emb`` dense feature, L2-normalised (a
-    null row stays zero). Raises naming the type when it has none (run ``hetrec data text``)."""
-    gdir = GraphDir(graph_dir, validate="none")
+def text_feature(gdir: GraphDir, ntype: str) -> str:
+    """The name of the node type's first ``*_emb`` dense feature; raises naming the graph
+    and the type when it has none (run ``hetrec data text``)."""
     specs = [f for f in gdir.schema.node_type(ntype).features if f.kind == "dense" and f.name.endswith("_emb")]
     if not specs:
         raise ConfigError(f"node type {ntype!r} of {gdir.path} has no text embedding (a dense *_emb feature); "
                           f"run `hetrec data text {gdir.path}` first")
-    values = FeatureStore(gdir).arrays[ntype][specs[0].name]
+    return specs[0].name
+
+
+def text_embeddings(graph_dir: str | Path, ntype: str) -> np.ndarray:
+    """``[N, d]`` float32: the node type's :func:`text_feature`, L2-normalised (a null row
+    stays zero)."""
+    gdir = GraphDir(graph_dir, validate="none")
+    values = FeatureStore(gdir).arrays[ntype][text_feature(gdir, ntype)]
     values = np.nan_to_num(values.astype(np.float32))
     return values / np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-12)
 
@@ -36,9 +42,15 @@ def text_embeddings(graph_dir: str | Path, ntype: str) -> np.ndarray:
 def fit_text_profile(train: Interactions, seed: int, graph_dir: str | Path, etype: str) -> ScoreFn:
     """Score ``[B, N]`` = cosine of each user's mean train-item text embedding to every item's.
     ``seed`` is unused (deterministic)."""
-    items = torch.from_numpy(text_embeddings(graph_dir, etype.split("__")[2]))          # [N, d]
+    return profile_scores(train, text_embeddings(graph_dir, etype.split("__")[2]), etype)
+
+
+def profile_scores(train: Interactions, item_vectors: np.ndarray, etype: str) -> ScoreFn:
+    """Score ``[B, N]`` = cosine of each user's mean train-item vector to every item's
+    (``item_vectors [N, d]``, unit rows)."""
+    items = torch.from_numpy(np.asarray(item_vectors, np.float32))                      # [N, d]
     if len(items) != train.num_items:
-        raise ConfigError(f"{etype}: {train.num_items} items in the interactions, {len(items)} text rows")
+        raise ConfigError(f"{etype}: {train.num_items} items in the interactions, {len(items)} item vectors")
     profile = torch.zeros(train.num_users, items.shape[1])
     profile.index_add_(0, torch.from_numpy(train.user), items[torch.from_numpy(train.item)])
     profile = torch.nn.functional.normalize(profile, dim=1)                              # [U, d]

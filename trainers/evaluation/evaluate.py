@@ -33,13 +33,15 @@ from trainers.evaluation.content import fit_text_profile
 from trainers.evaluation.hetero_peer import HETERO_PEERS
 from trainers.evaluation.metrics import ScoreFn, evaluate_scores
 from trainers.evaluation.splits import Interactions, Split, concat, load_interactions, random_split, temporal_split
+from trainers.gfm.foundation import fit_gfm_foundation
 from trainers.hetsgformer.train import TrainConfig
 
 __all__ = ["Interactions", "Split", "ScoreFn", "evaluate_scores", "load_interactions", "random_split",
            "temporal_split", "run_eval", "format_table", "PROTOCOLS"]
 
 PROTOCOLS = ("random", "temporal")
-GRAPH_MODELS = {**HETERO_PEERS, "text": fit_text_profile}   # fitted on the split's interactions and the graph
+# fitted on the split's interactions and the graph
+GRAPH_MODELS = {**HETERO_PEERS, "text": fit_text_profile, "gfm-foundation": fit_gfm_foundation}
 MODELS = ("hetsgformer", *BASELINES, *GRAPH_MODELS)
 
 
