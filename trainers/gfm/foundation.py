@@ -55,6 +55,8 @@ class FoundationConfig:
                 raise ConfigError(f"FoundationConfig.{name} must be an int >= 1, got {value!r}")
         if not self.lr > 0:
             raise ConfigError(f"FoundationConfig.lr must be > 0, got {self.lr!r}")
+        if not 0 <= self.cold_fraction < 1:
+            raise ConfigError(f"FoundationConfig.cold_fraction must be in [0, 1), got {self.cold_fraction!r}")
 
 
 def train_foundation(co_graph: str | Path, cfg: FoundationConfig | None = None, log=None) -> np.ndarray:
