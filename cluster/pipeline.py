@@ -181,10 +181,11 @@ def _build_graph(out: str, source: str | None) -> dict:
 def stage_data(cfg: PipelineConfig) -> dict:
     task = ray.remote(_build_graph).options(num_cpus=1, resources=cfg.role("updater"))
     out = ray.get(task.remote(str(cfg.graph), cfg.source))
-    if cfg.text:          # a Ray Data job of its own: its encoder actors go on updater nodes
+    if cfg.text:          # a Ray Data job of its own: encoder actors on updater (CPU) or trainer (GPU) nodes
         from graphs.text_features import TextConfig, encode_text
 
-        text = TextConfig(workers=cfg.workers, use_gpu=cfg.use_gpu, resources=cfg.role("updater"))
+        text = TextConfig(workers=cfg.workers, use_gpu=cfg.use_gpu,
+                          resources=cfg.role("trainer" if cfg.use_gpu else "updater"))
         schema = encode_text(cfg.graph, cfg=text, log=log.info)
         out["text_features"] = [f"{n.name}.{f.name}" for n in schema.node_types for f in n.features
                                 if f.kind == "dense" and f.name.endswith("_emb")]

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from graphs.exceptions import ConfigError, OutputExistsError
+from graphs.exceptions import ConfigError, GraphFormatError, OutputExistsError
 from graphs.schema import GraphSchema
 from graphs.store import GraphDir, _PartWriter, link_file, replace_dir, temp_sibling, write_json_atomic
 
@@ -78,7 +78,7 @@ class Names:
     names: list[str]
 
     def of(self, node: int) -> list[str]:
-        return [self.names[j] for j in self.idx[self.ptr[node]:self.ptr[node + 1]]]
+        return [self.names[j] for j in self.idx[self.ptr[node]:self.ptr[node + 1]] if self.names[j]]
 
 
 class SentenceEncoder:
@@ -94,7 +94,7 @@ class SentenceEncoder:
         texts = []
         for row, node in enumerate(ids):
             parts = [str(col[row]).strip() for col in columns if col[row] is not None and str(col[row]).strip()]
-            parts += [", ".join(n.of(int(node))) for n in self.names if n.ptr[node] < n.ptr[node + 1]]
+            parts += [", ".join(names) for names in (n.of(int(node)) for n in self.names) if names]
             texts.append(". ".join(parts))
         has = np.array([bool(t) for t in texts])
         dim = self.model.get_sentence_embedding_dimension()
@@ -109,23 +109,30 @@ class SentenceEncoder:
 
 
 def attribute_names(gdir: GraphDir, ntype: str, max_nodes: int) -> list[Names]:
-    """For each small node type linked to ``ntype`` (at most ``max_nodes`` nodes, names not
-    all digits), its neighbours' names per node. Memory: the edges of those relations."""
+    """For each small node type linked to ``ntype`` (at most ``max_nodes`` nodes) by an
+    attribute relation, its neighbours' names per node (a name of digits only is left
+    out). Interactions are never text: relations with timestamps, and the node types at the
+    ends of the user-item type, are skipped (a user's id in an item's text would leak who
+    bought it into every model, test interactions included). Memory: the edges used."""
     schema, count = gdir.schema, gdir.schema.node_type(ntype).count
+    try:
+        inter = schema.edge_type(schema.interaction_type())
+        actors = {inter.src, inter.dst}
+    except GraphFormatError:                          # no edge type between two node types
+        actors = set()
     out = []
     for other in schema.node_types:
-        if other.name == ntype or not 0 < other.count <= max_nodes:
+        if other.name == ntype or other.name in actors or not 0 < other.count <= max_nodes:
             continue
         raw = gdir.read_nodes(other.name, ["id", "raw_id"])
-        names = [str(r) for r in raw.column("raw_id").to_pylist()]
-        if all(n.isdigit() for n in names):
-            continue
         lookup = [""] * other.count
-        for i, n in zip(raw.column("id").to_pylist(), names):
-            lookup[i] = n
+        for i, n in zip(raw.column("id").to_pylist(), raw.column("raw_id").to_pylist()):
+            lookup[i] = "" if n is None or str(n).strip().isdigit() else str(n).strip()
+        if not any(lookup):
+            continue
         src, dst = [], []
         for et in schema.edge_types:
-            if (et.src, et.dst) in ((ntype, other.name), (other.name, ntype)):
+            if not et.ts and (et.src, et.dst) in ((ntype, other.name), (other.name, ntype)):
                 mine, theirs = ("src", "dst") if et.src == ntype else ("dst", "src")
                 for chunk in gdir.iter_edges(et.key):
                     src.append(chunk[mine])
@@ -177,17 +184,30 @@ def encode_text(graph: str | Path, out: str | Path | None = None, cfg: TextConfi
 
 def _encode_type(gdir: GraphDir, ntype: str, text_columns: list[str], folder: Path, cfg: TextConfig,
                  log) -> tuple[str, dict]:
-    feature = f"{text_columns[0]}_emb"
+    feature, t0 = f"{text_columns[0]}_emb", time.perf_counter()
     names = attribute_names(gdir, ntype, cfg.max_attribute_nodes)
-    t0 = time.perf_counter()
     ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True
-    # one item per row group, read by a task that reserves no CPU: the encoder actors can
-    # hold every core (read_parquet's file listing would wait for one)
+    preserve, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
+    try:
+        dim, rows = _run_encoder(gdir, ntype, text_columns, names, feature, folder, cfg)
+    finally:
+        ctx.execution_options.preserve_order = preserve
+    seconds = time.perf_counter() - t0
+    log(f"{ntype}: {rows:,} texts -> {feature} [{dim}] in {seconds:.1f} s ({rows / seconds:,.0f} texts/s)")
+    return feature, {"name": feature, "kind": "dense", "dim": dim}
+
+
+def _run_encoder(gdir: GraphDir, ntype: str, text_columns: list[str], names: list[Names], feature: str,
+                 folder: Path, cfg: TextConfig) -> tuple[int, int]:
+    """The Ray Data job of one node type, streamed into ``folder``; returns (dim, rows)."""
+    # one item per chunk of a row group, read by a task that reserves no CPU: the encoder
+    # actors can hold every core (read_parquet's file listing would wait for one)
     chunk = cfg.batch_size * 8
     units = [{"path": str(f), "group": g, "start": start, "stop": min(start + chunk, n)}
              for f in gdir.node_files(ntype) for g, n in enumerate(_row_group_rows(f))
              for start in range(0, n, chunk)]
+    if not units:
+        raise ConfigError(f"node type {ntype!r} has no rows to encode in {gdir.path}")
     ds = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
         _read_row_groups, batch_size=1, batch_format="pyarrow", num_cpus=0)
     ds = ds.map_batches(
@@ -202,12 +222,8 @@ def _encode_type(gdir: GraphDir, ntype: str, text_columns: list[str], folder: Pa
             writer = _PartWriter(folder, batch.schema)
         writer.write(batch.select(writer.schema.names))
         rows += batch.num_rows
-    if writer is None:
-        raise ConfigError(f"node type {ntype!r} has no rows to encode in {gdir.path}")
     writer.close()
-    seconds = time.perf_counter() - t0
-    log(f"{ntype}: {rows:,} texts -> {feature} [{dim}] in {seconds:.1f} s ({rows / seconds:,.0f} texts/s)")
-    return feature, {"name": feature, "kind": "dense", "dim": dim}
+    return dim, rows
 
 
 def _row_group_rows(path: Path) -> list[int]:

@@ -11,17 +11,19 @@ from graphs.schema import EdgeType, FeatureSpec, GraphSchema, NodeType
 from graphs.store import GraphDir, GraphWriter
 
 
-def _shop(path):
+def _shop(path, late=False):
     """user 0 buys items 0, 1, 2 in that order; user 1 buys 0 then 1 (written out of time
-    order); user 2 buys item 3 twice."""
+    order); user 2 buys item 3 twice; with ``late``, user 3 buys 2, 0, 1 in time order,
+    written as 0, 1, 2."""
     schema = GraphSchema((NodeType("user", 0), NodeType("item", 0, (FeatureSpec("title", "text"),))),
                          (EdgeType("user", "buys", "item", ts=True),), name="shop")
     with GraphWriter(path, schema) as w:
-        w.write_nodes("user", {"id": np.arange(3), "raw_id": ["u0", "u1", "u2"]})
+        w.write_nodes("user", {"id": np.arange(4), "raw_id": ["u0", "u1", "u2", "u3"]})
         w.write_nodes("item", {"id": np.arange(4), "raw_id": list("abcd"), "title": ["A", "B", "C", "D"]})
-        w.write_edges("user__buys__item", {"src": np.array([0, 0, 0, 1, 1, 2, 2]),
-                                           "dst": np.array([0, 1, 2, 1, 0, 3, 3]),
-                                           "ts": np.array([1, 2, 3, 5, 4, 6, 7])})
+        extra = ([3, 3, 3], [0, 1, 2], [9, 10, 8]) if late else ([], [], [])
+        w.write_edges("user__buys__item", {"src": np.array([0, 0, 0, 1, 1, 2, 2, *extra[0]]),
+                                           "dst": np.array([0, 1, 2, 1, 0, 3, 3, *extra[1]]),
+                                           "ts": np.array([1, 2, 3, 5, 4, 6, 7, *extra[2]])})
 
 
 def _links(path):
@@ -38,6 +40,15 @@ def test_links_count_pairs_within_the_window_and_keep_the_heaviest(tmp_path, ray
     assert _links(tmp_path / "w2") == {(0, 1): 2.0, (1, 0): 2.0, (2, 0): 1.0}    # 2's tie: the smaller id
     assert schema.node_type("item").count == 4 and schema.node_types == (schema.node_type("item"),)
     assert GraphDir(tmp_path / "w2").read_nodes("item").column("title").to_pylist() == ["A", "B", "C", "D"]
+
+
+def test_pairs_follow_time_not_the_written_order(tmp_path, ray_local):
+    graph = tmp_path / "shop"
+    _shop(graph, late=True)                  # user 3 in time order: 2, 0, 1 -> pairs (2, 0), (0, 1)
+    build_co_interaction_graph(graph, tmp_path / "w1", CoInteractionConfig(window=1, top_k=5))
+    assert _links(tmp_path / "w1") == {(0, 1): 3.0, (1, 0): 3.0, (1, 2): 1.0, (2, 1): 1.0, (0, 2): 1.0, (2, 0): 1.0}
+    build_co_interaction_graph(graph, tmp_path / "min2", CoInteractionConfig(window=1, top_k=5, min_weight=2.0))
+    assert _links(tmp_path / "min2") == {(0, 1): 3.0, (1, 0): 3.0}
 
 
 def test_bad_settings_are_named(tmp_path, ray_local):

@@ -51,18 +51,24 @@ def test_movielens_titles_and_genres_become_a_semantic_dense_feature(ml100k, tmp
 
 
 def _tiny_graph(path):
+    """Items with text columns, genres (names), shelves (digits), and buyers whose names
+    must never reach an item's text (they are interactions, test ones included)."""
     schema = GraphSchema(
         (NodeType("item", 0, (FeatureSpec("title", "text"), FeatureSpec("blurb", "text"))),
-         NodeType("genre", 0), NodeType("shelf", 0)),
-        (EdgeType("item", "has", "genre"), EdgeType("shelf", "holds", "item")))
+         NodeType("genre", 0), NodeType("shelf", 0), NodeType("buyer", 0)),
+        (EdgeType("item", "has", "genre"), EdgeType("shelf", "holds", "item"),
+         EdgeType("buyer", "buys", "item", ts=True)))
     with GraphWriter(path, schema) as w:
         w.write_nodes("item", {"id": np.arange(4), "raw_id": list("abcd"),
                                "title": ["Space Wars", None, "Cooking at home", None],
                                "blurb": [None, "A ship in orbit", None, None]})
-        w.write_nodes("genre", {"id": np.arange(2), "raw_id": ["science fiction", "kitchen"]})
+        w.write_nodes("genre", {"id": np.arange(3), "raw_id": ["science fiction", "kitchen", "1999"]})
         w.write_nodes("shelf", {"id": np.arange(2), "raw_id": ["17", "18"]})        # digits: not names
-        w.write_edges("item__has__genre", {"src": np.array([0, 1, 2]), "dst": np.array([0, 0, 1])})
+        w.write_nodes("buyer", {"id": np.arange(2), "raw_id": ["ann", "bob"]})
+        w.write_edges("item__has__genre", {"src": np.array([0, 1, 2, 2]), "dst": np.array([0, 0, 1, 2])})
         w.write_edges("shelf__holds__item", {"src": np.array([0, 1]), "dst": np.array([0, 3])})
+        w.write_edges("buyer__buys__item", {"src": np.array([0, 0, 1, 1, 1]), "dst": np.array([0, 1, 2, 3, 0]),
+                                            "ts": np.arange(5)})
 
 
 def test_text_is_columns_and_attribute_names_and_no_text_is_null(tmp_path, ray_local):
@@ -70,7 +76,7 @@ def test_text_is_columns_and_attribute_names_and_no_text_is_null(tmp_path, ray_l
     _tiny_graph(graph)
     encode_text(graph, cfg=TextConfig(workers=1, batch_size=2))
     _, emb = _embeddings(graph, "item", "title_emb")
-    assert np.isnan(emb[3]).all()                 # no text, no genre (a shelf "18" is not a name): null
+    assert np.isnan(emb[3]).all()     # no text, no genre (shelf "18" is no name, buyer "bob" no attribute): null
     assert np.isfinite(emb[:3]).all()
     model = load_sentence_model()
     expected = model.encode(["Space Wars. science fiction", "A ship in orbit. science fiction",

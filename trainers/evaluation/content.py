@@ -34,7 +34,8 @@ def text_embeddings(graph_dir: str | Path, ntype: str) -> np.ndarray:
     """``[N, d]`` float32: the node type's :func:`text_feature`, L2-normalised (a null row
     stays zero)."""
     gdir = GraphDir(graph_dir, validate="none")
-    values = FeatureStore(gdir).arrays[ntype][text_feature(gdir, ntype)]
+    name = text_feature(gdir, ntype)                  # raises first if there is none
+    values = FeatureStore(gdir).arrays[ntype][name]
     values = np.nan_to_num(values.astype(np.float32))
     return values / np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-12)
 

@@ -18,6 +18,8 @@ edges) must fit in memory, about 1.7 kB per item (1e6 items: 1.7 GB). Beyond tha
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,9 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch_geometric.nn import GraphSAGE
+from torch_geometric.utils import to_undirected
 
 from graphs.exceptions import ConfigError
-from graphs.store import GraphDir, write_json_atomic
+from graphs.store import GraphDir, replace_dir, temp_sibling, write_json_atomic
 from trainers.evaluation.content import text_embeddings, text_feature
 
 
@@ -71,10 +74,13 @@ def train_foundation(co_graph: str | Path, cfg: FoundationConfig | None = None, 
     gdir = GraphDir(co_graph)
     (item,), (etype,) = gdir.schema.node_types, gdir.schema.edge_types
     torch.manual_seed(cfg.seed)
-    x = torch.from_numpy(text_embeddings(gdir.path, item.name))                   # [N, F], unit rows
-    x = (x - x.mean(0)) * x.shape[1] ** 0.5                                       # centred, entries ~ unit scale
+    x = torch.from_numpy(text_embeddings(gdir.path, item.name))                   # [N, F], unit rows (0: no text)
+    has_text = x.abs().sum(1, keepdim=True) > 0
+    x = torch.where(has_text, x - x[has_text[:, 0]].mean(0), 0.0) * x.shape[1] ** 0.5   # centred, ~ unit entries
     edges = gdir.read_edges(etype.key)
-    edge_index = torch.from_numpy(np.stack([edges["src"], edges["dst"]])).long()  # [2, E]
+    # each item's top-k list, as links both ways: an item gathers from its own list and from
+    # the items that list it (a niche item is in no popular item's list)
+    edge_index = to_undirected(torch.from_numpy(np.stack([edges["src"], edges["dst"]])).long())   # [2, E']
     if edge_index.shape[1] == 0:
         raise ConfigError(f"{gdir.path}: no co-interaction links to learn from")
     model = GraphSAGE(x.shape[1], cfg.hidden, cfg.layers, out_channels=cfg.dim)
@@ -105,15 +111,22 @@ def train_foundation(co_graph: str | Path, cfg: FoundationConfig | None = None, 
 
 
 def save_foundation(run_dir: str | Path, item_type: str, emb: np.ndarray, meta: dict) -> Path:
-    """Write ``RUN_DIR/foundation/<item_type>.npy`` and ``meta.json`` (atomically, each)."""
-    folder = Path(run_dir) / "foundation"
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{item_type}.npy.tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, emb)
-    tmp.rename(folder / f"{item_type}.npy")
-    write_json_atomic(folder / "meta.json", {"item_type": item_type, "count": len(emb), "dim": emb.shape[1], **meta})
-    return folder
+    """Write ``RUN_DIR/foundation/<item_type>.npy`` and ``meta.json``, replacing the folder
+    in one step."""
+    final = Path(run_dir) / "foundation"
+    tmp = temp_sibling(final)
+    tmp.mkdir(parents=True)
+    try:
+        with open(tmp / f"{item_type}.npy", "wb") as f:
+            np.save(f, emb)
+            f.flush()
+            os.fsync(f.fileno())
+        write_json_atomic(tmp / "meta.json", {"item_type": item_type, "count": len(emb), "dim": emb.shape[1], **meta})
+        replace_dir(tmp, final, overwrite=True)          # the array and its meta together, or neither
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
 
 
 def foundation_meta(cfg: FoundationConfig, co_schema, seconds: float) -> dict:
