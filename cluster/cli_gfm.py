@@ -41,8 +41,6 @@ def data_text(graph: Path, out: Path | None, types: str, workers: int, batch_siz
     click.echo(f"wrote {out or graph} ({schema.num_nodes:,} nodes)")
 
 
-
-
 @click.group("gfm")
 def gfm_group() -> None:
     """GFM: item foundation embeddings from text over the co-interaction graph."""

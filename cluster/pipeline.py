@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 import ray
 
 from cluster import storage
-from graphs.exceptions import ConfigError, OutputExistsError
+from graphs.exceptions import ConfigError, OutputExistsError, require_positive_ints
 from graphs.paths import absolute_fields
 from graphs.store import write_json_atomic
 from trainers.run_dir import RunDir
@@ -88,10 +88,7 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         absolute_fields(self, "root", "source", "events", "token_file")   # stages run in Ray tasks and workers
-        for name in ("parts", "epochs", "workers", "ille_actors", "ranker_steps", "port"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"PipelineConfig.{name} must be an int >= 1, got {value!r}")
+        require_positive_ints(self, "parts", "epochs", "workers", "ille_actors", "ranker_steps", "port")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"PipelineConfig.steps must be >= 1 or None, got {self.steps!r}")
 

