@@ -196,7 +196,8 @@ def export_cmd(run_dir: Path, address: str | None) -> None:
 @main.command("eval")
 @click.argument("graph", type=click.Path(path_type=Path))
 @click.option("--models", default="hetsgformer,lightgcn,mf,pop,rgcn", show_default=True,
-              help="Comma-separated: hetsgformer, lightgcn, mf, pop, rgcn, hgt; text, gfm-foundation (need hetrec data text).")
+              help="Comma-separated: hetsgformer, lightgcn, mf, pop, rgcn, hgt, gfm-no-text; text, gfm-foundation, "
+                   "gfm (need hetrec data text).")
 @click.option("--protocol", type=click.Choice(["random", "temporal"]), default="random", show_default=True)
 @click.option("--seeds", type=int, default=1, show_default=True, help="Seeds 0..N-1; mean ± std over them.")
 @click.option("--etype", default=None, help="The user-item edge type (default: the graph's largest type "
@@ -219,7 +220,7 @@ def eval_cmd(graph: Path, models: str, protocol: str, seeds: int, etype: str, js
     from trainers.hetsgformer.train import TrainConfig
 
     names = [m.strip() for m in models.split(",") if m.strip()]
-    if "hetsgformer" in names:
+    if {"hetsgformer", "gfm", "gfm-no-text", "gfm-foundation"} & set(names):
         init_ray()
     results = run_eval(graph, names, protocol=protocol, seeds=list(range(seeds)), etype=etype,
                        train_cfg=TrainConfig(epochs=epochs, workers=workers), work_dir=work_dir, log=log.info,

@@ -43,7 +43,8 @@ def data_text(graph: Path, out: Path | None, types: str, workers: int, batch_siz
 
 @click.group("gfm")
 def gfm_group() -> None:
-    """GFM: item foundation embeddings from text over the co-interaction graph."""
+    """GFM: item foundation embeddings from text over the co-interaction graph, and the
+    two-tower adaptation layer over them."""
 
 
 @gfm_group.command("foundation")
@@ -68,6 +69,35 @@ def gfm_foundation(graph: Path, run_dir: Path, window: int, top_k: int, steps: i
     init_ray(address)
     folder = run_foundation(graph, run_dir, co_cfg, cfg, etype=etype, log=click.echo)
     click.echo(f"wrote {folder}")
+
+
+@gfm_group.command("adapt")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--epochs", type=int, default=15, show_default=True, help="Passes over the interactions.")
+@click.option("--history", type=int, default=20, show_default=True, help="Last items a user is read from.")
+@click.option("--dim", type=int, default=64, show_default=True, help="Output size of both towers.")
+@click.option("--recent", type=float, default=1.0, show_default=True,
+              help="Train on this most recent fraction of the interactions (1: all).")
+@click.option("--workers", type=int, default=2, show_default=True, help="Ray Train workers.")
+@click.option("--use-gpu", is_flag=True, help="One GPU per worker.")
+@click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
+def gfm_adapt(run_dir: Path, epochs: int, history: int, dim: int, recent: float, workers: int, use_gpu: bool,
+              address: str | None) -> None:
+    """Train the two-tower adaptation layer over RUN_DIR's foundation embeddings (run
+    `hetrec gfm foundation GRAPH RUN_DIR` first) on Ray Train, and export both towers'
+    outputs to RUN_DIR/embeddings/vNNNN."""
+    from trainers.gfm.adapt import adapt, export_towers
+    from trainers.gfm.two_tower import AdaptConfig
+
+    cfg = AdaptConfig(epochs=epochs, history=history, dim=dim, recent=recent, workers=workers, use_gpu=use_gpu)
+    init_ray(address)
+
+    def progress(m: dict) -> None:
+        click.echo(f"gfm adapt: epoch {m['epoch'] + 1}/{epochs}: loss {m['loss']:.4f}, "
+                   f"{m['pairs_per_s']:,.0f} pairs/s")
+
+    adapt(run_dir, cfg, progress=progress)
+    click.echo(f"wrote {export_towers(run_dir)}")
 
 
 def register(main: click.Group) -> None:

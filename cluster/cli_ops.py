@@ -70,11 +70,11 @@ def cluster_status(address: str, as_json: bool) -> None:
 @click.command("pipeline")
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option("--stages", default="pipeline", show_default=True,
-              help="'pipeline' (all) or a comma-separated subset of data,partition,train,export,update,rank,serve.")
+              help="'pipeline' (all) or a comma-separated subset of data,partition,train,export,gfm,update,rank,serve.")
 @click.option("--source", type=click.Path(path_type=Path), help="MovieLens files for 'data' (default: ml-100k "
               "from the recbole wheel).")
 @click.option("--parts", type=int, default=4, show_default=True)
-@click.option("--epochs", type=int, default=1, show_default=True, help="HetSGFormer epochs.")
+@click.option("--epochs", type=int, default=1, show_default=True, help="HetSGFormer epochs (and GFM's towers').")
 @click.option("--steps", type=int, default=None, help="Cap on HetSGFormer steps per epoch.")
 @click.option("--workers", type=int, default=2, show_default=True, help="Ray Train workers (both trainings).")
 @click.option("--use-gpu", is_flag=True, help="One GPU per training worker and export actor.")
@@ -91,7 +91,7 @@ def cluster_status(address: str, as_json: bool) -> None:
                    "Default: on when connected to a cluster (--address or RAY_ADDRESS, as in a job).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing training run under ROOT.")
 @click.option("--text", is_flag=True, help="'data' also encodes titles and genres into title_emb "
-              "(hetrec data text), a feature every model reads.")
+              "(hetrec data text), a feature every model reads, and 'gfm' trains GFM on it into ROOT/gfm.")
 @click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Secrets file (readable on the serving nodes) with the token POST /events needs.")
 @click.option("--storage", default=None, help="Filesystem URI (s3://bucket/prefix, file:///...) each stage's "
@@ -100,7 +100,7 @@ def cluster_status(address: str, as_json: bool) -> None:
               "embedded local Ray).")
 def pipeline_cmd(root: Path, stages: str, ray_address: str | None, roles: bool | None, **options) -> None:
     """Run the pipeline's stages in order under ROOT: data -> partition -> train -> export ->
-    update -> rank -> serve (each stage's outputs in ROOT, see cluster/pipeline.py)."""
+    gfm (with --text) -> update -> rank -> serve (each stage's outputs in ROOT, see cluster/pipeline.py)."""
     from cluster.pipeline import PipelineConfig, parse_stages, preload, run_pipeline
     from cluster.runtime import init_ray
 

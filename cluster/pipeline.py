@@ -44,10 +44,11 @@ from trainers.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
-STAGES = ("data", "partition", "train", "export", "update", "rank", "serve")
+STAGES = ("data", "partition", "train", "export", "gfm", "update", "rank", "serve")
 # What each stage reads and writes under ROOT (restored from / published to ``storage``).
 STAGE_IO = {"data": ((), ("graph",)), "partition": (("graph",), ("parts",)),
             "train": (("graph", "parts"), ("run",)), "export": (("graph", "parts", "run"), ("run",)),
+            "gfm": (("graph",), ("gfm",)),
             "update": (("graph", "parts", "run"), ("run",)), "rank": (("graph", "run"), ("run",)),
             "serve": (("graph", "parts", "run"), ())}
 ROLES = ("updater", "trainer", "serving")   # the custom resources of ray_config.yaml's worker types
@@ -65,7 +66,9 @@ class PipelineConfig:
     ``storage``: a pyarrow filesystem URI (``s3://bucket/runs/ml``) where each stage's outputs
     are published and missing inputs restored from (``cluster/storage.py``). ``token_file``:
     the service's bearer-token file (``serve/auth.py``). ``text``: the ``data`` stage also
-    encodes the movie titles and genres into ``title_emb`` (``hetrec data text``)."""
+    encodes the movie titles and genres into ``title_emb`` (``hetrec data text``), and the
+    ``gfm`` stage builds GFM's foundation and trains its two towers (``epochs`` of them) into
+    ``ROOT/gfm`` (``hetrec gfm foundation``, ``hetrec gfm adapt``); without ``text`` it is skipped."""
 
     root: str
     source: str | None = None
@@ -114,6 +117,10 @@ class PipelineConfig:
     def run(self) -> Path:
         return Path(self.root) / "run"
 
+    @property
+    def gfm(self) -> Path:
+        return Path(self.root) / "gfm"
+
 
 def parse_stages(text: str) -> list[str]:
     """``"pipeline"`` or a comma-separated subset of STAGES, returned in pipeline order."""
@@ -127,8 +134,8 @@ def parse_stages(text: str) -> list[str]:
 
 
 _MODULES = {"data": "graphs.movielens", "partition": "graphs.partition", "train": "trainers.hetsgformer.train",
-            "export": "trainers.hetsgformer.export", "update": "trainers.ille.pool", "rank": "trainers.ranking.train",
-            "serve": "serve.app"}
+            "export": "trainers.hetsgformer.export", "gfm": "trainers.gfm.adapt", "update": "trainers.ille.pool",
+            "rank": "trainers.ranking.train", "serve": "serve.app"}
 
 
 def preload(stages: list[str]) -> None:
@@ -218,6 +225,24 @@ def stage_export(cfg: PipelineConfig) -> dict:
     return {"embeddings": str(export_embeddings(cfg.run, ray_remote_args=args))}
 
 
+def stage_gfm(cfg: PipelineConfig) -> dict:
+    """GFM's foundation and two towers, on the graph's text features (``text``)."""
+    if not cfg.text:
+        return {"skipped": "the graph has no text features (run the pipeline with --text)"}
+    from trainers.gfm.adapt import adapt, export_towers
+    from trainers.gfm.foundation import run_foundation
+    from trainers.gfm.two_tower import AdaptConfig
+
+    if cfg.gfm.exists():
+        if not cfg.overwrite:
+            raise OutputExistsError(f"{cfg.gfm} already holds a GFM run (pass --overwrite to retrain)")
+        shutil.rmtree(cfg.gfm)
+    run_foundation(cfg.graph, cfg.gfm, log=log.info)
+    result = adapt(cfg.gfm, AdaptConfig(epochs=cfg.epochs, workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                        resources_per_worker=cfg.worker_resources()))
+    return {"embeddings": str(export_towers(cfg.gfm)), "loss": round(result.metrics["loss"], 4)}
+
+
 def default_events(run: Path, counts: dict[str, int]) -> list[dict]:
     """One new node of the target edge type's source type (id: ``counts`` of that type), linked
     to the targets of the first three edges of that type: a cold-start arrival."""
@@ -268,4 +293,4 @@ def stage_serve(cfg: PipelineConfig) -> dict:
 
 
 _STAGE_FNS = {"data": stage_data, "partition": stage_partition, "train": stage_train, "export": stage_export,
-              "update": stage_update, "rank": stage_rank, "serve": stage_serve}
+              "gfm": stage_gfm, "update": stage_update, "rank": stage_rank, "serve": stage_serve}

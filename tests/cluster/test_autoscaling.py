@@ -65,7 +65,8 @@ def test_pipeline_job_scales_by_type_and_back_to_zero(local_cluster, tmp_path):
 
     # every stage ran and wrote what the next one reads
     stages = report["pipeline"]["stages"]
-    assert list(stages) == ["data", "partition", "train", "export", "update", "rank", "serve"]
+    assert list(stages) == ["data", "partition", "train", "export", "gfm", "update", "rank", "serve"]
+    assert "skipped" in stages["gfm"]                                # no --text: no text to build GFM on
     assert stages["data"]["edges"] == 196_410 and stages["update"]["new_nodes"] == 1
     assert stages["rank"]["test_auc"] > 0.6
 

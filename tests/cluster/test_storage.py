@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,3 +79,8 @@ def test_pipeline_publishes_outputs_and_restores_inputs(ray_local, tmp_path):
     assert {"name": "title_emb", "kind": "dense", "dim": 384} in movie["features"]      # published with the text
     meta = json.loads((tmp_path / "ml" / "parts" / "meta.json").read_text())
     assert meta["num_edges"] == 2 * edges                            # every edge, both directions
+
+    gfm = run_pipeline(cfg, ["gfm"])["stages"]["gfm"]                 # foundation + one epoch of the towers
+    version = Path(gfm["embeddings"])
+    assert np.load(version / "user.npy").shape == (943, 64) and np.load(version / "movie.npy").shape == (1682, 64)
+    assert [p["name"] for p in gfm["published"]] == ["gfm"] and gfm["restored"] == []

@@ -67,3 +67,13 @@ def test_the_cli_writes_the_foundation(tmp_path, ray_local):
     assert np.load(tmp_path / "run" / "foundation" / "item.npy").shape == (7, 8 + 384)
     bad = CliRunner().invoke(main, ["gfm", "foundation", str(graph), str(tmp_path / "run"), "--window", "0"])
     assert bad.exit_code == 1 and "window must be an int >= 1, got 0" in bad.output
+
+
+def test_the_ablation_without_text_needs_no_text_and_cannot_place_a_new_item(tmp_path, ray_local):
+    graph = tmp_path / "shop"
+    _shop(graph)                                                         # no `hetrec data text`
+    folder = run_foundation(graph, tmp_path / "run", cfg=FoundationConfig(steps=80, dim=16, hidden=32, text=False))
+    emb = np.load(folder / "item.npy")
+    assert emb.shape == (7, 16) and json.loads((folder / "meta.json").read_text())["config"]["text"] is False
+    sim = emb @ emb.T
+    assert sim[0, 1] > sim[0, 3] and sim[3, 4] > sim[3, 0]              # co-bought items still close

@@ -42,7 +42,7 @@ __all__ = ["Interactions", "Split", "ScoreFn", "evaluate_scores", "load_interact
 PROTOCOLS = ("random", "temporal")
 # fitted on the split's interactions and the graph
 GRAPH_MODELS = {**HETERO_PEERS, "text": fit_text_profile, "gfm-foundation": fit_gfm_foundation}
-MODELS = ("hetsgformer", *BASELINES, *GRAPH_MODELS)
+MODELS = ("hetsgformer", "gfm", "gfm-no-text", *BASELINES, *GRAPH_MODELS)
 
 
 def make_split(inter: Interactions, protocol: str, seed: int, first_events: int = 1) -> Split:
@@ -133,6 +133,10 @@ def run_eval(graph_dir: str | Path, models: Sequence[str] = ("pop", "mf", "light
                 if name == "hetsgformer":
                     score = fit_hetsgformer(graph_dir, split, seed, etype, root / f"hetsgformer-{protocol}-{seed}",
                                             train_cfg or TrainConfig(), log)
+                elif name in ("gfm", "gfm-no-text"):
+                    from trainers.gfm.adapt import fit_gfm
+                    score = fit_gfm(graph_dir, split, seed, etype, root / f"{name}-{protocol}-{seed}", log=log,
+                                    text=name == "gfm")
                 elif name in GRAPH_MODELS:
                     score = GRAPH_MODELS[name](fit_part(split), seed, graph_dir, etype)
                 else:

@@ -39,7 +39,9 @@ class FoundationConfig:
     """GraphSAGE ``layers`` x ``hidden``, output ``dim``; ``steps`` full-graph Adam steps at
     ``lr``; ``batch_edges`` positive links per step (each with one random negative pair);
     ``cold_fraction``: items whose links are hidden from GraphSAGE in each step (not from
-    the loss), so an item without links (a new one) is embedded in the same space."""
+    the loss), so an item without links (a new one) is embedded in the same space.
+    ``text`` False: the ablation without text, GraphSAGE over a learned input row per item
+    (what an item without interactions has is that row's random start) and no text half."""
 
     dim: int = 64
     hidden: int = 128
@@ -48,6 +50,7 @@ class FoundationConfig:
     lr: float = 1e-2
     batch_edges: int = 8192
     cold_fraction: float = 0.2
+    text: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -59,8 +62,9 @@ class FoundationConfig:
 
 
 def train_foundation(co_graph: str | Path, cfg: FoundationConfig | None = None, log=None) -> np.ndarray:
-    """Item foundation embeddings ``[N, dim + F]`` float32, unit rows, from the co-interaction
-    graph directory ``co_graph`` (one node type, one weighted edge type): GraphSAGE's output
+    """Item foundation embeddings ``[N, dim + F]`` float32 (``[N, dim]`` without text), unit
+    rows, from the co-interaction graph directory ``co_graph`` (one node type, one weighted
+    edge type): GraphSAGE's output
     and the item's (centred) text embedding, each unit length, side by side, so that
     cosine similarity is the mean of the learned one and the text's. GraphSAGE alone, fitted
     on the items that have links, places an item without any by a mapping learned from
@@ -70,9 +74,12 @@ def train_foundation(co_graph: str | Path, cfg: FoundationConfig | None = None, 
     gdir = GraphDir(co_graph)
     (item,), (etype,) = gdir.schema.node_types, gdir.schema.edge_types
     torch.manual_seed(cfg.seed)
-    x = torch.from_numpy(text_embeddings(gdir.path, item.name))                   # [N, F], unit rows (0: no text)
-    has_text = x.abs().sum(1, keepdim=True) > 0
-    x = torch.where(has_text, x - x[has_text[:, 0]].mean(0), 0.0) * x.shape[1] ** 0.5   # centred, ~ unit entries
+    if cfg.text:
+        x = torch.from_numpy(text_embeddings(gdir.path, item.name))               # [N, F], unit rows (0: no text)
+        has_text = x.abs().sum(1, keepdim=True) > 0
+        x = torch.where(has_text, x - x[has_text[:, 0]].mean(0), 0.0) * x.shape[1] ** 0.5   # centred, ~ unit entries
+    else:
+        x = torch.nn.Parameter(torch.randn(item.count, cfg.hidden))              # [N, hidden], learned
     edges = gdir.read_edges(etype.key)
     # each item's top-k list, as links both ways: an item gathers from its own list and from
     # the items that list it (a niche item is in no popular item's list)
@@ -80,7 +87,7 @@ def train_foundation(co_graph: str | Path, cfg: FoundationConfig | None = None, 
     if edge_index.shape[1] == 0:
         raise ConfigError(f"{gdir.path}: no co-interaction links to learn from")
     model = GraphSAGE(x.shape[1], cfg.hidden, cfg.layers, out_channels=cfg.dim)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam([*model.parameters(), *([x] if not cfg.text else [])], lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     n, t0 = x.shape[0], time.perf_counter()
     for step in range(cfg.steps):
@@ -102,6 +109,8 @@ def train_foundation(co_graph: str | Path, cfg: FoundationConfig | None = None, 
     model.eval()
     with torch.inference_mode():
         graph_part = F.normalize(model(x, edge_index), dim=1)                     # [N, dim]
+    if not cfg.text:
+        return graph_part.numpy().astype(np.float32)                              # [N, dim], unit
     text_part = F.normalize(x, dim=1)                                             # [N, F], the centred text
     return (torch.cat([graph_part, text_part], 1) / 2 ** 0.5).numpy().astype(np.float32)   # [N, dim + F], unit
 
@@ -133,7 +142,9 @@ def run_foundation(graph: str | Path, run_dir: str | Path, co_cfg=None, cfg: Fou
 
     cfg, t0 = cfg or FoundationConfig(), time.perf_counter()
     run_dir, gdir = Path(run_dir), GraphDir(graph, validate="none")
-    text_feature(gdir, gdir.schema.edge_type(gdir.schema.interaction_type(etype)).dst)   # needed: say so now
+    etype = gdir.schema.interaction_type(etype)
+    if cfg.text:
+        text_feature(gdir, gdir.schema.edge_type(etype).dst)                             # needed: say so now
     co_schema = build_co_interaction_graph(graph, run_dir / "co-graph", co_cfg or CoInteractionConfig(),
                                            etype=etype, overwrite=True)
     (item,), (co_etype,) = co_schema.node_types, co_schema.edge_types
@@ -141,7 +152,8 @@ def run_foundation(graph: str | Path, run_dir: str | Path, co_cfg=None, cfg: Fou
         log(f"gfm foundation: {item.count:,} {item.name} items, {co_etype.count:,} co-interaction links "
             f"({time.perf_counter() - t0:.1f} s)")
     emb = train_foundation(run_dir / "co-graph", cfg, log)
-    meta = {"config": asdict(cfg), "co_graph": co_schema.to_json(), "seconds": time.perf_counter() - t0}
+    meta = {"config": asdict(cfg), "co_graph": co_schema.to_json(), "graph": str(gdir.path), "etype": etype,
+            "seconds": time.perf_counter() - t0}
     return save_foundation(run_dir, item.name, emb, meta)
 
 
