@@ -75,7 +75,8 @@ class Towers:
         return model.items(self.rows(ids), torch.from_numpy(ids))
 
     @torch.no_grad()
-    def embed(self, model: TwoTower, kind: str, count: int, chunk: int = 8192, ids: np.ndarray | None = None) -> np.ndarray:
+    def embed(self, model: TwoTower, kind: str, count: int, chunk: int = 8192,
+              ids: np.ndarray | None = None) -> np.ndarray:
         """``[count, dim]`` float32: every user's or item's tower output (or those of ``ids``),
         in chunks, in eval mode."""
         ids = np.arange(count) if ids is None else ids

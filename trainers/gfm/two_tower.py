@@ -42,7 +42,8 @@ class AdaptConfig:
     training pair's user is read from, ``"others"`` L items drawn (each epoch) among the
     user's other training items, or ``"before"`` the L items just before it in time (a user
     is served from its last L items either way); ``item_ids``: add a learned id row per
-    item (the item tower's, also averaged over the user's history in the user tower); ``max_attribute_nodes``: neighbour types at most this large are user
+    item (the item tower's, also averaged over the user's history in the user tower);
+    ``max_attribute_nodes``: neighbour types at most this large are user
     attributes. ``valid_users``: users scored for validation NDCG@10 each epoch (the best
     epoch is exported). ``workers``/``use_gpu``/``resources_per_worker``: Ray Train's."""
 
