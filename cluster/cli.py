@@ -246,7 +246,8 @@ def eval_cmd(graph: Path, models: str, protocol: str, seeds: int, etype: str, js
 @click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
 def update_cmd(run_dir: Path, events: Path, actors: int, batch_size: int, k: int, json_out: Path | None,
                address: str | None) -> None:
-    """Apply the graph-change EVENTS (parquet) to RUN_DIR's embeddings with ILLE, no retraining.
+    """Apply the graph-change EVENTS (parquet) to RUN_DIR's embeddings with ILLE, no retraining
+    (a GFM run: its user tower re-reads the users' last items; --actors and --k do not apply).
 
     Events are validated (bad ones are reported and skipped), logged durably, then applied
     by the actor pool; each batch becomes a delta under RUN_DIR/updates/. Rerunning after a
@@ -255,14 +256,14 @@ def update_cmd(run_dir: Path, events: Path, actors: int, batch_size: int, k: int
 
     from graphs.events import read_events
     from graphs.store import write_json_atomic
-    from trainers.ille.pool import UpdatePool, stats_json
+    from trainers.ille.pool import open_pool, stats_json
     from trainers.ille.weights import ILLEConfig
 
     if batch_size < 1:
         raise click.BadParameter(f"must be >= 1, got {batch_size}", param_hint="--batch-size")
     rows = read_events(events)
     init_ray(address)
-    pool = UpdatePool(run_dir, actors=actors, cfg=ILLEConfig(k=k))
+    pool = open_pool(run_dir, actors=actors, cfg=ILLEConfig(k=k))
     try:
         rejected = 0
         for lo in range(0, len(rows), batch_size):

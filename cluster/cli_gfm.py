@@ -85,7 +85,9 @@ def gfm_adapt(run_dir: Path, epochs: int, history: int, dim: int, recent: float,
               address: str | None) -> None:
     """Train the two-tower adaptation layer over RUN_DIR's foundation embeddings (run
     `hetrec gfm foundation GRAPH RUN_DIR` first) on Ray Train, and export both towers'
-    outputs to RUN_DIR/embeddings/vNNNN."""
+    outputs to RUN_DIR/embeddings/vNNNN. Then `hetrec rank RUN_DIR` and `hetrec serve RUN_DIR`
+    serve it (posted events re-run the user tower; `hetrec update RUN_DIR EVENTS` does the same
+    offline)."""
     from trainers.gfm.adapt import adapt, export_towers
     from trainers.gfm.two_tower import AdaptConfig
 
@@ -97,7 +99,7 @@ def gfm_adapt(run_dir: Path, epochs: int, history: int, dim: int, recent: float,
                    f"{m['pairs_per_s']:,.0f} pairs/s")
 
     adapt(run_dir, cfg, progress=progress)
-    click.echo(f"wrote {export_towers(run_dir)}")
+    click.echo(f"wrote {export_towers(run_dir)}; serve it: hetrec rank {run_dir} && hetrec serve {run_dir}")
 
 
 def register(main: click.Group) -> None:

@@ -10,7 +10,8 @@
 * :class:`Updater`: the single writer of the event log. Turns raw-id events into graph
   events (an unknown raw id creates its node), submits them to the
   :class:`~trainers.ille.pool.UpdatePool` (durable before it returns), and applies them
-  with ILLE in a background thread, so a response never waits for the solve. When a new
+  with ILLE in a background thread, so a response never waits for the solve (a GFM run:
+  with its user tower, :class:`~trainers.gfm.updates.TowerPool`). When a new
   embeddings version is exported, it moves its pool there, carrying the log over.
 """
 
@@ -31,7 +32,7 @@ from serve.index import ItemIndex
 from serve.live import LiveCatalog
 from serve.versions import CHECK_EVERY_S, IndexSwap
 from trainers.ille.embedding_view import EmbeddingView
-from trainers.ille.pool import UpdatePool, stats_json
+from trainers.ille.pool import LoggedPool, open_pool, stats_json
 from trainers.ranking.dsgl import hops_to_tensors
 from trainers.ranking.dsgl_data import SequenceGraphs
 from trainers.ranking.train import load_ranker
@@ -233,8 +234,9 @@ class Updater:
                 "errors": [{"index": e.index - len(nodes) if e.index >= len(nodes) else None, "message": e.message}
                            for e in ack.errors]}
 
-    def _pool(self) -> UpdatePool:
-        return UpdatePool(self.cfg.run_dir, actors=self.cfg.ille_actors, num_cpus=self.cfg.ille_cpus,
+    def _pool(self) -> LoggedPool:
+        """ILLE's pool, or for a GFM run the pool that re-runs its user tower."""
+        return open_pool(self.cfg.run_dir, actors=self.cfg.ille_actors, num_cpus=self.cfg.ille_cpus,
                           resources={k: v * self.cfg.ille_cpus for k, v in self.cfg.ille_resources.items()})
 
     def _switch(self, version: str) -> None:
@@ -273,5 +275,5 @@ class Updater:
                 self.wake.set()
 
     def status(self) -> dict:
-        return {"pending": len(self.pool.pending()), "lag_events": self.pool.lag(), "applied_batches": self.batches, "failures": self.failures,
-                "last": self.applied[-1] if self.applied else None}
+        return {"pending": len(self.pool.pending()), "lag_events": self.pool.lag(), "applied_batches": self.batches,
+                "failures": self.failures, "last": self.applied[-1] if self.applied else None}

@@ -1,6 +1,7 @@
 """A training run's folder, with one owner for its layout (as ``GraphDir`` owns a graph's)::
 
-    <run>/config.json                 graph, parts, target edge type, training config
+    <run>/config.json                 graph, parts, target edge type, training config, model
+                                      (``hetsgformer``; ``gfm`` for GFM's two towers, no parts)
     <run>/parts/                      the run's own shards (when trained from a graph directory)
     <run>/ray/<name>/checkpoint_*/    Ray Train's checkpoints (state.pt)
     <run>/best/state.pt               the best validation epoch's model (runs that validate)
@@ -52,10 +53,10 @@ class RunDir:
                               f"make one with `hetrec train GRAPH {self.path}`")
         return json.loads(self.config_path.read_text())
 
-    def write_config(self, graph: Path, parts: Path, target: str, train: dict, **extra) -> None:
+    def write_config(self, graph: Path, parts: Path | None, target: str, train: dict, **extra) -> None:
         """Record what the run trains on; ``train``: its training config as JSON."""
         self.path.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.config_path, {"graph": str(graph), "parts": str(parts), "target": target,
+        write_json_atomic(self.config_path, {"graph": str(graph), "parts": parts and str(parts), "target": target,
                                              "train": train, **extra})
         self.__dict__.pop("config", None)
 
@@ -70,8 +71,17 @@ class RunDir:
         return Path(self.config["graph"])
 
     @property
+    def model(self) -> str:
+        """What the run trains: ``hetsgformer`` (the default) or ``gfm`` (GFM's two towers,
+        ``hetrec gfm adapt``; updated by its user tower, not by ILLE)."""
+        return self.config.get("model", "hetsgformer")
+
+    @property
     def parts(self) -> Path:
         """The partitioned graph (shards) the run samples from."""
+        if self.config.get("parts") is None:
+            raise RunDirError(f"{self.path} is a {self.model} run, without shards: ILLE and `hetrec export` "
+                              f"need a HetSGFormer run (`hetrec train GRAPH DIR`)")
         return Path(self.config["parts"])
 
     @property

@@ -5,6 +5,7 @@
 
 RUN_DIR layout (next to ``foundation/`` and ``co-graph/``)::
 
+    <run>/config.json           graph, target edge type, ``"model": "gfm"`` (what serving reads)
     <run>/adapt/config.json     graph, edge type, AdaptConfig
     <run>/adapt/pairs.npz       the interactions trained on (user, item, ts), and valid pairs
     <run>/adapt/ray/            Ray Train's checkpoints (state.pt per epoch)
@@ -184,9 +185,14 @@ def adapt(run_dir: str | Path, cfg: AdaptConfig | None = None, train: Interactio
     if meta["count"] != train.num_items:
         raise ConfigError(f"{meta_path}: {meta['count']} items in the foundation, {train.num_items} "
                           f"{et.dst} nodes in {gdir.path}")
+    runs = RunDir(run)
+    if runs.exists() and runs.model != "gfm":
+        raise ConfigError(f"{run} holds a {runs.model} run; give GFM a folder of its own "
+                          f"(`hetrec gfm foundation GRAPH NEW_DIR`)")
     folder = run / "adapt"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
+    runs.write_config(gdir.path, None, et.key, asdict(cfg), model="gfm")
     tokens, vocab = user_tokens(gdir.path, et.src, cfg.max_attribute_nodes)
     np.save(folder / "tokens.npy", tokens)
     v_user = valid.user if valid is not None else np.zeros(0, np.int64)
@@ -202,24 +208,35 @@ def adapt(run_dir: str | Path, cfg: AdaptConfig | None = None, train: Interactio
                resources_per_worker=cfg.resources_per_worker, progress=progress)
 
 
-def export_towers(run_dir: str | Path) -> Path:
-    """Write the towers' outputs for every user and item of the run to a new
-    ``embeddings/vNNNN`` (the best validation epoch's towers when the run kept one)."""
+def load_towers(run_dir: str | Path) -> tuple[TwoTower, Towers, dict]:
+    """The trained towers of a GFM run (the best validation epoch's when the run kept one),
+    in eval mode, with what they read and ``adapt/config.json``."""
     run = Path(run_dir).resolve()
     folder = run / "adapt"
     if not (folder / "config.json").is_file():
         raise NotFoundError(f"{folder / 'config.json'}: not found; train the towers first (`hetrec gfm adapt {run}`)")
     config = json.loads((folder / "config.json").read_text())
     cfg = AdaptConfig(**config["adapt"])
-    src, _, dst = config["etype"].split("__")
     train, _ = _load_pairs(folder / "pairs.npz")
-    towers = Towers(run / "foundation" / f"{dst}.npy", np.load(folder / "tokens.npy"), train, cfg)
+    towers = Towers(run / "foundation" / f"{config['etype'].split('__')[2]}.npy", np.load(folder / "tokens.npy"),
+                    train, cfg)
     model = TwoTower(towers.x.shape[1], train.num_items, config["vocab"], cfg)
     checkpoints = sorted(p for p in (folder / "ray").glob("*/checkpoint_*") if (p / "state.pt").is_file())
     chosen = folder / "best" if (folder / "best" / "state.pt").is_file() else (checkpoints or [None])[-1]
     if chosen is None:
         raise NotFoundError(f"{folder}: no trained towers; run `hetrec gfm adapt {run}`")
     model.load_state_dict(load_state(chosen)["model"])
+    model.eval()
+    return model, towers, {**config, "checkpoint": str(chosen), "train": train}
+
+
+def export_towers(run_dir: str | Path) -> Path:
+    """Write the towers' outputs for every user and item of the run to a new
+    ``embeddings/vNNNN`` (the best validation epoch's towers when the run kept one)."""
+    run = Path(run_dir).resolve()
+    model, towers, config = load_towers(run)
+    src, _, dst = config["etype"].split("__")
+    train, cfg, chosen = config["train"], towers.cfg, config["checkpoint"]
     runs = RunDir(run)
     final = runs.next_embeddings()
     tmp = temp_sibling(final)

@@ -68,34 +68,28 @@ class BatchStats:
     nodes_per_s: float
 
 
-class UpdatePool:
-    """Python API of the update stage (see the module doc). ``close()`` stops the actors.
-    ``num_cpus`` and ``resources`` (custom Ray resources, e.g. ``{"updater": 1}``) per actor."""
+class LoggedPool:
+    """What every update pool of a run shares: the event log of the latest embeddings
+    version (carried over from the older one), validation against the schema and the node
+    counts so far, and the committed deltas (``updates/<version>/deltas/<offset>.npz``: a
+    segment with a delta is applied, one without is pending). Subclasses apply a segment
+    (``_apply_segment(first) -> BatchStats``): :class:`UpdatePool` with ILLE, GFM's
+    :class:`~trainers.gfm.updates.TowerPool` with its towers."""
 
-    def __init__(self, run_dir: str | Path, actors: int = 2, cfg: ILLEConfig | None = None,
-                 num_cpus: float = 1.0, resources: dict | None = None):
-        if actors < 1:
-            raise ConfigError(f"actors must be >= 1, got {actors!r}")
+    def __init__(self, run_dir: str | Path, schema, counts: dict[str, int]):
         run = RunDir(run_dir)
-        self.run_dir, self.cfg = run.path, cfg or ILLEConfig()
+        self.run_dir = run.path
         self.view = EmbeddingView(run.path)
         self.dir = run.updates(self.view.version)
         self.log = EventLog(self.dir / "log")
         self.previous = run.previous_updates(self.view.version)
         if self.previous is not None:                     # events logged on older versions
             self.log.carry_from(self.previous / "log")
-        store = ShardStore(run.parts)
-        self.types = [n.name for n in store.schema.node_types]
-        self.validator = EventValidator(store.schema, store.counts)
+        self.types = [n.name for n in schema.node_types]
+        self.validator = EventValidator(schema, counts)
         for first in self.log.segments:                   # nodes added by earlier runs
             self.validator.check([e for e in self.log.read(first) if e["op"] == "node"])
-        self.base_nodes = sum(store.counts.values())
-        # an actor that dies is always restarted (it rebuilds its state from the log), and a
-        # call in flight is retried on it
-        actor = ray.remote(ShardUpdater).options(num_cpus=num_cpus, resources=resources or {}, max_restarts=-1,
-                                                 max_task_retries=3)
-        self.actors = [actor.remote(str(self.run_dir), i, actors, self.cfg) for i in range(actors)]
-        ray.get([a.new_edges.remote() for a in self.actors])      # constructed: state rebuilt, ready
+        self.base_nodes = sum(counts.values())
 
     def submit(self, events: list[dict]) -> Ack:
         """Validate, log durably, acknowledge. Bad events are reported and skipped."""
@@ -141,10 +135,7 @@ class UpdatePool:
         return self.view
 
     def stop(self) -> None:
-        """Stop the actors; the pool still takes submits (applying needs a new pool)."""
-        for a in self.actors:
-            ray.kill(a)
-        self.actors = []
+        """Stop whatever applies the updates; the pool still takes submits."""
 
     def close(self) -> None:
         self.stop()
@@ -153,6 +144,65 @@ class UpdatePool:
     def _committed(self) -> set[int]:
         deltas = self.dir / "deltas"
         return {int(p.stem) for p in deltas.glob("*.npz")} if deltas.is_dir() else set()
+
+    def _apply_segment(self, first: int) -> BatchStats:
+        raise NotImplementedError
+
+    def _write_delta(self, first: int, rows: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Commit segment ``first``: ``rows[ntype] = (ids [n], rows [n, d])``, written atomically."""
+        folder = self.dir / "deltas"
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"{first:012d}.npz"
+        if final.exists():                 # committed before a crash of the pool: keep it
+            return
+        arrays = {}
+        for ntype, (ids, values) in rows.items():
+            arrays[f"{ntype}.ids"], arrays[f"{ntype}.rows"] = ids, values
+        tmp = folder / f".{final.name}.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, final)
+
+    def _drift_stats(self, first: int, events: list[dict], old: np.ndarray, new: np.ndarray, targets: int,
+                     status: dict[str, int], unanchored: int, t0: float) -> BatchStats:
+        """The stats row of an applied segment: ``old``/``new``: re-solved trained rows before/after."""
+        moved, cosine = _drift(old, new)
+        created = sum(1 for e in events if e["op"] == "node")
+        self.view.refresh()
+        added = sum(self.view.count(t) - self.view.base_counts[t] for t in self.view.base_counts)
+        seconds = time.perf_counter() - t0
+        return BatchStats(
+            first=first, events=len(events), new_nodes=created, resolved=targets - created, status=status,
+            unanchored=unanchored, moved=moved, cosine_to_base=cosine, new_fraction=added / max(1, self.base_nodes),
+            reanchor_advised=bool(cosine < REANCHOR_MIN_COSINE or added > REANCHOR_NEW_FRACTION * self.base_nodes),
+            seconds=seconds, nodes_per_s=targets / seconds)
+
+
+class UpdatePool(LoggedPool):
+    """Python API of the update stage (see the module doc). ``close()`` stops the actors.
+    ``num_cpus`` and ``resources`` (custom Ray resources, e.g. ``{"updater": 1}``) per actor."""
+
+    def __init__(self, run_dir: str | Path, actors: int = 2, cfg: ILLEConfig | None = None,
+                 num_cpus: float = 1.0, resources: dict | None = None):
+        if actors < 1:
+            raise ConfigError(f"actors must be >= 1, got {actors!r}")
+        self.cfg = cfg or ILLEConfig()
+        store = ShardStore(RunDir(run_dir).parts)
+        super().__init__(run_dir, store.schema, store.counts)
+        # an actor that dies is always restarted (it rebuilds its state from the log), and a
+        # call in flight is retried on it
+        actor = ray.remote(ShardUpdater).options(num_cpus=num_cpus, resources=resources or {}, max_restarts=-1,
+                                                 max_task_retries=3)
+        self.actors = [actor.remote(str(self.run_dir), i, actors, self.cfg) for i in range(actors)]
+        ray.get([a.new_edges.remote() for a in self.actors])      # constructed: state rebuilt, ready
+
+    def stop(self) -> None:
+        """Stop the actors; the pool still takes submits (applying needs a new pool)."""
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
 
     def _apply_segment(self, first: int) -> BatchStats:
         t0 = time.perf_counter()
@@ -173,41 +223,26 @@ class UpdatePool:
         b = np.concatenate([p["b"] for p in parts]) if len(targets) else np.zeros((0, self.view.dim))
         direct = np.concatenate([p["direct"] for p in parts])
         Y, anchored = solve_joint(rows, cols, w, b, direct)
-        self._write_delta(first, targets, Y)
+        t_idx, ids = split_key(targets)
+        self._write_delta(first, {self.types[t]: (ids[t_idx == t], Y[t_idx == t]) for t in np.unique(t_idx)})
         ray.get([a.commit.remote(first) for a in self.actors])
         status = np.concatenate([p["status"] for p in parts])
         old = np.concatenate([p["old"] for p in parts]) if len(targets) else np.zeros((0, self.view.dim))
         trained = ~np.isnan(old).any(1)
-        moved, cosine = _drift(old[trained], Y[trained])
-        created = sum(1 for e in events if e["op"] == "node")
-        self.view.refresh()
-        added = sum(self.view.count(t) - self.view.base_counts[t] for t in self.types)
-        seconds = time.perf_counter() - t0
-        return BatchStats(
-            first=first, events=len(events), new_nodes=created, resolved=len(targets) - created,
-            status={STATUS_NAMES[s]: int((status == s).sum()) for s in np.unique(status)},
-            unanchored=int((~anchored).sum()), moved=moved, cosine_to_base=cosine,
-            new_fraction=added / max(1, self.base_nodes),
-            reanchor_advised=bool(cosine < REANCHOR_MIN_COSINE or added > REANCHOR_NEW_FRACTION * self.base_nodes),
-            seconds=seconds, nodes_per_s=len(targets) / seconds)
+        return self._drift_stats(first, events, old[trained], Y[trained], len(targets),
+                                 {STATUS_NAMES[s]: int((status == s).sum()) for s in np.unique(status)},
+                                 int((~anchored).sum()), t0)
 
-    def _write_delta(self, first: int, targets: np.ndarray, Y: np.ndarray) -> None:
-        folder = self.dir / "deltas"
-        folder.mkdir(parents=True, exist_ok=True)
-        final = folder / f"{first:012d}.npz"
-        if final.exists():                 # committed before a crash of the pool: keep it
-            return
-        t_idx, ids = split_key(targets)
-        arrays = {}
-        for t in np.unique(t_idx):
-            sel = np.flatnonzero(t_idx == t)
-            arrays[f"{self.types[t]}.ids"], arrays[f"{self.types[t]}.rows"] = ids[sel], Y[sel]
-        tmp = folder / f".{final.name}.tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, final)
+
+def open_pool(run_dir: str | Path, actors: int = 2, cfg: ILLEConfig | None = None, num_cpus: float = 1.0,
+              resources: dict | None = None) -> LoggedPool:
+    """The update pool of the run's model: ILLE's :class:`UpdatePool` (the arguments are
+    its), or for a GFM run :class:`~trainers.gfm.updates.TowerPool` (its user tower, in
+    this process)."""
+    if RunDir(run_dir).model == "gfm":
+        from trainers.gfm.updates import TowerPool      # GFM's module builds on this one
+        return TowerPool(run_dir)
+    return UpdatePool(run_dir, actors=actors, cfg=cfg, num_cpus=num_cpus, resources=resources)
 
 
 def _drift(old: np.ndarray, new: np.ndarray) -> tuple[float, float]:
@@ -225,4 +260,4 @@ def stats_json(stats: list[BatchStats]) -> list[dict]:
     return [asdict(s) for s in stats]
 
 
-__all__ = ["Ack", "BatchStats", "EventError", "UpdatePool", "stats_json"]
+__all__ = ["Ack", "BatchStats", "EventError", "LoggedPool", "UpdatePool", "open_pool", "stats_json"]
