@@ -198,7 +198,8 @@ def export_cmd(run_dir: Path, address: str | None) -> None:
 @click.option("--models", default="hetsgformer,lightgcn,mf,pop,rgcn", show_default=True,
               help="Comma-separated: hetsgformer, lightgcn, mf, pop, rgcn, hgt, gfm-no-text; text, gfm-foundation, "
                    "gfm (need hetrec data text).")
-@click.option("--protocol", type=click.Choice(["random", "temporal"]), default="random", show_default=True)
+@click.option("--protocol", type=click.Choice(["random", "temporal", "temporal-valid"]), default="random",
+              show_default=True, help="temporal-valid: the temporal protocol's validation window (before its test cut).")
 @click.option("--seeds", type=int, default=1, show_default=True, help="Seeds 0..N-1; mean ± std over them.")
 @click.option("--etype", default=None, help="The user-item edge type (default: the graph's largest type "
               "between two node types, e.g. user__rates__movie).")

@@ -39,18 +39,25 @@ from trainers.hetsgformer.train import TrainConfig
 __all__ = ["Interactions", "Split", "ScoreFn", "evaluate_scores", "load_interactions", "random_split",
            "temporal_split", "run_eval", "format_table", "PROTOCOLS"]
 
-PROTOCOLS = ("random", "temporal")
+PROTOCOLS = ("random", "temporal", "temporal-valid")
 # fitted on the split's interactions and the graph
 GRAPH_MODELS = {**HETERO_PEERS, "text": fit_text_profile, "gfm-foundation": fit_gfm_foundation}
 MODELS = ("hetsgformer", "gfm", "gfm-no-text", *BASELINES, *GRAPH_MODELS)
 
 
 def make_split(inter: Interactions, protocol: str, seed: int, first_events: int = 1) -> Split:
-    """The seed's split; ``first_events``: the m events each cold user brings (temporal)."""
+    """The seed's split; ``first_events``: the m events each cold user brings (temporal).
+    ``temporal-valid``: the temporal protocol's validation window, the same protocol on the
+    interactions before the test cut only (so its own cut falls at 0.8 x 0.8 of them): its
+    warm, cold and new-item segments play the test's role, for choices the test window must
+    not make."""
     if protocol == "random":
         return random_split(inter, seed)
     if protocol == "temporal":
         return temporal_split(inter, first_events=first_events, seed=seed)
+    if protocol == "temporal-valid":
+        before = inter.subset(inter.ts < temporal_split(inter, first_events=first_events, seed=seed).cut)
+        return temporal_split(before, first_events=first_events, seed=seed)
     raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainers.evaluation.evaluate import evaluate_scores, format_table, random_split, score_split, temporal_split
+from trainers.evaluation.evaluate import (evaluate_scores, format_table, make_split, random_split, score_split,
+                                          temporal_split)
 from trainers.evaluation.splits import Interactions, _ratio_counts
 
 
@@ -184,6 +185,22 @@ def test_temporal_metrics_come_per_segment():
     again = score_split(lambda users: boost.expand(len(users), -1), split, ks=(10,))
     assert again["new_item_ndcg@10"] == pytest.approx(got["new_item_ndcg@10"])
     assert again["warm_ndcg@10"] != pytest.approx(got["warm_ndcg@10"])
+
+
+def test_the_temporal_validation_window_never_sees_the_test_window():
+    data = with_newcomers(synthetic(num_users=80))
+    test = make_split(data, "temporal", seed=0)
+    valid = make_split(data, "temporal-valid", seed=0)
+    # the window's own parts all lie before the test cut, its cut at 0.8 of what is there
+    for part in (valid.train, valid.test, valid.cold_events, valid.cold_test):
+        assert (part.ts < test.cut).all()
+    assert valid.cut == int(np.quantile(data.ts[data.ts < test.cut], 0.8, method="higher")) < test.cut
+    assert len(valid.train) + len(valid.test) + len(valid.cold_events) + len(valid.cold_test) \
+        == (data.ts < test.cut).sum()
+    # its new items are new at its own cut: the test's, and any first taken between the cuts
+    assert not np.isin(valid.new_items, valid.train.item).any() and np.isin(test.new_items, valid.new_items).all()
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        make_split(data, "future", seed=0)
 
 
 def test_temporal_split_rejects_missing_timestamps():
