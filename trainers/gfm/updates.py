@@ -14,7 +14,8 @@ serving layer reads both alike), another way to compute the rows:
   vectors of the users who interacted with it; items the towers know do not move (their
   tower reads no interactions).
 
-A new item in a user's history is skipped by the user tower (it knows nothing of it). The
+A new item in a user's history is skipped by the user tower (it knows nothing of it); a
+removed interaction leaves the history (older items do not move up into the last L). The
 pool's state (the histories changed since the base) is rebuilt from the log at start, so a
 restarted pool applies exactly the segments without a delta.
 """
