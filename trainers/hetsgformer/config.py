@@ -31,10 +31,6 @@ class HetSGFormerConfig:
     heterogeneous) or ``"light"`` (parameter-free mean propagation, LightGCN's form).
     ``out_proj``: a final linear per node type after the blend (SGFormer's output layer), so
     the embedding is not confined to the GCN branch's non-negative orthant.
-    ``id_dropout``: in training, each node's ID row is left out with this probability, so
-    the type, the attributes and the neighbourhood learn to stand for a node alone; with it
-    the export leaves out the ID rows of the target's users and items that have no target
-    edge (new ones, whose rows were never trained as positives).
     """
 
     dim: int = 64
@@ -50,7 +46,6 @@ class HetSGFormerConfig:
     attributes: bool = True
     eal: bool = False
     out_proj: bool = True
-    id_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.dim, int) or self.dim < 1:
@@ -71,6 +66,5 @@ class HetSGFormerConfig:
             raise ConfigError(
                 f"num_heads must be an int >= 1 dividing dim={self.dim}, got {self.num_heads!r}"
             )
-        for name in ("dropout", "id_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")

@@ -53,11 +53,6 @@ def _embedder(config_json: str, checkpoint: str, stamp: int) -> tuple:
     features = FeatureStore(GraphDir(config["graph"], validate="none"))
     model = HetSGFormer(store.schema, cfg.model)
     model.load_state_dict(load_state(checkpoint)["model"])
-    if cfg.model.id_dropout > 0:                  # trained to do without: new users and items get no ID row
-        target = store.edge_types[config["target"]]
-        for ntype, key in ((target.src, target.key), (target.dst, target.reverse().key)):
-            ids = np.arange(store.counts[ntype])
-            model.iel.forget(ntype, torch.from_numpy(ids[store.degree(key, ids) == 0]))
     return store, features, model.eval(), cfg, global_context(model, store, features, cfg.seed)
 
 

@@ -42,7 +42,6 @@ class IdentityEmbedding(nn.Module):
         self.type_index = {n.name: i for i, n in enumerate(schema.node_types)}
         self.disjoint = schema.num_nodes <= cfg.v_max
         self.use_attributes = cfg.attributes
-        self.id_dropout = cfg.id_dropout
         self.id_table = nn.Embedding(cfg.v_max, D, sparse=cfg.sparse_ids)
         self.type_emb = nn.Embedding(max(1, len(schema.node_types)), D)
         self.impute = nn.Parameter(torch.randn(D) * 0.02)
@@ -65,20 +64,11 @@ class IdentityEmbedding(nn.Module):
     def forward(self, ntype: str, ids: Tensor, features: TypeFeatures | None = None) -> Tensor:
         t = self.type_index[ntype]
         x = self.id_table(self.rows(ntype, ids))                     # [N, D]
-        if self.training and self.id_dropout > 0:                    # a node without its ID row
-            x = x * (torch.rand(x.shape[0], 1, device=x.device) >= self.id_dropout)
         x = x + self.type_emb.weight[t]
         encoders = self.encoders[t]
         if len(encoders) and self.use_attributes:
             x = x + self._attributes(encoders, ids.shape[0], features or {})
         return x
-
-    @torch.no_grad()
-    def forget(self, ntype: str, ids: Tensor) -> None:
-        """Zero the ID rows of ``ids`` of ``ntype`` (nodes that are to be embedded without
-        one); only where every node has a row of its own (no hashing, no shared rows)."""
-        if self.disjoint and len(ids):
-            self.id_table.weight[self.rows(ntype, ids)] = 0
 
     def inputs(self, ntype: str, n: int, features: TypeFeatures | None = None) -> Tensor:
         """What IEL knows of ``n`` nodes of ``ntype`` without their ID rows: type embedding

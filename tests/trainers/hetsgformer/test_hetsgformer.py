@@ -108,24 +108,6 @@ def test_iel_shapes_and_imputation_token():
     assert torch.allclose(small("item", ids, {}), out, atol=1e-6)
 
 
-def test_id_dropout_leaves_id_rows_out_in_training_only_and_forget_zeroes_them():
-    torch.manual_seed(0)
-    iel = IdentityEmbedding(toy_schema(), HetSGFormerConfig(dim=D, v_max=64, id_dropout=0.5))
-    feats = toy_features(6, 9)["item"]
-    ids = torch.arange(9).repeat(50)                                          # 450 rows
-    without = iel.inputs("item", len(ids), {k: (v[ids], p[ids]) for k, (v, p) in feats.items()})
-    iel.train()
-    out = iel("item", ids, {k: (v[ids], p[ids]) for k, (v, p) in feats.items()})
-    dropped = torch.isclose(out, without, atol=1e-6).all(1)
-    assert 0.4 < dropped.float().mean() < 0.6                                  # about half, at random
-    iel.eval()
-    assert not torch.isclose(iel("item", torch.arange(9), feats), without[:9], atol=1e-6).all(1).any()
-    iel.forget("item", torch.tensor([2, 5]))
-    kept = torch.isclose(iel("item", torch.arange(9), feats), without[:9], atol=1e-6).all(1)
-    assert kept.tolist() == [i in (2, 5) for i in range(9)]                  # only they lost their rows
-    assert iel.id_table.weight[iel.rows("user", torch.arange(6))].abs().sum() > 0
-
-
 # --- GAL ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["kernel", "sgformer", "none"])
