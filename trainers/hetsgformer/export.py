@@ -4,7 +4,8 @@ Layout::
 
     <run>/embeddings/v0001/<ntype>.npy    float32 [count, d], row = node id within the type
     <run>/embeddings/v0001/prior.npy      float32 [items], log(1 + the item's count of target edges)
-    <run>/embeddings/v0001/meta.json      version, dim, counts, checkpoint, prior (type, weight)
+    <run>/embeddings/v0001/activity.npy   int64 [users], the user's count of target edges
+    <run>/embeddings/v0001/meta.json      version, dim, counts, checkpoint, prior (type, weight, cold_weight)
     <run>/embeddings/LATEST               the newest version's folder name
 
 Inference is a Ray Data job: chunks of node ids go to ``map_batches`` tasks (at most
@@ -14,8 +15,9 @@ straight into the version's ``.npy`` files (memory-mapped, disjoint rows). A fai
 is retried by Ray; rewriting a chunk's rows is idempotent.
 The version folder is written under a temporary name and renamed when complete.
 
-Ranking scores are ``cos(u, i) + weight * prior[i]`` (:func:`ranking_scores`); the weight is
-the one validation chose with the exported weights (``TrainConfig.popularity_prior``).
+Ranking scores are ``cos(u, i) + w_u * prior[i]`` (:func:`ranking_scores`), ``w_u`` from the
+weight validation chose with the exported weights (``TrainConfig.popularity_prior``) and the
+user's activity (:func:`~trainers.hetsgformer.validation.user_prior_weights`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from trainers.features import FeatureStore
 from trainers.hetsgformer.inference import embed_nodes, global_context
 from trainers.hetsgformer.model import HetSGFormer
 from trainers.hetsgformer.train import TrainConfig
-from trainers.hetsgformer.validation import DEFAULT_PRIOR, cosine_scores, popularity_prior
+from trainers.hetsgformer.validation import (COLD_PRIOR, DEFAULT_PRIOR, cosine_scores, popularity_prior,
+                                            user_prior_weights)
 from trainers.ray_train import load_state
 from trainers.run_dir import RunDir
 
@@ -101,9 +104,11 @@ def export_embeddings(run_dir: str | Path, chunk_nodes: int = 2048, actors: int 
             raise RuntimeError(f"export wrote {written} rows, expected {sum(counts.values())}")
         target = store.edge_types[run.target]
         np.save(tmp / "prior.npy", popularity_prior(store, target))
+        np.save(tmp / "activity.npy", store.degree(target.key, np.arange(counts[target.src])))
         write_json_atomic(tmp / "meta.json", {"version": version, "dim": cfg.model.dim, "counts": counts,
                                               "checkpoint": str(checkpoint),
-                                              "prior": {"type": target.dst, "weight": prior_weight(cfg, checkpoint)}})
+                                              "prior": {"type": target.dst, "weight": prior_weight(cfg, checkpoint),
+                                                        "cold_weight": COLD_PRIOR}})
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -123,14 +128,19 @@ def prior_weight(cfg: TrainConfig, checkpoint: Path) -> float:
 
 def ranking_scores(version: str | Path, src: str, dst: str):
     """A scorer ``users: [B] -> [B, N]`` of an exported version: :func:`cosine_scores` between
-    the ``src`` and ``dst`` rows plus the version's popularity prior (none for a version
-    without one, or for another item type)."""
+    the ``src`` and ``dst`` rows plus the version's popularity prior, weighted per user by
+    its activity (none for a version without a prior, or for another item type; one weight
+    for every user in a version exported before the per-user weights)."""
     version = Path(version)
     prior = json.loads((version / "meta.json").read_text()).get("prior") or {}
-    bias = (prior["weight"] * torch.from_numpy(np.load(version / "prior.npy"))
-            if prior.get("type") == dst else None)                                           # [N]
-    return cosine_scores(torch.from_numpy(np.load(version / f"{src}.npy")),
-                         torch.from_numpy(np.load(version / f"{dst}.npy")), bias)
+    users, items = (torch.from_numpy(np.load(version / f"{t}.npy")) for t in (src, dst))
+    if prior.get("type") != dst:
+        return cosine_scores(users, items)
+    bias = torch.from_numpy(np.load(version / "prior.npy"))                                  # [N]
+    if "cold_weight" not in prior:
+        return cosine_scores(users, items, prior["weight"] * bias)
+    scale = user_prior_weights(prior["weight"], np.load(version / "activity.npy"), prior["cold_weight"])
+    return cosine_scores(users, items, bias, scale)
 
 
 def serving_run(trained: str | Path, parts: str | Path, out: str | Path, **export_kwargs) -> Path:

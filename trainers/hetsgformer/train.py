@@ -67,7 +67,8 @@ class TrainConfig:
     scored every epoch as NDCG@10 over at most ``valid_users`` users (None: no validation); the
     best epoch's model is kept in ``RUN_DIR/best`` and is what export embeds with.
     popularity_prior: the weight w of ``log(1 + item count)`` added to the cosine when ranking
-    (:func:`trainers.hetsgformer.validation.popularity_prior`); None (default): chosen every
+    (:func:`trainers.hetsgformer.validation.popularity_prior`; a user with few edges gets more,
+    :func:`~trainers.hetsgformer.validation.user_prior_weights`); None (default): chosen every
     epoch on ``valid`` among ``PRIOR_GRID`` and kept with the best epoch, or ``DEFAULT_PRIOR``
     when the run does not validate.
     resources_per_worker: Ray resources of each worker, passed to ``ScalingConfig`` (None: one

@@ -5,8 +5,10 @@ target edge type's source and destination types), written for example by the eva
 harness from its split's valid part. Up to ``max_users`` users are scored against every
 item; each user's training items (its neighbours in the shard store) are masked.
 
-Scores are the model's ranking scores, ``cos(u, i) + w * log(1 + n_i)`` (:func:`popularity_prior`,
-``n_i`` the item's count of training edges); :meth:`Validator.score` tries each weight of a
+Scores are the model's ranking scores, ``cos(u, i) + w_u * log(1 + n_i)`` (:func:`popularity_prior`,
+``n_i`` the item's count of training edges), with ``w_u = w + (COLD_PRIOR - w) / m_u`` for a
+user with ``m_u`` training edges (:func:`user_prior_weights`): the less a user has shown,
+the more its ranking leans on popularity. :meth:`Validator.score` tries each ``w`` of a
 grid on the same embeddings and keeps the best, so the weight is chosen on validation.
 """
 
@@ -31,9 +33,19 @@ from trainers.hetsgformer.inference import embed_nodes, global_context
 
 PRIOR_GRID = (0.0, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3)
 """Popularity-prior weights a validating run chooses among (on the cosine's scale)."""
-DEFAULT_PRIOR = 0.1
-"""The weight of a run without validation: the choice of MovieLens-100K's validation, 3 seeds
-(BENCHMARKS.md "The popularity prior")."""
+DEFAULT_PRIOR = 0.3
+"""The weight ``w`` of a run without validation: the choice of the temporal protocol's
+validation window (``hetrec eval --protocol temporal-valid``, MovieLens-100K, 3 seeds;
+BENCHMARKS.md "The prior's weight per user")."""
+COLD_PRIOR = 1.0
+"""The prior's weight for a user with one training edge (chosen on the same window)."""
+
+
+def user_prior_weights(weight: float, activity: np.ndarray, cold: float = COLD_PRIOR) -> torch.Tensor:
+    """``[U]`` float32: each user's prior weight ``weight + (cold - weight) / max(1, m_u)``,
+    ``activity: [U]`` the users' counts ``m_u`` of training edges."""
+    m = np.maximum(np.asarray(activity, dtype=np.float64), 1.0)
+    return torch.from_numpy((weight + (cold - weight) / m).astype(np.float32))
 
 
 def popularity_prior(store: ShardStore, target: EdgeType) -> np.ndarray:
@@ -45,13 +57,17 @@ def popularity_prior(store: ShardStore, target: EdgeType) -> np.ndarray:
     return np.log1p(store.degree(target.reverse().key, items)).astype(np.float32)
 
 
-def cosine_scores(users: torch.Tensor, items: torch.Tensor, bias: torch.Tensor | None = None):
+def cosine_scores(users: torch.Tensor, items: torch.Tensor, bias: torch.Tensor | None = None,
+                  user_scale: torch.Tensor | None = None):
     """The model's ranking rule as a scorer ``rows [B] -> [B, N]``: cosine between
     ``users[rows]`` (``users: [U, D]``) and every row of ``items: [N, D]``, plus ``bias: [N]``
-    (the weighted popularity prior; None: none)."""
+    (the popularity prior; None: none), times ``user_scale[rows]`` (``[U]``, each user's
+    weight: :func:`user_prior_weights`; None: 1)."""
     u, v = F.normalize(users, dim=-1), F.normalize(items, dim=-1)
     bias = torch.zeros(len(v)) if bias is None else bias
-    return lambda rows: u[rows] @ v.T + bias
+    if user_scale is None:
+        return lambda rows: u[rows] @ v.T + bias
+    return lambda rows: u[rows] @ v.T + user_scale[rows, None] * bias
 
 
 def write_pairs(path: str | Path, inter: Interactions) -> Path:
@@ -89,6 +105,7 @@ class Validator:
         seen_users = np.repeat(users, np.diff(seen.ptr))
         self.train = Interactions(seen_users, seen.ids, np.zeros(len(seen_users), np.int64), n_users, n_items)
         self.prior = torch.from_numpy(popularity_prior(store, target))                # [N]
+        self.activity = np.diff(seen.ptr)                                             # [users]
 
     def score(self, model, features: FeatureStore, fanouts: list[int], per: str = "relation",
               weights: tuple[float, ...] = (0.0,)) -> tuple[float, float]:
@@ -107,7 +124,7 @@ class Validator:
 
         results = []
         for w in weights:
-            scorer = cosine_scores(u, v, w * self.prior)
+            scorer = cosine_scores(u, v, self.prior, user_prior_weights(w, self.activity))
             ndcg = evaluate_scores(lambda batch: scorer(index(batch.numpy())), self.valid, self.train, ks=[10])
             results.append((ndcg["ndcg@10"], float(w)))
         return max(results, key=lambda r: r[0])

@@ -14,7 +14,7 @@ from graphs.synthetic import generate_synthetic
 from trainers.hetsgformer.config import HetSGFormerConfig
 from trainers.hetsgformer.export import export_embeddings
 from trainers.hetsgformer.train import TrainConfig, train
-from trainers.hetsgformer.validation import DEFAULT_PRIOR, PRIOR_GRID
+from trainers.hetsgformer.validation import COLD_PRIOR, DEFAULT_PRIOR, PRIOR_GRID
 
 pytestmark = pytest.mark.slow          # minutes on 2 cores: `pytest -m "not slow and not cluster"` skips it
 
@@ -61,7 +61,7 @@ def test_two_workers_checkpoint_resume_and_export(graph, tmp_path, ray_local):
         assert emb.shape == (count, 16) and emb.dtype == np.float32 and np.isfinite(emb).all()
         assert (np.abs(emb).sum(axis=1) > 0).all()  # every row was written
     # a run without validation ranks with the default popularity prior over its own counts
-    assert meta["prior"] == {"type": "item", "weight": DEFAULT_PRIOR}
+    assert meta["prior"] == {"type": "item", "weight": DEFAULT_PRIOR, "cold_weight": COLD_PRIOR}
     store = ShardStore(run / "parts")
     degree = store.degree("item__rev_clicks__user", np.arange(counts["item"]))
     np.testing.assert_allclose(np.load(first_export / "prior.npy"), np.log1p(degree), rtol=1e-6)

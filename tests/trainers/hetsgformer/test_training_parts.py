@@ -165,3 +165,23 @@ def test_embeddings_do_not_depend_on_the_chunking(graph, store, per):
     some = embed_nodes(model, store, features, "item", ids[[5, 50, 99]], [4], per=per)
     torch.testing.assert_close(some, whole[[5, 50, 99]], atol=1e-5, rtol=1e-4)
     assert whole.std(0).mean() > 1e-3                                     # rows differ
+
+
+def test_a_user_with_less_history_leans_more_on_popularity(tmp_path):
+    from trainers.hetsgformer.export import ranking_scores
+    from trainers.hetsgformer.validation import user_prior_weights
+
+    assert user_prior_weights(0.3, np.array([0, 1, 2, 100]), cold=1.0).tolist() == pytest.approx(
+        [1.0, 1.0, 0.65, 0.307])
+    version = tmp_path / "v0001"
+    version.mkdir()
+    np.save(version / "user.npy", np.array([[1.0, 0.0], [1.0, 0.0]], np.float32))     # both like item 0
+    np.save(version / "item.npy", np.array([[1.0, 0.0], [0.0, 1.0]], np.float32))
+    np.save(version / "prior.npy", np.array([0.0, 1.0], np.float32))                  # item 1 is popular
+    np.save(version / "activity.npy", np.array([1, 1000]))                            # user 0 has one edge
+    (version / "meta.json").write_text(json.dumps({"prior": {"type": "item", "weight": 0.3, "cold_weight": 1.5}}))
+    scores = ranking_scores(version, "user", "item")(torch.tensor([0, 1]))
+    assert scores[0].tolist() == pytest.approx([1.0, 1.5]) and scores[1].tolist() == pytest.approx([1.0, 0.3012])
+    # a version exported before the per-user weights: one weight for every user
+    (version / "meta.json").write_text(json.dumps({"prior": {"type": "item", "weight": 0.3}}))
+    assert ranking_scores(version, "user", "item")(torch.tensor([0]))[0].tolist() == pytest.approx([1.0, 0.3])
