@@ -32,7 +32,8 @@ from trainers.evaluation.baselines import BASELINES
 from trainers.evaluation.content import fit_text_profile
 from trainers.evaluation.hetero_peer import HETERO_PEERS
 from trainers.evaluation.metrics import ScoreFn, evaluate_scores
-from trainers.evaluation.splits import Interactions, Split, concat, load_interactions, random_split, temporal_split
+from trainers.evaluation.splits import (Interactions, Split, concat, load_interactions, random_split, temporal_cut,
+                                       temporal_split)
 from trainers.gfm.foundation import fit_gfm_foundation
 from trainers.hetsgformer.train import TrainConfig
 
@@ -56,7 +57,7 @@ def make_split(inter: Interactions, protocol: str, seed: int, first_events: int 
     if protocol == "temporal":
         return temporal_split(inter, first_events=first_events, seed=seed)
     if protocol == "temporal-valid":
-        before = inter.subset(inter.ts < temporal_split(inter, first_events=first_events, seed=seed).cut)
+        before = inter.subset(inter.ts < temporal_cut(inter))
         return temporal_split(before, first_events=first_events, seed=seed)
     raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
 

@@ -144,6 +144,15 @@ def random_split(inter: Interactions, seed: int = 0, ratios: tuple[float, float,
     return Split(inter.subset(part == 0), inter.subset(part == 1), inter.subset(part == 2))
 
 
+def temporal_cut(inter: Interactions, train_frac: float = 0.8) -> int:
+    """The protocol's global cut: the ``train_frac`` quantile of ``ts`` (train is before it)."""
+    if not 0 < train_frac < 1:
+        raise ConfigError(f"train_frac must be in (0, 1), got {train_frac}")
+    if len(inter) and inter.ts.min() == inter.ts.max():
+        raise ConfigError("temporal_split needs timestamps; all interactions share one ts")
+    return int(np.quantile(inter.ts, train_frac, method="higher"))
+
+
 def temporal_split(inter: Interactions, train_frac: float = 0.8, first_events: int = 1,
                    cold_user_frac: float = 0.0, seed: int = 0) -> Split:
     """Global time cut at the ``train_frac`` quantile of ``ts``: train before, test from the
@@ -161,15 +170,11 @@ def temporal_split(inter: Interactions, train_frac: float = 0.8, first_events: i
     A user without history before the cut is never warm. ``valid`` is empty: tune on a
     random split or a train prefix.
     """
-    if not 0 < train_frac < 1:
-        raise ConfigError(f"train_frac must be in (0, 1), got {train_frac}")
     if not 0 <= cold_user_frac < 1:
         raise ConfigError(f"cold_user_frac must be in [0, 1), got {cold_user_frac}")
     if isinstance(first_events, bool) or not isinstance(first_events, int) or first_events < 1:
         raise ConfigError(f"first_events (m) must be an int >= 1, got {first_events!r}")
-    if len(inter) and inter.ts.min() == inter.ts.max():
-        raise ConfigError("temporal_split needs timestamps; all interactions share one ts")
-    cut = int(np.quantile(inter.ts, train_frac, method="higher"))
+    cut = temporal_cut(inter, train_frac)
     after = inter.ts >= cut
     warm = np.unique(inter.user[~after])
     drawn = np.random.default_rng(seed).choice(warm, size=int(round(cold_user_frac * len(warm))), replace=False)

@@ -71,7 +71,8 @@ class TowerPool(LoggedPool):
                 users.add(ev["id"])
             elif ev["op"] in ("edge", "remove_edge") and ev["etype"] == self.etype:
                 user, item = ev["src"], ev["dst"]
-                hist, users = self._history(user), users | {user}
+                hist = self._history(user)
+                users.add(user)
                 if ev["op"] == "remove_edge":
                     if item in hist:
                         hist.remove(item)

@@ -102,10 +102,10 @@ class Validator:
         self.users, self.store, self.target, self.seed = users, store, target, seed
         self.valid = Interactions(src[keep], dst[keep], np.zeros(int(keep.sum()), np.int64), n_users, n_items)
         seen = store.neighbors(target.key, users)
-        seen_users = np.repeat(users, np.diff(seen.ptr))
+        self.activity = np.diff(seen.ptr)                                             # [users]
+        seen_users = np.repeat(users, self.activity)
         self.train = Interactions(seen_users, seen.ids, np.zeros(len(seen_users), np.int64), n_users, n_items)
         self.prior = torch.from_numpy(popularity_prior(store, target))                # [N]
-        self.activity = np.diff(seen.ptr)                                             # [users]
 
     def score(self, model, features: FeatureStore, fanouts: list[int], per: str = "relation",
               weights: tuple[float, ...] = (0.0,)) -> tuple[float, float]:
