@@ -8,7 +8,9 @@ interaction, and for movies every genre / knowledge-graph edge), renumbered afte
 warm nodes, and HetSGFormer is trained on the warm nodes' interactions before the cut
 (the base). Then each held-out node's first ``m`` interactions after the cut arrive as
 events, with its attributes and its side edges. Scored on the held-out users' later
-interactions, full ranking over all movies, the streamed ones masked:
+interactions, full ranking over all movies, the streamed ones masked; and under
+``new_item``, the held-out movies' later interactions (by any user), ranking the held-out
+movies only (the temporal protocol's new-item segment):
 
 (a) ILLE: the update pool (2 actors) on the base embeddings;
 (b) full retrain: HetSGFormer from scratch on the base plus every streamed event;
@@ -16,8 +18,9 @@ interactions, full ranking over all movies, the streamed ones masked:
 (d) neighbour mean: a held-out node's embedding is the mean of the base embeddings of the
     warm nodes its streamed interactions reach (no reconstruction weights).
 
-(a), (b) and (d) rank the way the model does: cosine plus its popularity prior (the weight
-the base run exported, times ``log(1 + count)`` over the base and streamed interactions).
+(a), (b) and (d) rank the way the model does: cosine plus its popularity prior,
+``log(1 + count)`` over the base and streamed interactions, weighted per user by the run's
+rule ``w + (1 - w) / m_u`` (``w`` the weight the run exported, ``m_u`` the user's known count).
 
 ILLE's update time is compared with the retrain's both without the update pool's start-up
 (a running service has its pool up) and with it (a batch job starts one).
@@ -40,6 +43,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -55,7 +59,7 @@ from trainers.evaluation.metrics import evaluate_scores  # noqa: E402
 from trainers.evaluation.splits import Interactions, concat, load_interactions  # noqa: E402
 from trainers.hetsgformer.export import export_embeddings  # noqa: E402
 from trainers.hetsgformer.train import TrainConfig, train  # noqa: E402
-from trainers.hetsgformer.validation import cosine_scores  # noqa: E402
+from trainers.hetsgformer.validation import COLD_PRIOR, cosine_scores, user_prior_weights  # noqa: E402
 from trainers.ille.pool import UpdatePool  # noqa: E402
 from trainers.ille.weights import ILLEConfig  # noqa: E402
 from trainers.run_dir import RunDir  # noqa: E402
@@ -108,17 +112,23 @@ def _mean_of_neighbours(rows: np.ndarray, n_base: int, own: np.ndarray, neighbou
     rows[n_base:] = sums[n_base:] / np.maximum(count[n_base:], 1)[:, None]
 
 
-def scores_from(users: np.ndarray, items: np.ndarray, prior: np.ndarray | None = None):
-    """The model's ranking rule (:func:`cosine_scores`) over these rows, ``prior: [N]`` weighted."""
+def scores_from(users: np.ndarray, items: np.ndarray, prior: tuple[np.ndarray, np.ndarray] | None = None):
+    """The model's ranking rule (:func:`cosine_scores`) over these rows; ``prior``: the
+    ``(bias [N], user_scale [U])`` of :func:`known_prior`, None for cosine alone."""
+    bias, scale = (None, None) if prior is None else (torch.from_numpy(p) for p in prior)
     return cosine_scores(torch.from_numpy(np.ascontiguousarray(users)), torch.from_numpy(np.ascontiguousarray(items)),
-                         None if prior is None else torch.from_numpy(np.asarray(prior, np.float32)))
+                         bias, scale)
 
 
-def known_prior(version: Path, known: Interactions) -> np.ndarray:
-    """The popularity prior every embedding method ranks with: the version's weight (chosen
-    by its training run) times ``log(1 + count)`` over the interactions known now."""
-    weight = json.loads((version / "meta.json").read_text())["prior"]["weight"]
-    return (weight * np.log1p(np.bincount(known.item, minlength=known.num_items))).astype(np.float32)
+def known_prior(version: Path, known: Interactions) -> tuple[np.ndarray, np.ndarray]:
+    """The popularity prior every embedding method ranks with, as the model ranks
+    (:func:`~trainers.hetsgformer.export.ranking_scores`): ``log(1 + n_i)`` over the
+    interactions known now (``[N]``), weighted per user by the version's rule
+    (:func:`user_prior_weights` over each user's known count, ``[U]``)."""
+    prior = json.loads((version / "meta.json").read_text())["prior"]
+    bias = np.log1p(np.bincount(known.item, minlength=known.num_items)).astype(np.float32)
+    activity = np.bincount(known.user, minlength=known.num_users)
+    return bias, user_prior_weights(prior["weight"], activity, prior.get("cold_weight", COLD_PRIOR)).numpy()
 
 
 # validation grid (--grid): the regulariser r of (G + r trace(G) I) and the neighbour-type rule
@@ -126,8 +136,17 @@ GRID = {f"ille_r{reg:g}_{types}": ILLEConfig(reg=reg, neighbour_types=types)
         for reg in (1e-3, 1e-2, 1e-1, 0.3) for types in ("all", "auto")}
 
 
+@dataclass
+class Test:
+    """What one m is scored on: the held-out users' later interactions, and the held-out
+    movies' (``new_items: [I']``) later interactions by any user."""
+    users: Interactions
+    items: Interactions
+    new_items: np.ndarray
+
+
 def run_ille(base_run: Path, run: Path, events: list[dict], cfg: ILLEConfig, actors: int, counts: dict,
-             test: Interactions, known: Interactions, prior: np.ndarray | None = None) -> dict:
+             test: Test, known: Interactions, prior: np.ndarray | None = None) -> dict:
     """ILLE with ``cfg`` on a copy of ``base_run``: metrics, apply and pool start-up seconds, status."""
     shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(base_run, run, ignore=shutil.ignore_patterns("updates"))
@@ -143,8 +162,17 @@ def run_ille(base_run: Path, run: Path, events: list[dict], cfg: ILLEConfig, act
     pool.close()
     score = scores_from(view.rows("user", np.arange(counts["user"])), view.rows("movie", np.arange(counts["movie"])),
                         prior)
-    return {**evaluate_scores(score, test, known, ks=(10, 20)), "apply_s": apply_s, "pool_start_s": start_s,
+    return {**segments(score, test, known), "apply_s": apply_s, "pool_start_s": start_s,
             "status": stats.status, "unanchored": stats.unanchored, "resolved": stats.resolved}
+
+
+def segments(score, test: Test, known: Interactions) -> dict:
+    """The held-out users' metrics over every movie, and under ``new_item`` those of the
+    held-out movies' later interactions (any user's) ranked among the held-out movies only."""
+    out = evaluate_scores(score, test.users, known, ks=(10, 20))
+    if len(test.items):
+        out["new_item"] = evaluate_scores(score, test.items, known, ks=(10, 20), candidates=test.new_items)
+    return out
 
 
 def main() -> None:
@@ -204,12 +232,13 @@ def run_seed(args, seed: int) -> dict:
         streamed = (np.isin(cold.user, cold_user_new) & first_m(cold.user, cold.ts, m)) | \
                    (cold.item >= warm["movie"]) & first_m(cold.item, cold.ts, m)
         events_part = cold.subset(streamed)
-        test = cold.subset(~streamed & np.isin(cold.user, cold_user_new))
+        test = Test(cold.subset(~streamed & np.isin(cold.user, cold_user_new)),
+                    cold.subset(~streamed & (cold.item >= warm["movie"])), np.arange(warm["movie"], counts["movie"]))
         known = concat(base_train, events_part)
         events = nodes + side + [{"op": "edge", "etype": ETYPE, "src": int(u), "dst": int(i), "ts": int(t)}
                                  for u, i, t in zip(events_part.user, events_part.item, events_part.ts)]
-        row = {"streamed_interactions": len(events_part), "events": len(events), "test_interactions": len(test),
-               "test_users": len(test.users())}
+        row = {"streamed_interactions": len(events_part), "events": len(events), "test_interactions": len(test.users),
+               "test_users": len(test.users.users()), "new_item_test_interactions": len(test.items)}
         prior = known_prior(base_version, known)
         variants = GRID if args.grid else {"ille": ILLEConfig(reg=args.reg, neighbour_types=args.neighbour_types)}
         for name, ille_cfg in variants.items():           # (a) ILLE on a copy of the base run
@@ -218,11 +247,12 @@ def run_seed(args, seed: int) -> dict:
         # (d) neighbour mean over the same base embeddings
         mean_u, mean_i = neighbour_mean(np.load(base_version / "user.npy"), np.load(base_version / "movie.npy"),
                                         events_part, counts["user"], counts["movie"])
-        row["neighbour_mean"] = evaluate_scores(scores_from(mean_u, mean_i, prior), test, known, ks=(10, 20))
-        row["popularity"] = evaluate_scores(BASELINES["pop"](known, seed), test, known, ks=(10, 20))
+        row["neighbour_mean"] = segments(scores_from(mean_u, mean_i, prior), test, known)
+        row["popularity"] = segments(BASELINES["pop"](known, seed), test, known)
         if args.grid:
             results[m] = row
-            print(f"seed {seed} m={m}: " + ", ".join(f"{k} {v['ndcg@20']:.4f}" for k, v in row.items()
+            print(f"seed {seed} m={m}: " + ", ".join(f"{k} {v['ndcg@20']:.4f}/{v['new_item']['ndcg@20']:.4f}"
+                                                      for k, v in row.items()
                                                       if isinstance(v, dict)), flush=True)
             continue
         # (b) full retrain with the streamed events
@@ -232,7 +262,7 @@ def run_seed(args, seed: int) -> dict:
         version = export_embeddings(work / f"full-m{m}" / "run")
         retrain_s = time.perf_counter() - t0
         score = scores_from(np.load(version / "user.npy"), np.load(version / "movie.npy"), known_prior(version, known))
-        row["retrain"] = {**evaluate_scores(score, test, known, ks=(10, 20)), "seconds": retrain_s}
+        row["retrain"] = {**segments(score, test, known), "seconds": retrain_s}
         row["ille_vs_retrain_ndcg@20"] = row["ille"]["ndcg@20"] / max(row["retrain"]["ndcg@20"], 1e-12)
         row["ille_time_vs_retrain"] = row["ille"]["apply_s"] / retrain_s
         row["ille_time_with_pool_start_vs_retrain"] = (row["ille"]["apply_s"] + row["ille"]["pool_start_s"]) / retrain_s
@@ -240,7 +270,9 @@ def run_seed(args, seed: int) -> dict:
         print(f"seed {seed} m={m}: ILLE ndcg@20 {row['ille']['ndcg@20']:.4f} recall@20 {row['ille']['recall@20']:.4f} "
               f"({row['ille']['apply_s']:.2f} s) | retrain {row['retrain']['ndcg@20']:.4f} / {row['retrain']['recall@20']:.4f} "
               f"({retrain_s:.0f} s) | pop {row['popularity']['ndcg@20']:.4f} / {row['popularity']['recall@20']:.4f} "
-              f"| neighbour mean {row['neighbour_mean']['ndcg@20']:.4f}", flush=True)
+              f"| neighbour mean {row['neighbour_mean']['ndcg@20']:.4f} | new items: " + ", ".join(
+                  f"{k} {row[k]['new_item']['ndcg@20']:.4f}" for k in ("ille", "retrain", "popularity", "neighbour_mean")),
+              flush=True)
     return {"setup": {"cut": cut, "cold_users": len(cold_u), "cold_movies": len(cold_i),
                       "base_interactions": len(base_train), "base_seconds": base_seconds}, "m": results}
 
