@@ -132,10 +132,14 @@ def known_prior(version: Path, known: Interactions) -> tuple[np.ndarray, np.ndar
 
 
 # validation grid (--grid): the regulariser r of (G + r trace(G) I) and the neighbour-type rule
-# ("direct": a user from the movies it rated, a movie from its users, nothing else; r = 1e-3
-# lost 0.02-0.05 to every other r under both earlier rules and is no longer screened)
-TYPE_RULES = {"all": "all", "auto": "auto", "direct": {"user": ("movie",), "movie": ("user",)}}
-GRID = {f"ille_r{reg:g}_{name}": ILLEConfig(reg=reg, neighbour_types=types)
+# ("direct": a user from the movies it rated, a movie from its users, nothing else;
+# "items": a user from movies, a movie from movies (2 hops away through its users or its
+# entities, ``walk_all``); r = 1e-3 lost 0.02-0.05 to every other r under both earlier
+# rules and is no longer screened)
+TYPE_RULES = {"all": "all", "auto": "auto", "direct": {"user": ("movie",), "movie": ("user",)},
+              "items": {"user": ("movie",), "movie": ("movie",)}}
+WALK_ALL = {"items"}
+GRID = {f"ille_r{reg:g}_{name}": ILLEConfig(reg=reg, neighbour_types=types, walk_all=name in WALK_ALL)
         for reg in (1e-2, 1e-1, 0.3) for name, types in TYPE_RULES.items()}
 
 
@@ -183,6 +187,7 @@ def main() -> None:
     ap.add_argument("--movielens", default="runs/demo/ml-100k")
     ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     ap.add_argument("--grid", action="store_true", help="validation: ILLE settings on one base per seed")
+    ap.add_argument("--variants", default=None, help="with --grid: a comma list of its names (default: all)")
     ap.add_argument("--reg", type=float, default=ILLEConfig.reg, help="ILLE's r (the report)")
     ap.add_argument("--neighbour-types", default=ILLEConfig.neighbour_types, help=f"one of {sorted(TYPE_RULES)} (the report)")
     ap.add_argument("--m", default="1,3,5")
@@ -243,7 +248,10 @@ def run_seed(args, seed: int) -> dict:
         row = {"streamed_interactions": len(events_part), "events": len(events), "test_interactions": len(test.users),
                "test_users": len(test.users.users()), "new_item_test_interactions": len(test.items)}
         prior = known_prior(base_version, known)
-        variants = GRID if args.grid else {"ille": ILLEConfig(reg=args.reg, neighbour_types=TYPE_RULES[args.neighbour_types])}
+        rule = args.neighbour_types
+        grid = {n: GRID[n] for n in args.variants.split(",")} if args.variants else GRID
+        variants = grid if args.grid else {"ille": ILLEConfig(reg=args.reg, neighbour_types=TYPE_RULES[rule],
+                                                              walk_all=rule in WALK_ALL)}
         for name, ille_cfg in variants.items():           # (a) ILLE on a copy of the base run
             row[name] = run_ille(work / "base" / "run", work / f"{name}-m{m}", events, ille_cfg, args.actors,
                                  counts, test, known, prior)

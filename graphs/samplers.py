@@ -304,7 +304,7 @@ def _pairs_in(o_a, k_a, o_b, k_b) -> np.ndarray:
 
 
 def select_neighbors(graph, types: list[str], targets: np.ndarray, k: int | Callable = 8, scan: int = 32,
-                     expand: int = 8, scan2: int = 8, usable=None) -> NeighborSets:
+                     expand: int = 8, scan2: int = 8, usable=None, walk_all: bool = False) -> NeighborSets:
     """BFS for ILLE: ``k`` neighbours of each of ``targets: [B]`` (node keys), 1-hop first,
     then 2-hop, vectorised over the batch.
 
@@ -315,28 +315,35 @@ def select_neighbors(graph, types: list[str], targets: np.ndarray, k: int | Call
     says which nodes may serve as neighbours (have an embedding, or are solved in the same
     batch); None: all. A target is never its own neighbour. Cost per target: ``scan``
     reads per relation for the 1-hop ring, and ``expand * scan2`` per relation for the
-    2-hop ring, read only when the 1-hop ring is short of k.
+    2-hop ring, read only when the 1-hop ring is short of k. ``walk_all``: the 2-hop ring is
+    reached through every 1-hop node, usable or not (an item reached through its users),
+    instead of through the usable ones only.
     """
     B = len(targets)
     idx = np.arange(B)
     o1, k1, w1, t1 = _ring(graph, types, idx, targets, scan)
     keep = k1 != targets[o1]
-    if usable is not None:
-        keep &= usable(k1)
     o1, k1, p1, w1, t1 = _dedupe(o1[keep], k1[keep], w1[keep], t1[keep])
+    ring1 = (o1, k1)                                             # every 1-hop node
+    walk = (o1, k1, w1, t1)
+    if usable is not None:
+        keep = usable(k1)
+        o1, k1, p1, w1, t1 = o1[keep], k1[keep], p1[keep], w1[keep], t1[keep]
+        walk = walk if walk_all else (o1, k1, w1, t1)
     degree1 = np.bincount(o1, minlength=B)
     want = k(degree1) if callable(k) else np.full(B, k, np.int64)
     if (want < 1).any():
         raise ConfigError(f"k must be >= 1, got {k if not callable(k) else int(want.min())}")
-    # 2-hop ring, from the best `expand` 1-hop neighbours of the targets still short of k.
-    order = np.lexsort((-t1, -w1, o1))
-    o1, k1, p1, w1, t1 = o1[order], k1[order], p1[order], w1[order], t1[order]
-    rank1 = np.arange(len(o1)) - np.searchsorted(o1, o1, "left")
+    # 2-hop ring, from the best `expand` 1-hop nodes of the targets still short of k.
+    wo, wk, ww, wt = walk
+    order = np.lexsort((-wt, -ww, wo))
+    wo, wk = wo[order], wk[order]
+    rank1 = np.arange(len(wo)) - np.searchsorted(wo, wo, "left")
     short = degree1 < want
-    src = short[o1] & (rank1 < expand)
-    o2, k2, w2, t2 = _ring(graph, types, o1[src], k1[src], scan2)
+    src = short[wo] & (rank1 < expand)
+    o2, k2, w2, t2 = _ring(graph, types, wo[src], wk[src], scan2)
     if len(o2):
-        keep = (k2 != targets[o2]) & ~_pairs_in(o2, k2, o1, k1)
+        keep = (k2 != targets[o2]) & ~_pairs_in(o2, k2, *ring1)
         if usable is not None:
             keep &= usable(k2)
         o2, k2, p2, w2, t2 = _dedupe(o2[keep], k2[keep], w2[keep], t2[keep])

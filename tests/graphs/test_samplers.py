@@ -181,6 +181,16 @@ def test_k_hop_batches_skip_unusable_nodes_and_handle_isolated(hand_store):
         _rings(hand_store, 0, k=0)
 
 
+def test_k_hop_walks_through_unusable_nodes_only_when_asked(hand_store):
+    users_only = lambda keys: split_key(keys)[0] == 0  # noqa: E731
+    assert _rings(hand_store, 0, k=8, usable=users_only) == ([], [], [])   # items neither kept nor walked
+    sets = select_neighbors(hand_store, ["user", "item"], node_key(0, [0]), k=8, usable=users_only, walk_all=True)
+    t, ids = split_key(sets.keys)
+    # users reached through u0's items, by path count: u2 (i0, i1) before u1 (i0); no 1-hop neighbour
+    assert t.tolist() == [0, 0] and ids.tolist() == [2, 1] and sets.hop.tolist() == [2, 2]
+    assert sets.degree1.tolist() == [0]
+
+
 def test_seed_edges_partition_the_edges_across_workers(random_store):
     store, edges = random_store
     rng = np.random.default_rng(3)

@@ -119,5 +119,6 @@ class TowerPool(LoggedPool):
                                   self.item_type: (np.array(placed, np.int64), item_rows)})
         trained = users < self.view.base_counts[self.user_type]
         old = np.asarray(self.view.base[self.user_type][users[trained]]) if trained.any() else rows[:0]
-        return self._drift_stats(first, events, old, rows[trained], len(users) + len(placed),
+        created = sum(e["op"] == "node" for e in events)
+        return self._drift_stats(first, len(events), created, old, rows[trained], len(users) + len(placed),
                                  {"user_tower": len(users), "users_mean": len(placed)}, 0, t0)

@@ -165,16 +165,16 @@ class LoggedPool:
             os.fsync(f.fileno())
         os.rename(tmp, final)
 
-    def _drift_stats(self, first: int, events: list[dict], old: np.ndarray, new: np.ndarray, targets: int,
+    def _drift_stats(self, first: int, events: int, created: int, old: np.ndarray, new: np.ndarray, targets: int,
                      status: dict[str, int], unanchored: int, t0: float) -> BatchStats:
-        """The stats row of an applied segment: ``old``/``new``: re-solved trained rows before/after."""
+        """The stats row of an applied segment of ``events`` events, ``created`` of them new
+        nodes: ``old``/``new``: re-solved trained rows before/after."""
         moved, cosine = _drift(old, new)
-        created = sum(1 for e in events if e["op"] == "node")
         self.view.refresh()
         added = sum(self.view.count(t) - self.view.base_counts[t] for t in self.view.base_counts)
         seconds = time.perf_counter() - t0
         return BatchStats(
-            first=first, events=len(events), new_nodes=created, resolved=targets - created, status=status,
+            first=first, events=events, new_nodes=created, resolved=targets - created, status=status,
             unanchored=unanchored, moved=moved, cosine_to_base=cosine, new_fraction=added / max(1, self.base_nodes),
             reanchor_advised=bool(cosine < REANCHOR_MIN_COSINE or added > REANCHOR_NEW_FRACTION * self.base_nodes),
             seconds=seconds, nodes_per_s=targets / seconds)
@@ -206,9 +206,7 @@ class UpdatePool(LoggedPool):
 
     def _apply_segment(self, first: int) -> BatchStats:
         t0 = time.perf_counter()
-        events = self.log.read(first)
-        ref = ray.put(events)
-        parts = ray.get([a.prepare.remote(first, ref) for a in self.actors])
+        parts = ray.get([a.prepare.remote(first) for a in self.actors])       # each reads the segment
         targets = np.concatenate([p["targets"] for p in parts])
         offsets = np.cumsum([0] + [len(p["targets"]) for p in parts])
         rows = np.concatenate([p["rows"] + o for p, o in zip(parts, offsets)])
@@ -229,7 +227,7 @@ class UpdatePool(LoggedPool):
         status = np.concatenate([p["status"] for p in parts])
         old = np.concatenate([p["old"] for p in parts]) if len(targets) else np.zeros((0, self.view.dim))
         trained = ~np.isnan(old).any(1)
-        return self._drift_stats(first, events, old[trained], Y[trained], len(targets),
+        return self._drift_stats(first, parts[0]["events"], parts[0]["created"], old[trained], Y[trained], len(targets),
                                  {STATUS_NAMES[s]: int((status == s).sum()) for s in np.unique(status)},
                                  int((~anchored).sum()), t0)
 

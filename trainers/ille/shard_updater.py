@@ -68,6 +68,7 @@ class ShardUpdater:
         self.state_path = run.updates(self.view.version) / f"actor-{index:03d}.json"
         self.log = EventLog(run.updates(self.view.version) / "log", writer=False)
         self.applied = -1                      # last segment applied to the graph
+        self._columns_of: tuple = (None, None)  # (segment, its _columns)
         self._catch_up()                       # replay what was committed before a restart
 
     def owns(self, ntype: str, ids: np.ndarray) -> np.ndarray:
@@ -86,46 +87,43 @@ class ShardUpdater:
     def _apply_events(self, first: int, events: list[dict]) -> None:
         if first <= self.applied:
             return
-        nodes: dict[str, list[dict]] = {}
-        for ev in events:
-            if ev["op"] == "node":
-                nodes.setdefault(ev["ntype"], []).append(ev.get("attrs") or {})
+        nodes, edges = self._segment(first, events)
         for ntype, rows in nodes.items():
             self.features.append(ntype, self.graph.counts[ntype], rows)
             self.graph.add_nodes(ntype, len(rows))
-        for op in ("edge", "remove_edge"):
-            by_type: dict[str, list[dict]] = {}
-            for ev in events:
-                if ev["op"] == op:
-                    by_type.setdefault(ev["etype"], []).append(ev)
-            for ekey, evs in by_type.items():
-                etype = self.graph.edge_types[ekey]
-                src = np.array([e["src"] for e in evs], np.int64)
-                dst = np.array([e["dst"] for e in evs], np.int64)
-                ts = np.array([e.get("ts", 0) for e in evs], np.int64)
-                weight = np.array([e.get("weight", 1.0) for e in evs], np.float32)
-                for key, a, b in ((ekey, src, dst), (etype.reverse().key, dst, src)):
-                    if op == "edge":
-                        self.graph.add_edges(key, a, b, ts, weight)
-                    else:
-                        self.graph.remove_edges(key, a, b)
+        for (op, ekey), (src, dst, ts, weight) in edges.items():
+            etype = self.graph.edge_types[ekey]
+            for key, a, b in ((ekey, src, dst), (etype.reverse().key, dst, src)):
+                if op == "edge":
+                    self.graph.add_edges(key, a, b, ts, weight)
+                else:
+                    self.graph.remove_edges(key, a, b)
         self.applied = first
 
-    def targets(self, events: list[dict]) -> np.ndarray:
+    def _segment(self, first: int, events: list[dict]) -> tuple[dict, dict]:
+        """:func:`_columns` of segment ``first``, computed once."""
+        if self._columns_of[0] != first:
+            self._columns_of = (first, _columns(events))
+        return self._columns_of[1]
+
+    def targets(self, events: list[dict], first: int | None = None) -> np.ndarray:
         """Keys of the batch's unknowns, sorted, the same on every actor: the nodes the batch
         creates, the nodes created by earlier batches that it touches (ILLE's own rows: any
         change matters), and, only with ``cfg.change_threshold`` set, trained nodes whose
         half-edges added or removed since the base reach that fraction of their base degree.
-        Trained rows are otherwise left as training made them."""
-        created = [node_key(self.types.index(e["ntype"]), e["id"]) for e in events if e["op"] == "node"]
-        keys = list(created)
-        for e in events:
-            if e["op"] != "node":
-                etype = self.graph.edge_types[e["etype"]]
-                for ntype, i in ((etype.src, e["src"]), (etype.dst, e["dst"])):
-                    if i >= self.graph.base_counts[ntype] or self.cfg.change_threshold is not None:
-                        keys.append(node_key(self.types.index(ntype), i))
-        keys = np.unique(np.array(keys, np.int64))
+        Trained rows are otherwise left as training made them. ``first``: the segment's
+        offset, to reuse its columns from :meth:`_apply_events`."""
+        created = np.array([node_key(self.types.index(e["ntype"]), e["id"]) for e in events if e["op"] == "node"],
+                           np.int64)
+        keys = [created]
+        edges = _columns(events)[1] if first is None else self._segment(first, events)[1]
+        for (_, ekey), (src, dst, _, _) in edges.items():
+            etype = self.graph.edge_types[ekey]
+            for ntype, ids in ((etype.src, src), (etype.dst, dst)):
+                if self.cfg.change_threshold is None:
+                    ids = ids[ids >= self.graph.base_counts[ntype]]
+                keys.append(node_key(self.types.index(ntype), ids))
+        keys = np.unique(np.concatenate(keys))
         if self.cfg.change_threshold is None or not len(keys):
             return keys
         t_idx, ids = split_key(keys)
@@ -138,16 +136,19 @@ class ShardUpdater:
             keep[base] = changed >= np.maximum(1, self.cfg.change_threshold * base_deg)
         return keys[keep | np.isin(keys, created)]
 
-    def prepare(self, first: int, events: list[dict]) -> dict:
-        """Apply a segment to this actor's graph; return its targets' rows of the ILLE system.
+    def prepare(self, first: int, events: list[dict] | None = None) -> dict:
+        """Apply a segment (``events``; None: read from the log) to this actor's graph; return
+        its targets' rows of the ILLE system.
 
         Returns ``targets [B]`` keys, ``status [B]``, ``b [B, D]`` (weighted sum over known
         neighbours), ``direct [B]`` (has a known neighbour), the unknown-neighbour weights
         ``rows [M]`` (index into targets), ``cols [M]`` (keys, new in this batch), ``w [M]``,
-        and ``old [B, D]`` the targets' embeddings before (NaN for new nodes), for drift.
+        ``old [B, D]`` the targets' embeddings before (NaN for new nodes), for drift, and the
+        segment's ``events`` and ``created`` (new nodes) counts.
         """
+        events = self.log.read(first) if events is None else events
         self._apply_events(first, events)
-        unknown_keys = self.targets(events)
+        unknown_keys = self.targets(events, first)
         t_idx, ids = split_key(unknown_keys)
         mine = np.zeros(len(unknown_keys), bool)
         for t in np.unique(t_idx):
@@ -174,10 +175,12 @@ class ShardUpdater:
         direct = np.bincount(owner_b[known], minlength=B) > 0
         old = np.full((B, self.view.dim), np.nan, np.float32)
         t_idx, ids = split_key(targets)
-        trained = np.array([i < self.graph.base_counts[self.types[t]] for t, i in zip(t_idx, ids)], bool)
+        trained = ids < np.array([self.graph.base_counts[t] for t in self.types])[t_idx]
         if trained.any():                                     # rows of the last full training
             old[trained] = self._rows(targets[trained])
+        created = sum(map(len, self._segment(first, events)[0].values()))
         return {"targets": targets, "status": status, "b": b, "direct": direct, "old": old,
+                "events": len(events), "created": created,
                 "rows": owner_b[unknown], "cols": sets.keys[unknown], "w": w_flat[unknown]}
 
     def commit(self, first: int) -> int:
@@ -204,7 +207,8 @@ class ShardUpdater:
             adjacent = {e.dst for e in self.graph.edge_types_from(self.types[t])}
             allowed = [self.types.index(n) for n in cfg.allowed(self.types[t], self.types, self.graph.counts, adjacent)]
             usable = (lambda keys, a=np.array(allowed): np.isin(split_key(keys)[0], a))
-            sets = select_neighbors(self.graph, self.types, group, k, cfg.scan, cfg.expand, cfg.scan2, usable)
+            sets = select_neighbors(self.graph, self.types, group, k, cfg.scan, cfg.expand, cfg.scan2, usable,
+                                    cfg.walk_all)
             empty = np.flatnonzero(np.diff(sets.ptr) == 0)
             if len(empty) and len(allowed) < len(self.types):
                 sets = merge_neighbors(sets, empty, select_neighbors(self.graph, self.types, group[empty], k,
@@ -227,3 +231,22 @@ class ShardUpdater:
             sel = np.flatnonzero(t_idx == t)
             out[sel] = sum(self.graph.degree(e.key, ids[sel]) for e in self.graph.edge_types_from(self.types[t]))
         return out
+
+
+def _columns(events: list[dict]) -> tuple[dict[str, list[dict]], dict[tuple[str, str], tuple]]:
+    """One pass over a segment: the new nodes' attributes per type, in order, and the
+    edges per ``(op, etype)`` as columns ``(src [E], dst [E], ts [E], weight [E])``."""
+    nodes: dict[str, list[dict]] = {}
+    edges: dict[tuple[str, str], list[tuple]] = {}
+    for ev in events:
+        if ev["op"] == "node":
+            nodes.setdefault(ev["ntype"], []).append(ev.get("attrs") or {})
+        else:
+            edges.setdefault((ev["op"], ev["etype"]), []).append(
+                (ev["src"], ev["dst"], ev.get("ts", 0), ev.get("weight", 1.0)))
+    columns = {}
+    for key, rows in sorted(edges.items()):
+        src, dst, ts, weight = zip(*rows)
+        columns[key] = (np.array(src, np.int64), np.array(dst, np.int64), np.array(ts, np.int64),
+                        np.array(weight, np.float32))
+    return nodes, columns

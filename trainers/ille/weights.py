@@ -59,7 +59,9 @@ class ILLEConfig:
     catalogue); ``"adjacent"``, every type its type has edges to; ``"all"``; or
     ``{type: (types, ...)}`` (types not listed: all). On the cold-start validation holdouts
     ``"auto"`` beat ``"all"`` (BENCHMARKS.md "ILLE cold start"). A node
-    left without neighbours by the rule takes any type.
+    left without neighbours by the rule takes any type. ``walk_all``: the 2-hop ring is
+    reached through every 1-hop node, also those the rule leaves out (a movie rebuilt from
+    the movies its users rated), instead of through its neighbours only.
     """
 
     k: int = 8
@@ -73,6 +75,7 @@ class ILLEConfig:
     structure_weight: float = 0.1
     change_threshold: float | None = None
     neighbour_types: str | dict = "auto"
+    walk_all: bool = False
     min_type_nodes: int = 100
 
     def __post_init__(self) -> None:
