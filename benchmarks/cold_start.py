@@ -187,6 +187,8 @@ def main() -> None:
     ap.add_argument("--movielens", default="runs/demo/ml-100k")
     ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     ap.add_argument("--grid", action="store_true", help="validation: ILLE settings on one base per seed")
+    ap.add_argument("--reuse-base", action="store_true",
+                    help="keep a seed's base run from an earlier call with the same --work (a further screen)")
     ap.add_argument("--variants", default=None, help="with --grid: a comma list of its names (default: all)")
     ap.add_argument("--reg", type=float, default=ILLEConfig.reg, help="ILLE's r (the report)")
     ap.add_argument("--neighbour-types", default=ILLEConfig.neighbour_types, help=f"one of {sorted(TYPE_RULES)} (the report)")
@@ -209,7 +211,9 @@ def main() -> None:
 def run_seed(args, seed: int) -> dict:
     """One holdout: the base run, then ILLE, neighbour mean, retrain and popularity per m."""
     work = Path(args.work) / f"seed{seed}"
-    shutil.rmtree(work, ignore_errors=True)
+    reuse = args.reuse_base and (work / "base" / "run" / "embeddings" / "LATEST").is_file()
+    if not reuse:
+        shutil.rmtree(work, ignore_errors=True)
     graph = Path(args.movielens)
     inter = load_interactions(graph, ETYPE)
     cut, cold_u, cold_i, base_train, cold = holdout(inter, 0.1, seed)
@@ -226,9 +230,10 @@ def run_seed(args, seed: int) -> dict:
     cfg = TrainConfig(workers=2, epochs=args.epochs, seed=seed, target=ETYPE)
     edges = lambda part: {"src": part.user, "dst": part.item, "ts": part.ts}  # noqa: E731
     t0 = time.perf_counter()
-    write_renumbered_graph(graph, work / "base" / "graph", remap, warm, ETYPE, edges(base_train))
-    train(work / "base" / "graph", work / "base" / "run", cfg)
-    export_embeddings(work / "base" / "run")
+    if not reuse:
+        write_renumbered_graph(graph, work / "base" / "graph", remap, warm, ETYPE, edges(base_train))
+        train(work / "base" / "graph", work / "base" / "run", cfg)
+        export_embeddings(work / "base" / "run")
     base_seconds = time.perf_counter() - t0
     print(f"seed {seed} base: {len(base_train)} interactions, {warm['user']} users, {warm['movie']} movies, "
           f"{base_seconds:.0f} s", flush=True)

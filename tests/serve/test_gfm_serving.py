@@ -89,7 +89,7 @@ def test_a_gfm_run_is_served_and_follows_events(gfm_service, ml100k):
     assert status == 200 and body["fallback"] is False, body                # personalised by the user tower
     assert not {it["item_id"] for it in body["items"]} & set(star_wars)
     view = EmbeddingView(run)
-    user_ids = {k for k in view.overlay["user"]}
+    user_ids = set(view.updated("user").tolist())
     assert len(user_ids) == 2 and view.count("user") == view.base_counts["user"] + 1
     status, health = http_call(f"{url}/healthz")
     assert health["updates"]["failures"] == 0 and health["updates"]["last"]["status"]["user_tower"] == 2
