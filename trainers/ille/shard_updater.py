@@ -62,6 +62,9 @@ class ShardUpdater:
         self.graph = DeltaGraph(self.store)
         self.types = [n.name for n in self.store.schema.node_types]
         self.features = FeatureStore(GraphDir(run.graph, validate="none"))
+        schema = self.store.schema
+        target = schema.edge_type(schema.interaction_type(TrainConfig.from_json(run.train_config).target))
+        self.target = (target.src, target.dst)
         self.view = EmbeddingView(self.run_dir)
         self.inputs = InputSpace(load_identity_layer(run, self.view, self.store.schema),
                                  self.features, self.graph, self.types, cfg.structure_weight)
@@ -205,7 +208,8 @@ class ShardUpdater:
         for t in np.unique(t_idx):
             group = targets[t_idx == t]
             adjacent = {e.dst for e in self.graph.edge_types_from(self.types[t])}
-            allowed = [self.types.index(n) for n in cfg.allowed(self.types[t], self.types, self.graph.counts, adjacent)]
+            allowed = [self.types.index(n) for n in cfg.allowed(self.types[t], self.types, self.graph.counts, adjacent,
+                                                                 self.target)]
             usable = (lambda keys, a=np.array(allowed): np.isin(split_key(keys)[0], a))
             sets = select_neighbors(self.graph, self.types, group, k, cfg.scan, cfg.expand, cfg.scan2, usable,
                                     cfg.walk_all)

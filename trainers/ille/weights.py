@@ -30,6 +30,9 @@ LLE, SINGLE, DEGREE_FALLBACK, ISOLATED = 0, 1, 2, 3
 STATUS_NAMES = ("lle", "single_neighbor", "degree_fallback", "isolated")
 
 
+RULES = ("target", "auto", "adjacent", "all")
+
+
 @dataclass(frozen=True)
 class ILLEConfig:
     """ILLE settings.
@@ -52,16 +55,20 @@ class ILLEConfig:
     number re-solves a trained node when the half-edges added or removed at it reach that
     fraction of its base degree (and at least one). Nodes ILLE itself created are re-solved
     whenever a batch touches them.
-    ``neighbour_types``: which neighbour types reconstruct a node: ``"auto"`` (default), the
-    types its own type has edges to that have at least ``min_type_nodes`` nodes (a user from
-    the items it touched, not from users two hops away nor from its age group; an item from
-    its users, entities and related items, not from a genre shared by a tenth of the
-    catalogue); ``"adjacent"``, every type its type has edges to; ``"all"``; or
-    ``{type: (types, ...)}`` (types not listed: all). On the cold-start validation holdouts
-    ``"auto"`` beat ``"all"`` (BENCHMARKS.md "ILLE cold start"). A node
-    left without neighbours by the rule takes any type. ``walk_all``: the 2-hop ring is
-    reached through every 1-hop node, also those the rule leaves out (a movie rebuilt from
-    the movies its users rated), instead of through its neighbours only.
+    ``neighbour_types``: which neighbour types reconstruct a node: ``"target"`` (default),
+    the two ends of the run's interaction relation from each other (a user from the items it
+    touched, an item from the users who touched it) and every other type as ``"auto"``;
+    ``"auto"``, the types its own type has edges to that have at least ``min_type_nodes``
+    nodes (a user from its items, not from users two hops away nor from its age group; an
+    item from its users, entities and related items, not from a genre shared by a tenth of
+    the catalogue); ``"adjacent"``, every type its type has edges to; ``"all"``; or
+    ``{type: (types, ...)}`` (types not listed: all). On the cold-start validation holdouts,
+    ranked with the per-user prior, ``"target"`` was the best rule for new users and level
+    with ``"all"`` over users and new items together; ``"auto"`` was the worst of the four
+    (BENCHMARKS.md "ILLE cold start"). A node left without neighbours by the rule takes any
+    type. ``walk_all``: the 2-hop ring is reached through every 1-hop node, also those the
+    rule leaves out (a movie rebuilt from the movies its users rated), instead of through
+    its neighbours only (on the same holdouts it lost on users and new items).
     """
 
     k: int = 8
@@ -74,7 +81,7 @@ class ILLEConfig:
     scan2: int = 8
     structure_weight: float = 0.1
     change_threshold: float | None = None
-    neighbour_types: str | dict = "auto"
+    neighbour_types: str | dict = "target"
     walk_all: bool = False
     min_type_nodes: int = 100
 
@@ -90,20 +97,24 @@ class ILLEConfig:
         if self.structure_weight < 0 or (self.change_threshold is not None and self.change_threshold < 0):
             raise ConfigError("ILLEConfig.structure_weight and change_threshold must be >= 0, got "
                              f"{self.structure_weight!r}, {self.change_threshold!r}")
-        if not (self.neighbour_types in ("all", "adjacent", "auto") or isinstance(self.neighbour_types, dict)):
-            raise ConfigError("ILLEConfig.neighbour_types must be 'all', 'adjacent', 'auto' or a dict {type: (types, ...)}, "
+        if not (self.neighbour_types in RULES or isinstance(self.neighbour_types, dict)):
+            raise ConfigError(f"ILLEConfig.neighbour_types must be one of {RULES} or a dict {{type: (types, ...)}}, "
                               f"got {self.neighbour_types!r}")
 
-    def allowed(self, ntype: str, types: list[str], counts: dict[str, int], adjacent: set[str]) -> list[str]:
+    def allowed(self, ntype: str, types: list[str], counts: dict[str, int], adjacent: set[str],
+                target: tuple[str, str] | None = None) -> list[str]:
         """The neighbour types that reconstruct a node of type ``ntype`` (see the class doc);
-        ``adjacent``: the types ``ntype`` has edge types to."""
+        ``adjacent``: the types ``ntype`` has edge types to; ``target``: the (source,
+        destination) types of the run's interaction relation, for ``"target"``."""
         if isinstance(self.neighbour_types, dict):
             return list(self.neighbour_types.get(ntype, types))
+        if self.neighbour_types == "target" and target is not None and ntype in target:
+            return [target[1] if ntype == target[0] else target[0]]
         if self.neighbour_types == "all":
             return list(types)
         if self.neighbour_types == "adjacent":
             return [t for t in types if t in adjacent]
-        return [t for t in types if t in adjacent and counts[t] >= self.min_type_nodes]
+        return [t for t in types if t in adjacent and counts[t] >= self.min_type_nodes]   # auto, target's others
 
     def k_for(self, degree: np.ndarray) -> np.ndarray:
         """Neighbours wanted per node from its 1-hop degree ``[B] -> [B]``."""

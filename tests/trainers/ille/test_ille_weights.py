@@ -106,8 +106,13 @@ def test_neighbour_type_rules():
     types = ["user", "movie", "genre", "age_group", "entity"]
     counts = {"user": 943, "movie": 1682, "genre": 19, "age_group": 7, "entity": 20_000}
     user_adj, movie_adj = {"movie", "age_group"}, {"user", "genre", "entity", "movie"}
-    assert ILLEConfig().allowed("user", types, counts, user_adj) == ["movie"]           # not 2-hop users, not age
-    assert ILLEConfig().allowed("movie", types, counts, movie_adj) == ["user", "movie", "entity"]
+    target = ("user", "movie")
+    assert ILLEConfig().allowed("user", types, counts, user_adj, target) == ["movie"]    # not 2-hop users, not age
+    assert ILLEConfig().allowed("movie", types, counts, movie_adj, target) == ["user"]   # its users only
+    assert ILLEConfig().allowed("entity", types, counts, {"movie", "entity"}, target) == ["movie", "entity"]
+    auto = ILLEConfig(neighbour_types="auto")
+    assert auto.allowed("user", types, counts, user_adj) == ["movie"]
+    assert auto.allowed("movie", types, counts, movie_adj) == ["user", "movie", "entity"]
     assert ILLEConfig(neighbour_types="adjacent").allowed("user", types, counts, user_adj) == ["movie", "age_group"]
     assert ILLEConfig(neighbour_types="all").allowed("user", types, counts, user_adj) == types
     assert ILLEConfig(neighbour_types={"user": ("user",)}).allowed("user", types, counts, user_adj) == ["user"]
