@@ -143,6 +143,7 @@ TYPE_RULES = {"all": "all", "auto": "auto", "target": "target", "direct": {"user
 WALK_ALL = {"items"}
 GRID = {f"ille_r{reg:g}_{name}": ILLEConfig(reg=reg, neighbour_types=types, walk_all=name in WALK_ALL)
         for reg in (1e-2, 1e-1, 0.3) for name, types in TYPE_RULES.items()}
+GRID.update({f"ille_r{reg:g}_target": ILLEConfig(reg=reg) for reg in (1.0, 3.0)})   # nearer the plain mean
 
 
 @dataclass
