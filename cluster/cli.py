@@ -240,7 +240,8 @@ def eval_cmd(graph: Path, models: str, protocol: str, seeds: int, etype: str, js
 @main.command("update")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.argument("events", type=click.Path(path_type=Path))
-@click.option("--actors", type=int, default=2, show_default=True, help="ILLE updater actors.")
+@click.option("--actors", type=click.IntRange(min=0), default=2, show_default=True,
+              help="ILLE updater actors (0: solve in this process, no actor start-up).")
 @click.option("--batch-size", type=int, default=10_000, show_default=True, help="Events per logged batch.")
 @click.option("--k", type=int, default=8, show_default=True, help="Neighbours per updated node.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the per-batch stats as JSON.")

@@ -182,31 +182,41 @@ class LoggedPool:
 
 class UpdatePool(LoggedPool):
     """Python API of the update stage (see the module doc). ``close()`` stops the actors.
-    ``num_cpus`` and ``resources`` (custom Ray resources, e.g. ``{"updater": 1}``) per actor."""
+    ``num_cpus`` and ``resources`` (custom Ray resources, e.g. ``{"updater": 1}``) per actor.
+    ``actors=0`` solves in this process instead (one :class:`ShardUpdater`, no Ray actor):
+    the same answer, without the seconds a Ray actor takes to start, for a batch job that
+    applies a few batches and exits."""
 
     def __init__(self, run_dir: str | Path, actors: int = 2, cfg: ILLEConfig | None = None,
                  num_cpus: float = 1.0, resources: dict | None = None):
-        if actors < 1:
-            raise ConfigError(f"actors must be >= 1, got {actors!r}")
+        if not isinstance(actors, int) or actors < 0:
+            raise ConfigError(f"actors must be an int >= 0 (0: in this process), got {actors!r}")
         self.cfg = cfg or ILLEConfig()
         store = ShardStore(RunDir(run_dir).parts)
         super().__init__(run_dir, store.schema, store.counts)
+        self.local = ShardUpdater(str(self.run_dir), 0, 1, self.cfg) if actors == 0 else None
         # an actor that dies is always restarted (it rebuilds its state from the log), and a
         # call in flight is retried on it
         actor = ray.remote(ShardUpdater).options(num_cpus=num_cpus, resources=resources or {}, max_restarts=-1,
                                                  max_task_retries=3)
         self.actors = [actor.remote(str(self.run_dir), i, actors, self.cfg) for i in range(actors)]
-        ray.get([a.new_edges.remote() for a in self.actors])      # constructed: state rebuilt, ready
+        self._each("new_edges")                                  # constructed: state rebuilt, ready
+
+    def _each(self, method: str, *args) -> list:
+        """``method(*args)`` on every updater (the actors, or the in-process one); the results."""
+        if self.local is not None:
+            return [getattr(self.local, method)(*args)]
+        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
 
     def stop(self) -> None:
         """Stop the actors; the pool still takes submits (applying needs a new pool)."""
         for a in self.actors:
             ray.kill(a)
-        self.actors = []
+        self.actors, self.local = [], None
 
     def _apply_segment(self, first: int) -> BatchStats:
         t0 = time.perf_counter()
-        parts = ray.get([a.prepare.remote(first) for a in self.actors])       # each reads the segment
+        parts = self._each("prepare", first)                                 # each reads the segment
         targets = np.concatenate([p["targets"] for p in parts])
         offsets = np.cumsum([0] + [len(p["targets"]) for p in parts])
         rows = np.concatenate([p["rows"] + o for p, o in zip(parts, offsets)])
@@ -223,7 +233,7 @@ class UpdatePool(LoggedPool):
         Y, anchored = solve_joint(rows, cols, w, b, direct)
         t_idx, ids = split_key(targets)
         self._write_delta(first, {self.types[t]: (ids[t_idx == t], Y[t_idx == t]) for t in np.unique(t_idx)})
-        ray.get([a.commit.remote(first) for a in self.actors])
+        self._each("commit", first)
         status = np.concatenate([p["status"] for p in parts])
         old = np.concatenate([p["old"] for p in parts]) if len(targets) else np.zeros((0, self.view.dim))
         trained = ~np.isnan(old).any(1)

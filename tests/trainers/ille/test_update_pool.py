@@ -114,8 +114,8 @@ def test_killed_actor_restarts_and_applies_every_event_once(run, tmp_path):
 
 def test_same_embeddings_on_any_actor_count_and_trained_rows_left_alone(run, tmp_path):
     """The stream links new nodes to trained ones and to each other, and adds an edge
-    between a trained user and a new item: with 1, 2 and 4 actors the new rows agree to
-    1e-5, and no trained row moves. With ``change_threshold`` set, trained nodes whose edges
+    between a trained user and a new item: with 1, 2 and 4 actors, and in this process
+    (``actors=0``), the new rows agree to 1e-5, and no trained row moves. With ``change_threshold`` set, trained nodes whose edges
     changed enough are re-solved: that rule is opt-in, and it moves them."""
     from trainers.ille.weights import ILLEConfig
 
@@ -123,11 +123,12 @@ def test_same_embeddings_on_any_actor_count_and_trained_rows_left_alone(run, tmp
     touched = sorted({e["dst"] for evs in batches for e in evs
                       if e["op"] == "edge" and e["etype"] == "user__clicks__item" and e["dst"] < 400})
     rows = {}
-    for name, actors, cfg in (("a1", 1, None), ("a2", 2, None), ("a4", 4, None),
+    for name, actors, cfg in (("a1", 1, None), ("a2", 2, None), ("a4", 4, None), ("local", 0, None),
                               ("resolve", 2, ILLEConfig(change_threshold=0.0))):
         copy = tmp_path / name
         copy_run(run, copy)
-        pool = UpdatePool(copy, actors=actors, cfg=cfg, num_cpus=2 / actors)   # the test Ray has 2 CPUs
+        pool = UpdatePool(copy, actors=actors, cfg=cfg, num_cpus=2 / max(actors, 1))   # the test Ray has 2 CPUs
+        assert len(pool.actors) == actors and (pool.local is None) == (actors > 0)
         try:
             base_items = pool.embeddings().rows("item", touched)
             for evs in batches:
@@ -138,7 +139,7 @@ def test_same_embeddings_on_any_actor_count_and_trained_rows_left_alone(run, tmp
                           base_items, view.rows("item", touched))
         finally:
             pool.close()
-    for name in ("a1", "a2", "a4"):
+    for name in ("a1", "a2", "a4", "local"):
         np.testing.assert_array_equal(rows[name][3], rows[name][2])        # trained rows untouched
         np.testing.assert_allclose(rows[name][0], rows["a1"][0], atol=1e-5)
         np.testing.assert_allclose(rows[name][1], rows["a1"][1], atol=1e-5)
