@@ -275,6 +275,7 @@ def run_seed(args, seed: int) -> dict:
                                                       if isinstance(v, dict)), flush=True)
             continue
         # (b) full retrain with the streamed events
+        shutil.rmtree(work / f"full-m{m}", ignore_errors=True)          # an earlier call's, with --reuse-base
         t0 = time.perf_counter()
         write_renumbered_graph(graph, work / f"full-m{m}" / "graph", remap, all_counts, ETYPE, edges(known))
         train(work / f"full-m{m}" / "graph", work / f"full-m{m}" / "run", cfg)
