@@ -8,7 +8,8 @@ embeddings contract (ILLE's cost does not depend on their values, and exporting 
 node of a 1e7-edge graph would dominate the run). Then streams batches of new users, each
 with attributes and ``--clicks`` edges to existing items, through the update pool, and
 reports the median and p99 batch latency and node updates per second for each actor
-count, applying alone and with the submit (validation, log, fsync) counted too. Writes ``benchmarks/results/ille_throughput.json``.
+count, applying alone and with the submit (validation, log, fsync) counted too. Writes
+``benchmarks/results/ille_throughput.json``.
 """
 
 from __future__ import annotations

@@ -109,18 +109,17 @@ class ShardUpdater:
             self._columns_of = (first, _columns(events))
         return self._columns_of[1]
 
-    def targets(self, events: list[dict], first: int | None = None) -> np.ndarray:
+    def targets(self, first: int, events: list[dict]) -> np.ndarray:
         """Keys of the batch's unknowns, sorted, the same on every actor: the nodes the batch
         creates, the nodes created by earlier batches that it touches (ILLE's own rows: any
         change matters), and, only with ``cfg.change_threshold`` set, trained nodes whose
         half-edges added or removed since the base reach that fraction of their base degree.
         Trained rows are otherwise left as training made them. ``first``: the segment's
-        offset, to reuse its columns from :meth:`_apply_events`."""
+        offset (its columns are those :meth:`_apply_events` built)."""
         created = np.array([node_key(self.types.index(e["ntype"]), e["id"]) for e in events if e["op"] == "node"],
                            np.int64)
         keys = [created]
-        edges = _columns(events)[1] if first is None else self._segment(first, events)[1]
-        for (_, ekey), (src, dst, _, _) in edges.items():
+        for (_, ekey), (src, dst, _, _) in self._segment(first, events)[1].items():
             etype = self.graph.edge_types[ekey]
             for ntype, ids in ((etype.src, src), (etype.dst, dst)):
                 if self.cfg.change_threshold is None:
@@ -151,7 +150,7 @@ class ShardUpdater:
         """
         events = self.log.read(first) if events is None else events
         self._apply_events(first, events)
-        unknown_keys = self.targets(events, first)
+        unknown_keys = self.targets(first, events)
         t_idx, ids = split_key(unknown_keys)
         mine = np.zeros(len(unknown_keys), bool)
         for t in np.unique(t_idx):

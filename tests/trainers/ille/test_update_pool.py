@@ -115,8 +115,9 @@ def test_killed_actor_restarts_and_applies_every_event_once(run, tmp_path):
 def test_same_embeddings_on_any_actor_count_and_trained_rows_left_alone(run, tmp_path):
     """The stream links new nodes to trained ones and to each other, and adds an edge
     between a trained user and a new item: with 1, 2 and 4 actors, and in this process
-    (``actors=0``), the new rows agree to 1e-5, and no trained row moves. With ``change_threshold`` set, trained nodes whose edges
-    changed enough are re-solved: that rule is opt-in, and it moves them."""
+    (``actors=0``), the new rows agree to 1e-5, and no trained row moves. With
+    ``change_threshold`` set, trained nodes whose edges changed enough are re-solved: that
+    rule is opt-in, and it moves them."""
     from trainers.ille.weights import ILLEConfig
 
     batches = _stream()
