@@ -185,10 +185,14 @@ def train_cmd(graph: Path, run_dir: Path, workers: int, epochs: int, batch_size:
 @main.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
-def export_cmd(run_dir: Path, address: str | None) -> None:
-    """Embed every node with RUN_DIR's best validation (else last) checkpoint into a new embeddings version."""
+@click.option("--device", type=click.Path(path_type=Path), help="A LERG run: write its device bundle (.npz) here.")
+def export_cmd(run_dir: Path, address: str | None, device: Path | None) -> None:
+    """Embed every node with RUN_DIR's best (else last) checkpoint into a new embeddings version (--device: LERG)."""
     from trainers.hetsgformer.export import export_embeddings
 
+    if device is not None:
+        from cluster.cli_lerg import export_device_bundle
+        return export_device_bundle(run_dir, device)
     init_ray(address)
     click.echo(f"embeddings: {export_embeddings(run_dir)}")
 
@@ -384,10 +388,12 @@ def graph_validate(path: Path, full: bool) -> None:
 
 
 from cluster.cli_gfm import register as register_gfm  # noqa: E402  (data text)
+from cluster.cli_lerg import lerg_group  # noqa: E402
 from cluster.cli_ops import register  # noqa: E402  (cluster, pipeline, submit, jobs)
 
 register(main)
 register_gfm(main)
+main.add_command(lerg_group)
 
 if __name__ == "__main__":
     main()

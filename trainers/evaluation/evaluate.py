@@ -43,7 +43,7 @@ __all__ = ["Interactions", "Split", "ScoreFn", "evaluate_scores", "load_interact
 PROTOCOLS = ("random", "temporal", "temporal-valid")
 # fitted on the split's interactions and the graph
 GRAPH_MODELS = {**HETERO_PEERS, "text": fit_text_profile, "gfm-foundation": fit_gfm_foundation}
-MODELS = ("hetsgformer", "gfm", "gfm-no-text", *BASELINES, *GRAPH_MODELS)
+MODELS = ("hetsgformer", "gfm", "gfm-no-text", *BASELINES, *GRAPH_MODELS, "lerg")  # and lerg-int4-r0.7 etc.
 
 
 def make_split(inter: Interactions, protocol: str, seed: int, first_events: int = 1) -> Split:
@@ -109,6 +109,17 @@ def fit_hetsgformer(graph_dir: Path, split: Split, seed: int, etype: str, work_d
     return ranking_scores(version, src, dst)
 
 
+def fit_lerg_scores(train: Interactions, seed: int, name: str, log=None) -> tuple[ScoreFn, dict[str, float]]:
+    """LERG model ``name`` (:func:`trainers.lerg.model.lerg_config`): its scores and its device
+    bundle's ``size_ratio`` and ``macs_ratio`` (propagation MACs over full-precision LightGCN's)."""
+    from trainers.lerg.bundle import bundle_arrays, bundle_sizes
+    from trainers.lerg.model import fit_lerg, lerg_config
+
+    state = fit_lerg(train, seed, lerg_config(name), log=log)
+    return state.score_fn(), {"size_ratio": bundle_sizes(bundle_arrays(state))["size_ratio"],
+                              "macs_ratio": state.macs() / state.full_macs}
+
+
 def run_eval(graph_dir: str | Path, models: Sequence[str] = ("pop", "mf", "lightgcn"), protocol: str = "random",
              seeds: Sequence[int] = (0,), ks: Sequence[int] = (10, 20), etype: str | None = None,
              train_cfg: TrainConfig | None = None, work_dir: str | Path | None = None,
@@ -123,7 +134,7 @@ def run_eval(graph_dir: str | Path, models: Sequence[str] = ("pop", "mf", "light
     taking one progress line. Returns ``{model: {metric: {"mean": m, "std": s}}}`` over
     ``seeds`` (population std).
     """
-    unknown = [m for m in models if m not in MODELS]
+    unknown = [m for m in models if m not in MODELS and not m.startswith("lerg")]
     if unknown:
         raise ConfigError(f"unknown models {unknown}; known: {list(MODELS)}")
     if not seeds:
@@ -145,11 +156,15 @@ def run_eval(graph_dir: str | Path, models: Sequence[str] = ("pop", "mf", "light
                     from trainers.gfm.adapt import fit_gfm
                     score = fit_gfm(graph_dir, split, seed, etype, root / f"{name}-{protocol}-{seed}", log=log,
                                     text=name == "gfm")
+                elif name.startswith("lerg"):
+                    score, figures = fit_lerg_scores(fit_part(split), seed, name, log)
                 elif name in GRAPH_MODELS:
                     score = GRAPH_MODELS[name](fit_part(split), seed, graph_dir, etype)
                 else:
                     score = BASELINES[name](fit_part(split), seed)
                 per_seed[name].append(score_split(score, split, ks))
+                if name.startswith("lerg"):
+                    per_seed[name][-1].update(figures)
                 if log:
                     ndcg = ", ".join(f"{k} {v:.4f}" for k, v in per_seed[name][-1].items() if k.endswith("ndcg@10"))
                     log(f"{protocol} seed {seed} {name}: {ndcg} ({time.perf_counter() - t0:.0f} s)")

@@ -1,0 +1,96 @@
+"""LERG at scale: the device bundle's size and the reference scorer's time and memory on
+power-law interaction graphs of 1e5 and 1e6 entities (users + items).
+
+    python benchmarks/lerg.py --entities 1e5,1e6 --steps 10
+
+For each size: 70% users, 30% items, ``--per-user`` interactions a user with Zipf item
+popularity; LERG (the default config) trains for ``--steps`` full-graph steps only (size,
+time and memory do not depend on how far it trained), then the bundle is written and read
+back, and the reference scorer is timed: its load (decode + propagation over the rewired
+graph, once per bundle) and, per user, fine-tune + score of every item (median of
+``--users``). Peak memory is tracemalloc's (numpy's allocations included) over the load and
+over one user. Writes ``benchmarks/results/lerg_scale.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import tracemalloc
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from benchmarks.results_io import write_result  # noqa: E402
+from trainers.evaluation.splits import Interactions  # noqa: E402
+from trainers.lerg.bundle import bundle_sizes, read_bundle, write_bundle  # noqa: E402
+from trainers.lerg.device import DeviceScorer  # noqa: E402
+from trainers.lerg.model import LERGConfig, fit_lerg  # noqa: E402
+
+
+def power_law(entities: int, per_user: int, seed: int) -> Interactions:
+    rng = np.random.default_rng(seed)
+    users, items = int(entities * 0.7), entities - int(entities * 0.7)
+    user = np.repeat(np.arange(users), per_user)
+    rank = np.minimum((rng.pareto(1.0, len(user)) * items / 50).astype(np.int64), items - 1)
+    item = rng.permutation(items)[rank]
+    return Interactions(user, item, np.zeros(len(user), dtype=np.int64), users, items)
+
+
+def measure(entities: int, args) -> dict:
+    inter = power_law(entities, args.per_user, args.seed)
+    cfg = LERGConfig(epochs=1, finetune_epochs=1, max_steps_per_epoch=args.steps)
+    t0 = time.perf_counter()
+    state = fit_lerg(inter, args.seed, replace(cfg, batch_size=max(2048, len(inter) // args.steps)), log=print)
+    train_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_bundle(state, Path(tmp) / "device.npz")
+        file_bytes = path.stat().st_size
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        scorer = DeviceScorer(read_bundle(path))
+        load_s = time.perf_counter() - t0
+        load_peak = tracemalloc.get_traced_memory()[1]
+        sizes = bundle_sizes(scorer.bundle.arrays)
+    rng = np.random.default_rng(args.seed)
+    times, peaks = [], []
+    for user in rng.choice(inter.num_users, args.users, replace=False):
+        local = inter.item[inter.user == user]
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        t0 = time.perf_counter()
+        scorer.recommend(int(user), local, k=20)
+        times.append(time.perf_counter() - t0)
+        peaks.append(tracemalloc.get_traced_memory()[1] - base)
+    resident = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return {"entities": entities, "interactions": len(inter), "train_s": train_s, "retained": int(state.retained.sum()),
+            "macs_ratio": state.macs() / state.full_macs, **sizes, "file_bytes": file_bytes,
+            "device_load_s": load_s, "device_load_peak_mb": load_peak / 2**20,
+            "device_resident_mb": resident / 2**20, "device_user_ms_median": 1e3 * float(np.median(times)),
+            "device_user_peak_mb_median": float(np.median(peaks)) / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entities", default="1e5,1e6")
+    parser.add_argument("--per-user", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results/lerg_scale.json")
+    args = parser.parse_args()
+    rows = []
+    for n in (int(float(x)) for x in args.entities.split(",")):
+        rows.append(measure(n, args))
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
+    write_result(args.out, {"config": vars(args), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""LERG: quantised compositional embeddings, graph rewiring and a device bundle (issue: LERG)."""

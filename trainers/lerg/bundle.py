@@ -1,0 +1,178 @@
+"""The LERG device bundle: one ``.npz`` (no pickles) that a device loads with numpy alone.
+
+Arrays (E = users + items, R retained, P = E - R pruned, C codes, K placeholders, D dims)::
+
+    header            uint8 [*]      UTF-8 JSON: format, version, num_users, num_items, dim, bits, layers, anchor
+    codebook          int8/int16 [C, D] (bits 8/16) or uint8 [C, D/2] (bits 4, two per byte); float32 if bits is None
+    codebook_scale    float32 [C]
+    index             uint8/uint16/uint32 [R, t]   the retained entities' codes, in entity order
+    weight            float16 [R, t]               only when the composition weights were trained
+    retained          uint8 [ceil(E/8)]            np.packbits of the retained mask
+    placeholders      as ``codebook``, [K, D];  placeholder_scale float32 [K]
+    placeholder_of    uint8/uint16/uint32 [P]      each pruned entity's placeholder
+    degree            uint32 [E]                   degrees of the full graph (the normalisation)
+    graph_indptr      uint32 [E + 1], graph_indices uint32 [nnz]   the rewired graph: row j lists the retained
+                                                   entities j receives from
+
+``table bytes`` (what the size ratio counts, against the float32 table E x D x 4) are every
+array but the graph and its degrees, which are stated apart (:func:`bundle_sizes`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from graphs.exceptions import HetrecError
+from trainers.lerg.codebook import quantise
+
+FORMAT, VERSION = "hetrec-lerg-device", 1
+GRAPH_KEYS = ("degree", "graph_indptr", "graph_indices")
+
+
+class BundleError(HetrecError):
+    """A device bundle that cannot be read: names the file and what is wrong."""
+
+
+def smallest_uint(limit: int) -> type:
+    return np.uint8 if limit <= 1 << 8 else np.uint16 if limit <= 1 << 16 else np.uint32
+
+
+def pack(x: np.ndarray, bits: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Quantise rows of x [C, D] and pack 4-bit values two per byte."""
+    q, scale = quantise(x, bits)
+    if bits == 4:
+        nib = (q.astype(np.int16) & 0xF).astype(np.uint8)  # two's complement nibbles
+        if nib.shape[1] % 2:
+            nib = np.pad(nib, ((0, 0), (0, 1)))
+        q = nib[:, 0::2] | (nib[:, 1::2] << 4)
+    return q, scale
+
+
+def unpack(q: np.ndarray, scale: np.ndarray, bits: int | None, dim: int) -> np.ndarray:
+    """Rows back to float32 [C, D]."""
+    if bits == 4:
+        nib = np.stack([q & 0xF, q >> 4], axis=2).reshape(len(q), -1)[:, :dim].astype(np.int8)
+        q = np.where(nib > 7, nib - 16, nib)
+    return q.astype(np.float32) * scale[:, None]
+
+
+def bundle_arrays(state) -> dict[str, np.ndarray]:
+    """The arrays of :class:`trainers.lerg.model.LERGState` ``state``'s bundle (module doc)."""
+    table, n = state.table, len(state.retained)
+    codebook = table.codebook.detach().numpy()
+    weight = table.weight.detach().numpy()
+    keep = state.retained
+    header = {"format": FORMAT, "version": VERSION, "num_users": state.num_users,
+              "num_items": n - state.num_users, "dim": int(codebook.shape[1]), "bits": state.bits,
+              "layers": state.layers, "anchor": weight[0].tolist()}
+    arrays = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
+    arrays["codebook"], arrays["codebook_scale"] = pack(codebook, state.bits)
+    arrays["index"] = table.index.numpy()[keep].astype(smallest_uint(len(codebook)))
+    if table.weight.requires_grad:
+        arrays["weight"] = weight[keep].astype(np.float16)
+    arrays["retained"] = np.packbits(keep)
+    arrays["placeholders"], arrays["placeholder_scale"] = pack(state.placeholders, state.bits)
+    arrays["placeholder_of"] = state.placeholder_of[~keep].astype(smallest_uint(len(state.placeholders)))
+    adj = state.adj
+    arrays["degree"] = np.asarray(state.degree, dtype=np.uint32)
+    arrays["graph_indptr"], arrays["graph_indices"] = adj.indptr.astype(np.uint32), adj.indices.astype(np.uint32)
+    return arrays
+
+
+def write_bundle(state, out: str | Path) -> Path:
+    """Write ``state``'s bundle to ``out`` (a ``.npz``), atomically (a temporary file in the
+    same folder, then renamed)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    arrays = bundle_arrays(state)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    return out
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle: ``header`` (dict) and its arrays."""
+
+    path: Path
+    header: dict
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def num_entities(self) -> int:
+        return self.header["num_users"] + self.header["num_items"]
+
+    def layer0(self) -> np.ndarray:
+        """Every entity's layer-0 row: [E, D] float32."""
+        h, a = self.header, self.arrays
+        meta = unpack(a["codebook"], a["codebook_scale"], h["bits"], h["dim"])
+        keep = np.unpackbits(a["retained"], count=self.num_entities).astype(bool)
+        weight = a["weight"].astype(np.float32) if "weight" in a else np.asarray(h["anchor"], dtype=np.float32)
+        out = np.empty((self.num_entities, h["dim"]), dtype=np.float32)
+        idx = a["index"].astype(np.int64)
+        out[keep] = np.einsum("rt,rtd->rd", np.broadcast_to(weight, idx.shape), meta[idx])
+        ph = unpack(a["placeholders"], a["placeholder_scale"], h["bits"], h["dim"])
+        out[~keep] = ph[a["placeholder_of"].astype(np.int64)]
+        return out
+
+
+REQUIRED = ("header", "codebook", "codebook_scale", "index", "retained", "placeholders", "placeholder_scale",
+            "placeholder_of", *GRAPH_KEYS)
+
+
+def read_bundle(path: str | Path) -> Bundle:
+    """Load and check a bundle; :class:`BundleError` names the file and the bad field."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no such bundle") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise BundleError(f"{path}: not a readable LERG bundle ({err})") from None
+    missing = [k for k in REQUIRED if k not in arrays]
+    if missing:
+        raise BundleError(f"{path}: missing arrays {missing}")
+    try:
+        header = json.loads(arrays["header"].tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{path}: header is not JSON ({err})") from None
+    if header.get("format") != FORMAT or header.get("version") != VERSION:
+        raise BundleError(f"{path}: format {header.get('format')!r} v{header.get('version')}, "
+                          f"expected {FORMAT!r} v{VERSION}")
+    bundle = Bundle(path, header, arrays)
+    e, keep = bundle.num_entities, int(np.unpackbits(arrays["retained"], count=bundle.num_entities).sum())
+    checks = {"index": (len(arrays["index"]), keep), "placeholder_of": (len(arrays["placeholder_of"]), e - keep),
+              "degree": (len(arrays["degree"]), e), "graph_indptr": (len(arrays["graph_indptr"]), e + 1),
+              "codebook_scale": (len(arrays["codebook_scale"]), len(arrays["codebook"]))}
+    for key, (got, want) in checks.items():
+        if got != want:
+            raise BundleError(f"{path}: {key} has {got} rows, expected {want}")
+    if len(arrays["index"]) and int(arrays["index"].max()) >= len(arrays["codebook"]):
+        raise BundleError(f"{path}: index refers to code {int(arrays['index'].max())}, "
+                          f"the codebook has {len(arrays['codebook'])}")
+    if int(arrays["graph_indptr"][-1]) != len(arrays["graph_indices"]):
+        raise BundleError(f"{path}: graph_indptr ends at {int(arrays['graph_indptr'][-1])}, "
+                          f"graph_indices has {len(arrays['graph_indices'])}")
+    return bundle
+
+
+def bundle_sizes(arrays: dict[str, np.ndarray]) -> dict[str, float]:
+    """``table_bytes`` (every array but the graph), ``graph_bytes``, ``float_bytes`` (the float32
+    table, E x D x 4) and ``size_ratio`` = table_bytes / float_bytes."""
+    header = json.loads(arrays["header"].tobytes().decode())
+    table = sum(v.nbytes for k, v in arrays.items() if k not in GRAPH_KEYS)
+    graph = sum(arrays[k].nbytes for k in GRAPH_KEYS)
+    full = (header["num_users"] + header["num_items"]) * header["dim"] * 4
+    return {"table_bytes": table, "graph_bytes": graph, "float_bytes": full, "size_ratio": table / full}
+

@@ -1,0 +1,84 @@
+"""The reference device scorer: numpy only, from a bundle (:mod:`trainers.lerg.bundle`).
+
+    scorer = DeviceScorer.load("bundle.npz")
+    top = scorer.recommend(user=12, local_items=[5, 9, 40], k=20)
+
+It rebuilds the layer-0 rows, propagates them over the rewired graph (LightGCN's mean of
+layers, normalised by the full graph's degrees, as on the server), then fine-tunes the one
+entity whose data is on the device, the user: its final vector takes a few BPR steps on its
+local interactions against sampled negatives (items and codebook stay frozen), and scores
+every item with it. A user the bundle does not know starts from the mean of its local items.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trainers.lerg.bundle import Bundle, BundleError, read_bundle
+
+
+def propagate_numpy(emb0: np.ndarray, bundle: Bundle) -> np.ndarray:
+    """Mean of layers 0..L over the rewired graph: emb0 [E, D] -> [E, D] float32."""
+    import scipy.sparse as sp
+
+    a = bundle.arrays
+    indptr, indices = a["graph_indptr"].astype(np.int64), a["graph_indices"].astype(np.int64)
+    inv = 1.0 / np.sqrt(np.maximum(a["degree"].astype(np.float32), 1))
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    n = len(indptr) - 1
+    adj = sp.csr_matrix(((inv[rows] * inv[indices]).astype(np.float32), indices, indptr), shape=(n, n))
+    out, h = emb0.copy(), emb0
+    for _ in range(bundle.header["layers"]):
+        h = adj @ h
+        out += h
+    return out / (bundle.header["layers"] + 1)
+
+
+class DeviceScorer:
+    """Final item vectors [N, D] and user vectors [U, D] from a bundle."""
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        final = propagate_numpy(bundle.layer0(), bundle)
+        self.num_users = bundle.header["num_users"]
+        self.users, self.items = final[:self.num_users], final[self.num_users:]
+
+    @classmethod
+    def load(cls, path) -> DeviceScorer:
+        return cls(read_bundle(path))
+
+    def finetune(self, user: int | None, local_items, steps: int = 20, lr: float = 0.05, negatives: int = 8,
+                 seed: int = 0) -> np.ndarray:
+        """The user's vector [D] after ``steps`` of BPR on ``local_items`` (item ids)."""
+        local = np.asarray(local_items, dtype=np.int64)
+        if len(local) and (local.min() < 0 or local.max() >= len(self.items)):
+            raise BundleError(f"local item ids must lie in [0, {len(self.items)}), got [{local.min()}, {local.max()}]")
+        if user is not None and not 0 <= user < self.num_users:
+            raise BundleError(f"user must lie in [0, {self.num_users}) or be None, got {user}")
+        if user is not None:
+            vec = self.users[user].copy()
+        elif len(local):
+            vec = self.items[local].mean(0)
+        else:
+            return np.zeros(self.items.shape[1], dtype=np.float32)
+        if not len(local):
+            return vec
+        rng = np.random.default_rng(seed)
+        pos_vec = self.items[local]  # [L, D]
+        for _ in range(steps):
+            neg_vec = self.items[rng.integers(0, len(self.items), (len(local), negatives))]  # [L, M, D]
+            diff = pos_vec[:, None, :] - neg_vec  # [L, M, D]
+            margin = diff @ vec  # [L, M]
+            # d/dvec of -log sigmoid(margin), averaged
+            grad = -((1 / (1 + np.exp(margin)))[..., None] * diff).mean((0, 1))
+            vec = vec - lr * grad
+        return vec.astype(np.float32)
+
+    def recommend(self, user: int | None, local_items, k: int = 20, **finetune) -> np.ndarray:
+        """The top-k item ids [k] for the fine-tuned user, its local items left out."""
+        vec = self.finetune(user, local_items, **finetune)
+        scores = self.items @ vec  # [N]
+        scores[np.asarray(local_items, dtype=np.int64)] = -np.inf
+        k = min(k, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k]
+        return top[np.argsort(-scores[top])]
