@@ -186,13 +186,14 @@ def train_cmd(graph: Path, run_dir: Path, workers: int, epochs: int, batch_size:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
 @click.option("--device", type=click.Path(path_type=Path), help="A LERG run: write its device bundle (.npz) here.")
-def export_cmd(run_dir: Path, address: str | None, device: Path | None) -> None:
+@click.option("--pq", type=int, default=0, show_default=True, help="With --device: PQ scoring codes, bytes an item.")
+def export_cmd(run_dir: Path, address: str | None, device: Path | None, pq: int) -> None:
     """Embed every node with RUN_DIR's best (else last) checkpoint into a new embeddings version (--device: LERG)."""
     from trainers.hetsgformer.export import export_embeddings
 
     if device is not None:
         from cluster.cli_lerg import export_device_bundle
-        return export_device_bundle(run_dir, device)
+        return export_device_bundle(run_dir, device, pq)
     init_ray(address)
     click.echo(f"embeddings: {export_embeddings(run_dir)}")
 

@@ -43,11 +43,12 @@ def lerg_train(graph: Path, run_dir: Path, codebook: int | None, per_entity: int
     click.echo(f"wrote {train_run(graph, run_dir, cfg, etype=etype, seed=seed, log=click.echo)}")
 
 
-def export_device_bundle(run_dir: Path, out: Path) -> None:
+def export_device_bundle(run_dir: Path, out: Path, pq: int = 0) -> None:
     from trainers.lerg.bundle import bundle_sizes, read_bundle
     from trainers.lerg.run import export_device
 
-    path = export_device(run_dir, out)
+    path = export_device(run_dir, out, pq)
     sizes = bundle_sizes(read_bundle(path).arrays)
+    pq_part = f"; PQ scoring codes {sizes['scoring_bytes']:,} bytes" if pq else ""
     click.echo(f"device bundle: {path} (table {sizes['table_bytes']:,} bytes = {sizes['size_ratio']:.1%} of the "
-               f"float32 table; rewired graph {sizes['graph_bytes']:,} bytes)")
+               f"float32 table; rewired graph {sizes['graph_bytes']:,} bytes{pq_part})")

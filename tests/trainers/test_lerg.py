@@ -3,6 +3,8 @@ scorer, on a small graph with two communities (even users take items 0-29, odd o
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -62,7 +64,7 @@ def test_packed_codebook_round_trips(bits):
 
 def test_graph_assignment_puts_each_community_on_its_own_anchors():
     inter = _two_communities()
-    index, weight = graph_assignment(inter.user, inter.item, U, N, CodebookConfig(codebook=8, per_entity=2, spectral_dim=2),
+    index, weight, _ = graph_assignment(inter.user, inter.item, U, N, CodebookConfig(codebook=8, per_entity=2, spectral_dim=2),
                                     seed=0)
     assert index.shape == (U + N, 2) and np.all(index[:, 0] != index[:, 1])
     assert np.allclose(weight.sum(1), 1.0) and np.allclose(weight[:, 0], 0.9)
@@ -164,3 +166,27 @@ def test_cli_trains_a_run_and_exports_its_device_bundle(tmp_path):
     assert device.items.shape == (7, 64) and device.users.shape == (40, 64)
     refused = runner.invoke(main, ["export", str(tmp_path / "shop"), "--device", str(tmp_path / "x.npz")])
     assert refused.exit_code == 1 and "holds no training run" in refused.output
+
+
+def test_pq_scoring_ranks_like_propagation_without_holding_the_rows(tmp_path):
+    rng = np.random.default_rng(3)
+    users, items = 200, 400
+    user = np.repeat(np.arange(users), 15)
+    item = (rng.integers(0, items // 2, len(user)) + (items // 2) * (user % 2)) % items
+    state = fit_lerg(Interactions(user, item, np.arange(len(user)), users, items), 0,
+                     replace(_cfg(), table=replace(_cfg().table, codebook=32)))
+    path = write_bundle(state, tmp_path / "pq.npz", pq_subvectors=16)
+    sizes = bundle_sizes(read_bundle(path).arrays)
+    assert sizes["scoring_bytes"] == items * 16 + 16 * 256 * 4 * 2     # codes + float16 centroids
+    exact, pq = DeviceScorer.load(path, propagate=True), DeviceScorer.load(path)
+    assert not pq.propagate and pq.users is None
+    vec = exact.users[0]
+    assert np.corrcoef(exact.item_scores(vec), pq.item_scores(vec))[0, 1] > 0.95
+    top_exact = set(np.argsort(-exact.item_scores(vec))[:20])
+    assert len(top_exact & set(np.argsort(-pq.item_scores(vec))[:20])) >= 12
+    local = np.arange(items // 2, items // 2 + 10)                       # an odd-community user's device
+    assert np.mean(pq.recommend(None, local, k=20) >= items // 2) >= 0.8
+    with pytest.raises(BundleError, match="has no PQ codes"):
+        DeviceScorer.load(write_bundle(state, tmp_path / "plain.npz"), propagate=False)
+    with pytest.raises(ConfigError, match="PQ scoring needs at least 256 items"):
+        write_bundle(fit_lerg(_two_communities(), 0, _cfg(epochs=1)), tmp_path / "small.npz", pq_subvectors=16)

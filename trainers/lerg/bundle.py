@@ -14,8 +14,13 @@ Arrays (E = users + items, R retained, P = E - R pruned, C codes, K placeholders
     graph_indptr      uint32 [E + 1], graph_indices uint32 [nnz]   the rewired graph: row j lists the retained
                                                    entities j receives from
 
+Optionally, for a device that cannot propagate a large catalogue (:func:`scoring_arrays`)::
+
+    pq_centroids      float16 [M, 256, D / M]    faiss ProductQuantizer sub-centroids of the items' propagated rows
+    pq_codes          uint8 [N, M]               every item's propagated row, M bytes
+
 ``table bytes`` (what the size ratio counts, against the float32 table E x D x 4) are every
-array but the graph and its degrees, which are stated apart (:func:`bundle_sizes`).
+array but the graph, its degrees and the PQ codes, which are stated apart (:func:`bundle_sizes`).
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from graphs.exceptions import HetrecError
+from graphs.exceptions import ConfigError, HetrecError
 from trainers.lerg.codebook import quantise
 
 FORMAT, VERSION = "hetrec-lerg-device", 1
 GRAPH_KEYS = ("degree", "graph_indptr", "graph_indices")
+SCORING_KEYS = ("pq_centroids", "pq_codes")
 
 
 class BundleError(HetrecError):
@@ -85,12 +91,32 @@ def bundle_arrays(state) -> dict[str, np.ndarray]:
     return arrays
 
 
-def write_bundle(state, out: str | Path) -> Path:
+def scoring_arrays(state, subvectors: int = 16) -> dict[str, np.ndarray]:
+    """The items' propagated rows [N, D] as faiss product-quantiser codes, ``subvectors`` bytes
+    an item, so a device scores a large catalogue without propagating (``pq_*`` above)."""
+    import faiss
+
+    items = np.ascontiguousarray(state.final().numpy()[state.num_users:], dtype=np.float32)  # [N, D]
+    n, dim = items.shape
+    if n < 256 or dim % subvectors:
+        raise ConfigError(f"PQ scoring needs at least 256 items and dim ({dim}) divisible by subvectors "
+                          f"({subvectors}); got {n:,} items")
+    pq = faiss.ProductQuantizer(dim, subvectors, 8)
+    pq.cp.min_points_per_centroid = 1   # small catalogues train on what they have
+    rows = items[np.random.default_rng(0).permutation(n)[:256 * 256]]
+    pq.train(rows)
+    centroids = faiss.vector_to_array(pq.centroids).reshape(subvectors, 256, dim // subvectors)
+    return {"pq_centroids": centroids.astype(np.float16), "pq_codes": pq.compute_codes(items)}
+
+
+def write_bundle(state, out: str | Path, pq_subvectors: int = 0) -> Path:
     """Write ``state``'s bundle to ``out`` (a ``.npz``), atomically (a temporary file in the
-    same folder, then renamed)."""
+    same folder, then renamed); ``pq_subvectors`` > 0 adds the PQ scoring codes."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     arrays = bundle_arrays(state)
+    if pq_subvectors:
+        arrays.update(scoring_arrays(state, pq_subvectors))
     tmp = out.with_name(f".{out.name}.tmp")
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
@@ -161,6 +187,9 @@ def read_bundle(path: str | Path) -> Bundle:
     if len(arrays["index"]) and int(arrays["index"].max()) >= len(arrays["codebook"]):
         raise BundleError(f"{path}: index refers to code {int(arrays['index'].max())}, "
                           f"the codebook has {len(arrays['codebook'])}")
+    if "pq_codes" in arrays and (len(arrays["pq_codes"]) != header["num_items"] or "pq_centroids" not in arrays):
+        raise BundleError(f"{path}: pq_codes has {len(arrays['pq_codes'])} rows (expected {header['num_items']}) "
+                          f"or pq_centroids is missing")
     if int(arrays["graph_indptr"][-1]) != len(arrays["graph_indices"]):
         raise BundleError(f"{path}: graph_indptr ends at {int(arrays['graph_indptr'][-1])}, "
                           f"graph_indices has {len(arrays['graph_indices'])}")
@@ -168,11 +197,15 @@ def read_bundle(path: str | Path) -> Bundle:
 
 
 def bundle_sizes(arrays: dict[str, np.ndarray]) -> dict[str, float]:
-    """``table_bytes`` (every array but the graph), ``graph_bytes``, ``float_bytes`` (the float32
-    table, E x D x 4) and ``size_ratio`` = table_bytes / float_bytes."""
+    """``table_bytes`` (every array but the graph and the PQ codes), ``graph_bytes``,
+    ``scoring_bytes`` (PQ), ``float_bytes`` (the float32 table, E x D x 4), ``size_ratio`` =
+    table_bytes / float_bytes and ``scoring_ratio`` = (table_bytes + scoring_bytes) / float_bytes,
+    what a device that scores from PQ codes downloads."""
     header = json.loads(arrays["header"].tobytes().decode())
-    table = sum(v.nbytes for k, v in arrays.items() if k not in GRAPH_KEYS)
+    table = sum(v.nbytes for k, v in arrays.items() if k not in GRAPH_KEYS + SCORING_KEYS)
     graph = sum(arrays[k].nbytes for k in GRAPH_KEYS)
+    scoring = sum(arrays[k].nbytes for k in SCORING_KEYS if k in arrays)
     full = (header["num_users"] + header["num_items"]) * header["dim"] * 4
-    return {"table_bytes": table, "graph_bytes": graph, "float_bytes": full, "size_ratio": table / full}
+    return {"table_bytes": table, "graph_bytes": graph, "scoring_bytes": scoring, "float_bytes": full,
+            "size_ratio": table / full, "scoring_ratio": (table + scoring) / full}
 

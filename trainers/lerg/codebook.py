@@ -55,6 +55,7 @@ class CodebookConfig:
     spectral_dim: int = 16
     init_std: float = 0.03
     train_weights: bool = False
+    spectral_init: bool = False
 
     def __post_init__(self) -> None:
         if self.codebook < 2 or self.dim < 1:
@@ -99,14 +100,20 @@ class CompositionalTable(nn.Module):
     :meth:`forward` () -> [E, D].
     """
 
-    def __init__(self, index: np.ndarray, weight: np.ndarray, cfg: CodebookConfig, seed: int = 0):
+    def __init__(self, index: np.ndarray, weight: np.ndarray, cfg: CodebookConfig, seed: int = 0,
+                 init: np.ndarray | None = None):
         super().__init__()
         self.bits = cfg.bits
         self.register_buffer("index", torch.from_numpy(np.asarray(index, dtype=np.int64)))
         self.weight = nn.Parameter(torch.from_numpy(np.asarray(weight, dtype=np.float32)),
                                    requires_grad=cfg.train_weights)
         gen = torch.Generator().manual_seed(seed)
-        self.codebook = nn.Parameter(torch.randn(cfg.codebook, cfg.dim, generator=gen) * cfg.init_std)
+        codebook = torch.randn(cfg.codebook, cfg.dim, generator=gen) * cfg.init_std
+        if init is not None:  # [C, k]: the clusters' spectral centroids in the first k dimensions
+            k = min(init.shape[1], cfg.dim)
+            cols = torch.from_numpy(np.ascontiguousarray(init[:, :k], dtype=np.float32))
+            codebook[:, :k] = cols * (cfg.init_std * 3 / cols.std().clamp_min(1e-8))
+        self.codebook = nn.Parameter(codebook)
 
     def meta(self) -> torch.Tensor:
         """The (fake-)quantised codebook: [C, D]."""
@@ -127,13 +134,13 @@ def normalised_interactions(user: np.ndarray, item: np.ndarray, num_users: int, 
 
 
 def graph_assignment(user: np.ndarray, item: np.ndarray, num_users: int, num_items: int, cfg: CodebookConfig,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fixed codes from the graph: spectral coordinates of every entity (the top singular
     vectors of the normalised interaction matrix, scaled by sqrt(sigma), row-normalised), faiss
     k-means of the users into C * U / E clusters and of the items into the rest, each
     entity's cluster as its first code and t - 1 random codes of its type's range after it.
     Returns (index [U + N, t] int64, weight [U + N, t] float32: ``anchor`` on the first code,
-    the rest shared equally)."""
+    the rest shared equally, centroids [C, k] float32)."""
     if cfg.codebook >= num_users + num_items:
         raise ConfigError(f"codebook ({cfg.codebook}) must be smaller than the number of entities "
                           f"({num_users + num_items:,} users and items): a table that large saves nothing")
@@ -143,6 +150,7 @@ def graph_assignment(user: np.ndarray, item: np.ndarray, num_users: int, num_ite
     coords = np.concatenate([u * np.sqrt(s), vt.T * np.sqrt(s)]).astype(np.float32)  # [U + N, k]
     coords /= np.linalg.norm(coords, axis=1, keepdims=True).clip(min=1e-12)
     index = np.empty((len(coords), cfg.per_entity), dtype=np.int64)
+    centroids = np.zeros((cfg.codebook, coords.shape[1]), dtype=np.float32)
     rng = np.random.default_rng(seed)
     # users and items get codebook ranges of their own, in proportion to their counts
     c_items = min(num_items, max(cfg.per_entity, cfg.codebook - round(cfg.codebook * num_users / len(coords))))
@@ -152,15 +160,18 @@ def graph_assignment(user: np.ndarray, item: np.ndarray, num_users: int, num_ite
                           f"({cfg.per_entity}) codes for {num_users:,} users and {num_items:,} items")
     for rows, first, size in ((slice(0, num_users), 0, c_users),
                               (slice(num_users, None), c_users, cfg.codebook - c_users)):
-        index[rows] = first + _cluster_codes(coords[rows], size, cfg.per_entity, seed, rng)
+        codes, centroids[first:first + size] = _cluster_codes(coords[rows], size, cfg.per_entity, seed, rng)
+        index[rows] = first + codes
     weight = np.full(index.shape, (1 - cfg.anchor) / max(1, cfg.per_entity - 1), dtype=np.float32)
     weight[:, 0] = cfg.anchor if cfg.per_entity > 1 else 1.0
-    return index, weight
+    return index, weight, centroids
 
 
-def _cluster_codes(coords: np.ndarray, size: int, per_entity: int, seed: int, rng: np.random.Generator) -> np.ndarray:
+def _cluster_codes(coords: np.ndarray, size: int, per_entity: int, seed: int, rng: np.random.Generator
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Codes in ``[0, size)`` for rows of ``coords`` [M, k]: the k-means cluster first, then
-    ``per_entity - 1`` other codes at random (LEGCF), so entities of one cluster still differ."""
+    ``per_entity - 1`` other codes at random (LEGCF), so entities of one cluster still differ.
+    Returns (codes [M, t], centroids [size, k])."""
     kmeans = faiss.Kmeans(coords.shape[1], size, niter=20, seed=seed, verbose=False,
                           min_points_per_centroid=1, max_points_per_centroid=1024)
     kmeans.train(np.ascontiguousarray(coords))
@@ -170,4 +181,4 @@ def _cluster_codes(coords: np.ndarray, size: int, per_entity: int, seed: int, rn
     if per_entity > 1:
         other = rng.integers(0, max(1, size - 1), (len(coords), per_entity - 1))
         index[:, 1:] = other + (other >= index[:, :1])  # never the anchor itself
-    return index
+    return index, kmeans.centroids

@@ -8,6 +8,8 @@ layers, normalised by the full graph's degrees, as on the server), then fine-tun
 entity whose data is on the device, the user: its final vector takes a few BPR steps on its
 local interactions against sampled negatives (items and codebook stay frozen), and scores
 every item with it. A user the bundle does not know starts from the mean of its local items.
+A catalogue too large to propagate in a device's memory is scored from the bundle's PQ
+codes instead (``hetrec export RUN --device OUT --pq 16``; :class:`DeviceScorer`).
 """
 
 from __future__ import annotations
@@ -35,38 +37,70 @@ def propagate_numpy(emb0: np.ndarray, bundle: Bundle) -> np.ndarray:
 
 
 class DeviceScorer:
-    """Final item vectors [N, D] and user vectors [U, D] from a bundle."""
+    """Item vectors from a bundle: propagated here (``propagate=True``; users [U, D] and items
+    [N, D] held), or, for a catalogue too large to propagate on a device, read from the
+    bundle's PQ codes (``propagate=False``; items stay M bytes each, scored by table lookups,
+    and every user starts from its local items). Default: PQ when the bundle has codes."""
 
-    def __init__(self, bundle: Bundle):
+    def __init__(self, bundle: Bundle, propagate: bool | None = None):
         self.bundle = bundle
-        final = propagate_numpy(bundle.layer0(), bundle)
         self.num_users = bundle.header["num_users"]
-        self.users, self.items = final[:self.num_users], final[self.num_users:]
+        has_pq = "pq_codes" in bundle.arrays
+        if propagate is False and not has_pq:
+            raise BundleError(f"{bundle.path}: has no PQ codes; export it with --pq M, or propagate")
+        self.propagate = not has_pq if propagate is None else propagate
+        if self.propagate:
+            final = propagate_numpy(bundle.layer0(), bundle)
+            self.users, self.items = final[:self.num_users], final[self.num_users:]
+            self.num_items = len(self.items)
+        else:
+            self.users = None
+            self.codes = bundle.arrays["pq_codes"]  # [N, M] uint8
+            self.centroids = bundle.arrays["pq_centroids"].astype(np.float32)  # [M, 256, D / M]
+            self.num_items = len(self.codes)
+
+    def item_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Item vectors [..., D] for ids [...]."""
+        if self.propagate:
+            return self.items[ids]
+        m = np.arange(self.codes.shape[1])
+        return self.centroids[m, self.codes[ids]].reshape(*np.shape(ids), -1)  # [..., M, D/M] -> [..., D]
+
+    def item_scores(self, vec: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+        """<item, vec> for every item: [N] float32 (PQ: one lookup table [M, 256], chunked sums)."""
+        if self.propagate:
+            return self.items @ vec
+        lut = np.einsum("mkd,md->mk", self.centroids, vec.reshape(len(self.centroids), -1))  # [M, 256]
+        m = np.arange(self.codes.shape[1])
+        out = np.empty(self.num_items, dtype=np.float32)
+        for start in range(0, self.num_items, chunk):
+            out[start:start + chunk] = lut[m, self.codes[start:start + chunk]].sum(1)
+        return out
 
     @classmethod
-    def load(cls, path) -> DeviceScorer:
-        return cls(read_bundle(path))
+    def load(cls, path, propagate: bool | None = None) -> DeviceScorer:
+        return cls(read_bundle(path), propagate)
 
     def finetune(self, user: int | None, local_items, steps: int = 20, lr: float = 0.05, negatives: int = 8,
                  seed: int = 0) -> np.ndarray:
         """The user's vector [D] after ``steps`` of BPR on ``local_items`` (item ids)."""
         local = np.asarray(local_items, dtype=np.int64)
-        if len(local) and (local.min() < 0 or local.max() >= len(self.items)):
-            raise BundleError(f"local item ids must lie in [0, {len(self.items)}), got [{local.min()}, {local.max()}]")
+        if len(local) and (local.min() < 0 or local.max() >= self.num_items):
+            raise BundleError(f"local item ids must lie in [0, {self.num_items}), got [{local.min()}, {local.max()}]")
         if user is not None and not 0 <= user < self.num_users:
             raise BundleError(f"user must lie in [0, {self.num_users}) or be None, got {user}")
-        if user is not None:
+        if user is not None and self.users is not None:
             vec = self.users[user].copy()
         elif len(local):
-            vec = self.items[local].mean(0)
+            vec = self.item_rows(local).mean(0)
         else:
-            return np.zeros(self.items.shape[1], dtype=np.float32)
+            return np.zeros(self.bundle.header["dim"], dtype=np.float32)
         if not len(local):
             return vec
         rng = np.random.default_rng(seed)
-        pos_vec = self.items[local]  # [L, D]
+        pos_vec = self.item_rows(local)  # [L, D]
         for _ in range(steps):
-            neg_vec = self.items[rng.integers(0, len(self.items), (len(local), negatives))]  # [L, M, D]
+            neg_vec = self.item_rows(rng.integers(0, self.num_items, (len(local), negatives)))  # [L, M, D]
             diff = pos_vec[:, None, :] - neg_vec  # [L, M, D]
             margin = diff @ vec  # [L, M]
             # d/dvec of -log sigmoid(margin), averaged
@@ -77,7 +111,7 @@ class DeviceScorer:
     def recommend(self, user: int | None, local_items, k: int = 20, **finetune) -> np.ndarray:
         """The top-k item ids [k] for the fine-tuned user, its local items left out."""
         vec = self.finetune(user, local_items, **finetune)
-        scores = self.items @ vec  # [N]
+        scores = self.item_scores(vec)  # [N]
         scores[np.asarray(local_items, dtype=np.int64)] = -np.inf
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]

@@ -162,10 +162,12 @@ def fit_lerg(train: Interactions, seed: int = 0, cfg: LERGConfig = LERGConfig(),
     """Pretrain, rewire (``cfg.rewire``), fine-tune; ``log`` gets one line per stage."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    index, weight = graph_assignment(train.user, train.item, train.num_users, train.num_items, cfg.table, seed)
+    index, weight, centroids = graph_assignment(train.user, train.item, train.num_users, train.num_items, cfg.table,
+                                                seed)
     full = bipartite_norm(train)
     n = full.shape[0]
-    state = LERGState(CompositionalTable(index, weight, cfg.table, seed), full, 0, np.ones(n, dtype=bool),
+    table = CompositionalTable(index, weight, cfg.table, seed, centroids if cfg.table.spectral_init else None)
+    state = LERGState(table, full, 0, np.ones(n, dtype=bool),
                       np.zeros((1, cfg.table.dim), dtype=np.float32), np.full(n, -1, dtype=np.int64),
                       train.num_users, cfg.layers, cfg.table.bits, np.diff(full.indptr))
     state.full_macs = state.macs()

@@ -80,6 +80,6 @@ def load_state(run_dir: str | Path) -> LERGState:
                      int(a["num_users"]), cfg.layers, cfg.table.bits, a["degree"])
 
 
-def export_device(run_dir: str | Path, out: str | Path) -> Path:
-    """``hetrec export RUN_DIR --device OUT``: the run's device bundle."""
-    return write_bundle(load_state(run_dir), out)
+def export_device(run_dir: str | Path, out: str | Path, pq_subvectors: int = 0) -> Path:
+    """``hetrec export RUN_DIR --device OUT [--pq M]``: the run's device bundle."""
+    return write_bundle(load_state(run_dir), out, pq_subvectors)
