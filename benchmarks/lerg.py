@@ -1,7 +1,7 @@
 """LERG at scale: the device bundle's size and the reference scorer's time and memory on
 power-law interaction graphs of 1e5 and 1e6 entities (users + items).
 
-    python benchmarks/lerg.py --entities 1e5,1e6 --steps 10
+    python benchmarks/lerg.py --entities 1e4,1e5,1e6 --steps 5 --movielens runs/ml-100k
 
 For each size: 70% users, 30% items, ``--per-user`` interactions a user with Zipf item
 popularity; LERG (the default config) trains for ``--steps`` full-graph steps only (size,
@@ -10,7 +10,8 @@ back (with ``--pq`` bytes of PQ scoring codes an item), and the reference scorer
 both modes: propagating (decode + propagation over the rewired graph, once per bundle) and
 from the PQ codes; per user, fine-tune + score of every item (median of ``--users``). Peak
 memory is tracemalloc's (numpy's allocations included): over the load, over one user, and
-over both (``peak_mb``: what a device must have). Writes ``benchmarks/results/lerg_scale.json``.
+over both (``peak_mb``: what a device must have). ``--movielens GRAPH`` first scores the
+device scorer's recommendations against the server's (:func:`device_quality`). Writes ``benchmarks/results/lerg_scale.json``.
 """
 
 from __future__ import annotations
@@ -88,6 +89,31 @@ def device_figures(path: Path, propagate: bool, inter: Interactions, args) -> di
             "user_ms_max": 1e3 * float(np.max(times)), "user_peak_mb_median": float(np.median(peaks)) / 2**20}
 
 
+def device_quality(graph: str, seed: int, pq: int) -> dict:
+    """NDCG@20 on MovieLens' random split (``seed``) of the server's scores and of the device
+    scorer's, propagating (users as the bundle has them, then fine-tuned on their training
+    interactions) and from PQ codes (users from their training interactions, fine-tuned)."""
+    import torch
+
+    from trainers.evaluation.evaluate import fit_part, make_split
+    from trainers.evaluation.metrics import evaluate_scores
+    from trainers.evaluation.splits import load_interactions
+
+    split = make_split(load_interactions(graph, None), "random", seed)
+    train = fit_part(split)
+    state = fit_lerg(train, seed, LERGConfig(), log=print)
+    out = {"server": evaluate_scores(state.score_fn(), split.test, [train, split.valid], (20,))["ndcg@20"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_bundle(state, Path(tmp) / "device.npz", pq_subvectors=pq)
+        for mode, propagate in (("device_propagate", True), ("device_pq", False)):
+            scorer = DeviceScorer.load(path, propagate=propagate)
+            rows = np.stack([scorer.item_scores(scorer.finetune(u, train.item[train.user == u]))
+                             for u in range(train.num_users)])  # [U, N]
+            table = torch.from_numpy(rows)
+            out[mode] = evaluate_scores(lambda u: table[u], split.test, [train, split.valid], (20,))["ndcg@20"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entities", default="1e5,1e6")
@@ -98,13 +124,17 @@ def main() -> None:
     parser.add_argument("--pq", type=int, default=16, help="PQ scoring bytes an item in the bundle.")
     parser.add_argument("--max-propagate", type=float, default=2e6,
                         help="Largest entity count whose propagating scorer is measured too.")
+    parser.add_argument("--movielens", default=None, help="Also score the device scorer on this graph's random split.")
     parser.add_argument("--out", default="benchmarks/results/lerg_scale.json")
     args = parser.parse_args()
+    quality = device_quality(args.movielens, args.seed, args.pq) if args.movielens else None
+    if quality:
+        print(quality, flush=True)
     rows = []
     for n in (int(float(x)) for x in args.entities.split(",")):
         rows.append(measure(n, args))
         print(rows[-1], flush=True)
-    write_result(args.out, {"config": vars(args), "rows": rows})
+    write_result(args.out, {"config": vars(args), "movielens_ndcg@20": quality, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -201,8 +201,8 @@ def export_cmd(run_dir: Path, address: str | None, device: Path | None, pq: int)
 @main.command("eval")
 @click.argument("graph", type=click.Path(path_type=Path))
 @click.option("--models", default="hetsgformer,lightgcn,mf,pop,rgcn", show_default=True,
-              help="Comma-separated: hetsgformer, lightgcn, mf, pop, rgcn, hgt, gfm-no-text; text, gfm-foundation, "
-                   "gfm (need hetrec data text).")
+              help="Comma-separated: hetsgformer, lightgcn, mf, pop, rgcn, hgt, gfm-no-text, lerg[-int4|8|16][-rR]; "
+                   "text, gfm-foundation, gfm (need hetrec data text).")
 @click.option("--protocol", type=click.Choice(["random", "temporal", "temporal-valid"]), default="random",
               show_default=True, help="temporal-valid: the temporal protocol's validation window (before its test cut).")
 @click.option("--seeds", type=int, default=1, show_default=True, help="Seeds 0..N-1; mean ± std over them.")

@@ -190,3 +190,15 @@ def test_pq_scoring_ranks_like_propagation_without_holding_the_rows(tmp_path):
         DeviceScorer.load(write_bundle(state, tmp_path / "plain.npz"), propagate=False)
     with pytest.raises(ConfigError, match="PQ scoring needs at least 256 items"):
         write_bundle(fit_lerg(_two_communities(), 0, _cfg(epochs=1)), tmp_path / "small.npz", pq_subvectors=16)
+
+
+def test_eval_model_reports_its_size_and_macs():
+    from trainers.evaluation.evaluate import fit_lerg_scores
+
+    rng = np.random.default_rng(4)
+    user = np.repeat(np.arange(300), 10)
+    train = Interactions(user, rng.integers(0, 200, len(user)), np.arange(len(user)), 300, 200)
+    score, figures = fit_lerg_scores(train, 0, "lerg-int4-r0.7")
+    assert score(torch.arange(3)).shape == (3, 200)
+    # 500 entities: 256 codes of 32 bytes (int4) dominate: well below the 128,000-byte float table
+    assert 0.05 < figures["size_ratio"] < 0.12 and 0.5 < figures["macs_ratio"] <= 0.7

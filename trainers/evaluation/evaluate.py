@@ -184,17 +184,18 @@ def split_segments(graph_dir: str | Path, protocol: str, seeds: Sequence[int] = 
 
 
 def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
-    """A plain-text table: one row per model, one column per metric, ``mean±std`` (the mean
-    alone when every std is 0, e.g. for one seed)."""
+    """A plain-text table: one row per model, one column per metric of any model (``-`` where a
+    model has none), ``mean±std`` (the mean alone when every std is 0, e.g. for one seed)."""
     if not results:
         return ""
-    metrics = list(next(iter(results.values())))
-    spread = any(r[m]["std"] for r in results.values() for m in metrics)
+    metrics = list(dict.fromkeys(m for r in results.values() for m in r))  # a model may add its own (lerg)
+    spread = any(r[m]["std"] for r in results.values() for m in metrics if m in r)
     width = max(16 if spread else 10, *(len(m) + 2 for m in metrics))   # "0.2574±0.0185" plus a gap
     first = max(12, *(len(name) + 2 for name in results))
     head = f"{'model':<{first}}" + "".join(f"{m:>{width}}" for m in metrics)
     rows = []
     for name, r in results.items():
-        cells = (f"{r[m]['mean']:.4f}±{r[m]['std']:.4f}" if spread else f"{r[m]['mean']:.4f}" for m in metrics)
+        cells = ("-" if m not in r else f"{r[m]['mean']:.4f}±{r[m]['std']:.4f}" if spread else f"{r[m]['mean']:.4f}"
+                 for m in metrics)
         rows.append(f"{name:<{first}}" + "".join(f"{c:>{width}}" for c in cells))
     return "\n".join([head, "-" * len(head), *rows])

@@ -212,3 +212,10 @@ def test_format_table_lists_models_and_metrics():
     table = format_table({"pop": {"ndcg@10": {"mean": 0.1234, "std": 0.01}},
                           "mf": {"ndcg@10": {"mean": 0.2, "std": 0.0}}})
     assert "ndcg@10" in table and "0.1234±0.0100" in table and table.splitlines()[-1].startswith("mf")
+
+
+def test_format_table_shows_a_metric_only_some_models_have():
+    table = format_table({"lerg": {"ndcg@10": {"mean": 0.25, "std": 0.0}, "size_ratio": {"mean": 0.035, "std": 0.0}},
+                          "pop": {"ndcg@10": {"mean": 0.14, "std": 0.0}}})
+    head, _, lerg, pop = table.splitlines()
+    assert "size_ratio" in head and "0.0350" in lerg and pop.split()[-1] == "-"
