@@ -132,6 +132,11 @@ def test_corrupted_or_foreign_bundles_fail_clearly(trained, tmp_path):
     np.savez(tmp_path / "short.npz", **arrays)
     with pytest.raises(BundleError, match="short.npz: index has"):
         read_bundle(tmp_path / "short.npz")
+    arrays = dict(np.load(path, allow_pickle=False))
+    arrays["graph_indices"] = arrays["graph_indices"][:-3]
+    np.savez(tmp_path / "graph.npz", **arrays)
+    with pytest.raises(BundleError, match="graph.npz: the rewired graph is inconsistent"):
+        DeviceScorer.load(tmp_path / "graph.npz")
     with pytest.raises(BundleError, match="no such bundle"):
         read_bundle(tmp_path / "missing.npz")
     with pytest.raises(BundleError, match="local item ids"):
@@ -184,6 +189,9 @@ def test_pq_scoring_ranks_like_propagation_without_holding_the_rows(tmp_path):
     assert np.corrcoef(exact.item_scores(vec), pq.item_scores(vec))[0, 1] > 0.95
     top_exact = set(np.argsort(-exact.item_scores(vec))[:20])
     assert len(top_exact & set(np.argsort(-pq.item_scores(vec))[:20])) >= 12
+    # a bundle user's row rebuilt from its items' PQ rows points where the propagated one does
+    approx = pq.known_user(0, item[user == 0])
+    assert approx @ exact.users[0] / np.linalg.norm(approx) / np.linalg.norm(exact.users[0]) > 0.9
     local = np.arange(items // 2, items // 2 + 10)                       # an odd-community user's device
     assert np.mean(pq.recommend(None, local, k=20) >= items // 2) >= 0.8
     with pytest.raises(BundleError, match="has no PQ codes"):
@@ -202,3 +210,9 @@ def test_eval_model_reports_its_size_and_macs():
     assert score(torch.arange(3)).shape == (3, 200)
     # 500 entities: 256 codes of 32 bytes (int4) dominate: well below the 128,000-byte float table
     assert 0.05 < figures["size_ratio"] < 0.12 and 0.5 < figures["macs_ratio"] <= 0.7
+
+
+def test_a_few_rows_decode_as_the_whole_table(trained, tmp_path):
+    bundle = read_bundle(write_bundle(trained, tmp_path / "rows.npz"))
+    ids = np.array([0, 5, U + 3, U + N - 1, int(np.flatnonzero(~trained.retained)[0])])
+    np.testing.assert_array_equal(bundle.layer0(ids), bundle.layer0()[ids])

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,80 +133,118 @@ class Bundle:
 
     path: Path
     header: dict
-    arrays: dict[str, np.ndarray]
+    arrays: Mapping[str, np.ndarray]
 
     @property
     def num_entities(self) -> int:
         return self.header["num_users"] + self.header["num_items"]
 
-    def layer0(self) -> np.ndarray:
-        """Every entity's layer-0 row: [E, D] float32."""
+    def layer0(self, ids: np.ndarray | None = None) -> np.ndarray:
+        """Layer-0 rows of entities ``ids`` [K] (None: all): [K, D] float32."""
         h, a = self.header, self.arrays
         meta = unpack(a["codebook"], a["codebook_scale"], h["bits"], h["dim"])
         keep = np.unpackbits(a["retained"], count=self.num_entities).astype(bool)
-        weight = a["weight"].astype(np.float32) if "weight" in a else np.asarray(h["anchor"], dtype=np.float32)
-        out = np.empty((self.num_entities, h["dim"]), dtype=np.float32)
-        idx = a["index"].astype(np.int64)
-        out[keep] = np.einsum("rt,rtd->rd", np.broadcast_to(weight, idx.shape), meta[idx])
+        # each entity's position among the retained (codes) or the pruned (placeholders)
+        if ids is None:
+            ids = np.arange(self.num_entities)
+            slot = np.where(keep, np.cumsum(keep) - 1, np.cumsum(~keep) - 1)
+        else:  # a few rows: count without an [E] index array
+            ids = np.asarray(ids, dtype=np.int64)
+            before = np.array([np.count_nonzero(keep[:i]) for i in ids], dtype=np.int64)
+            slot = np.where(keep[ids], before, ids - before)
+        out = np.empty((len(ids), h["dim"]), dtype=np.float32)
+        kept = keep[ids]
+        idx = a["index"][slot[kept]].astype(np.int64)  # [R', t]
+        weight = a["weight"][slot[kept]].astype(np.float32) if "weight" in a else \
+            np.broadcast_to(np.asarray(h["anchor"], dtype=np.float32), idx.shape)
+        out[kept] = np.einsum("rt,rtd->rd", weight, meta[idx])
         ph = unpack(a["placeholders"], a["placeholder_scale"], h["bits"], h["dim"])
-        out[~keep] = ph[a["placeholder_of"].astype(np.int64)]
+        out[~kept] = ph[a["placeholder_of"][slot[~kept]].astype(np.int64)]
         return out
-
 
 REQUIRED = ("header", "codebook", "codebook_scale", "index", "retained", "placeholders", "placeholder_scale",
             "placeholder_of", *GRAPH_KEYS)
 
 
+class LazyArrays(Mapping):
+    """A bundle's arrays, each read from the open ``.npz`` when first used (a device that
+    scores from PQ codes never reads the graph); :meth:`info` reads a shape and dtype only."""
+
+    def __init__(self, npz: np.lib.npyio.NpzFile):
+        self._npz, self._cache = npz, {}
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._cache:
+            self._cache[key] = self._npz[key]
+        return self._cache[key]
+
+    def __iter__(self):
+        return iter(self._npz.files)
+
+    def __len__(self) -> int:
+        return len(self._npz.files)
+
+    def info(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
+        with self._npz.zip.open(f"{key}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+        return shape, dtype
+
+
+def _rows(arrays: Mapping, key: str) -> int:
+    return arrays.info(key)[0][0] if isinstance(arrays, LazyArrays) else len(arrays[key])
+
+
+def _nbytes(arrays: Mapping, key: str) -> int:
+    if isinstance(arrays, LazyArrays):
+        shape, dtype = arrays.info(key)
+        return int(np.prod(shape)) * dtype.itemsize
+    return arrays[key].nbytes
+
+
 def read_bundle(path: str | Path) -> Bundle:
-    """Load and check a bundle; :class:`BundleError` names the file and the bad field."""
+    """Open and check a bundle (arrays are read when used); :class:`BundleError` names the
+    file and the bad field."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays = LazyArrays(np.load(path, allow_pickle=False))
+        missing = [k for k in REQUIRED if k not in arrays]
+        if missing:
+            raise BundleError(f"{path}: missing arrays {missing}")
+        header = json.loads(arrays["header"].tobytes().decode())
+        rows = {k: _rows(arrays, k) for k in arrays if k != "header"}
     except FileNotFoundError:
         raise BundleError(f"{path}: no such bundle") from None
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
         raise BundleError(f"{path}: not a readable LERG bundle ({err})") from None
-    missing = [k for k in REQUIRED if k not in arrays]
-    if missing:
-        raise BundleError(f"{path}: missing arrays {missing}")
-    try:
-        header = json.loads(arrays["header"].tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{path}: header is not JSON ({err})") from None
     if header.get("format") != FORMAT or header.get("version") != VERSION:
         raise BundleError(f"{path}: format {header.get('format')!r} v{header.get('version')}, "
                           f"expected {FORMAT!r} v{VERSION}")
     bundle = Bundle(path, header, arrays)
     e, keep = bundle.num_entities, int(np.unpackbits(arrays["retained"], count=bundle.num_entities).sum())
-    checks = {"index": (len(arrays["index"]), keep), "placeholder_of": (len(arrays["placeholder_of"]), e - keep),
-              "degree": (len(arrays["degree"]), e), "graph_indptr": (len(arrays["graph_indptr"]), e + 1),
-              "codebook_scale": (len(arrays["codebook_scale"]), len(arrays["codebook"]))}
-    for key, (got, want) in checks.items():
-        if got != want:
-            raise BundleError(f"{path}: {key} has {got} rows, expected {want}")
-    if len(arrays["index"]) and int(arrays["index"].max()) >= len(arrays["codebook"]):
+    checks = {"index": keep, "placeholder_of": e - keep, "degree": e, "graph_indptr": e + 1,
+              "codebook_scale": rows["codebook"], "pq_codes": header["num_items"]}
+    for key, want in checks.items():
+        if key in rows and rows[key] != want:
+            raise BundleError(f"{path}: {key} has {rows[key]} rows, expected {want}")
+    if rows["index"] and int(arrays["index"].max()) >= rows["codebook"]:
         raise BundleError(f"{path}: index refers to code {int(arrays['index'].max())}, "
-                          f"the codebook has {len(arrays['codebook'])}")
-    if "pq_codes" in arrays and (len(arrays["pq_codes"]) != header["num_items"] or "pq_centroids" not in arrays):
-        raise BundleError(f"{path}: pq_codes has {len(arrays['pq_codes'])} rows (expected {header['num_items']}) "
-                          f"or pq_centroids is missing")
-    if int(arrays["graph_indptr"][-1]) != len(arrays["graph_indices"]):
-        raise BundleError(f"{path}: graph_indptr ends at {int(arrays['graph_indptr'][-1])}, "
-                          f"graph_indices has {len(arrays['graph_indices'])}")
+                          f"the codebook has {rows['codebook']}")
+    if ("pq_codes" in rows) != ("pq_centroids" in rows):
+        raise BundleError(f"{path}: pq_codes and pq_centroids come together; one is missing")
     return bundle
 
 
-def bundle_sizes(arrays: dict[str, np.ndarray]) -> dict[str, float]:
+def bundle_sizes(arrays: Mapping) -> dict[str, float]:
     """``table_bytes`` (every array but the graph and the PQ codes), ``graph_bytes``,
     ``scoring_bytes`` (PQ), ``float_bytes`` (the float32 table, E x D x 4), ``size_ratio`` =
     table_bytes / float_bytes and ``scoring_ratio`` = (table_bytes + scoring_bytes) / float_bytes,
     what a device that scores from PQ codes downloads."""
     header = json.loads(arrays["header"].tobytes().decode())
-    table = sum(v.nbytes for k, v in arrays.items() if k not in GRAPH_KEYS + SCORING_KEYS)
-    graph = sum(arrays[k].nbytes for k in GRAPH_KEYS)
-    scoring = sum(arrays[k].nbytes for k in SCORING_KEYS if k in arrays)
+    table = sum(_nbytes(arrays, k) for k in arrays if k not in GRAPH_KEYS + SCORING_KEYS)
+    graph = sum(_nbytes(arrays, k) for k in GRAPH_KEYS)
+    scoring = sum(_nbytes(arrays, k) for k in SCORING_KEYS if k in arrays)
     full = (header["num_users"] + header["num_items"]) * header["dim"] * 4
     return {"table_bytes": table, "graph_bytes": graph, "scoring_bytes": scoring, "float_bytes": full,
             "size_ratio": table / full, "scoring_ratio": (table + scoring) / full}
-

@@ -25,6 +25,9 @@ def propagate_numpy(emb0: np.ndarray, bundle: Bundle) -> np.ndarray:
 
     a = bundle.arrays
     indptr, indices = a["graph_indptr"].astype(np.int64), a["graph_indices"].astype(np.int64)
+    if indptr[-1] != len(indices) or (len(indices) and indices.max() >= len(indptr) - 1):
+        raise BundleError(f"{bundle.path}: the rewired graph is inconsistent (graph_indptr ends at {indptr[-1]}, "
+                          f"graph_indices has {len(indices)} entries)")
     inv = 1.0 / np.sqrt(np.maximum(a["degree"].astype(np.float32), 1))
     rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
     n = len(indptr) - 1
@@ -39,8 +42,9 @@ def propagate_numpy(emb0: np.ndarray, bundle: Bundle) -> np.ndarray:
 class DeviceScorer:
     """Item vectors from a bundle: propagated here (``propagate=True``; users [U, D] and items
     [N, D] held), or, for a catalogue too large to propagate on a device, read from the
-    bundle's PQ codes (``propagate=False``; items stay M bytes each, scored by table lookups,
-    and every user starts from its local items). Default: PQ when the bundle has codes."""
+    bundle's PQ codes (``propagate=False``; items stay M bytes each, scored by table lookups; a
+    bundle user starts from :meth:`known_user`, a new one from its local items). Default: PQ
+    when the bundle has codes."""
 
     def __init__(self, bundle: Bundle, propagate: bool | None = None):
         self.bundle = bundle
@@ -58,6 +62,17 @@ class DeviceScorer:
             self.codes = bundle.arrays["pq_codes"]  # [N, M] uint8
             self.centroids = bundle.arrays["pq_centroids"].astype(np.float32)  # [M, 256, D / M]
             self.num_items = len(self.codes)
+
+    def known_user(self, user: int, local: np.ndarray) -> np.ndarray:
+        """A bundle user's propagated row without propagating: LightGCN's mean of L + 1 layers,
+        ``(h_u^0 + sum_l A h_items^l) / (L + 1)``, with each item's layers taken as its final
+        row: ``h_u^0 / (L + 1) + L / (L + 1) * sum_i F_i / sqrt(d_u d_i)`` over the local items."""
+        layers = self.bundle.header["layers"]
+        degree = self.bundle.arrays["degree"]
+        items = np.unique(local)
+        norm = 1.0 / np.sqrt(max(int(degree[user]), 1) * np.maximum(degree[self.num_users + items], 1))  # [L]
+        own = self.bundle.layer0(np.array([user]))[0]
+        return (own + layers * (norm[:, None] * self.item_rows(items)).sum(0)) / (layers + 1)
 
     def item_rows(self, ids: np.ndarray) -> np.ndarray:
         """Item vectors [..., D] for ids [...]."""
@@ -91,6 +106,8 @@ class DeviceScorer:
             raise BundleError(f"user must lie in [0, {self.num_users}) or be None, got {user}")
         if user is not None and self.users is not None:
             vec = self.users[user].copy()
+        elif user is not None and len(local):
+            vec = self.known_user(user, local)
         elif len(local):
             vec = self.item_rows(local).mean(0)
         else:
