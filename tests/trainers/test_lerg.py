@@ -96,7 +96,7 @@ def test_trained_model_separates_communities_and_rewiring_cuts_macs(trained):
 def test_bundle_round_trips_and_device_scores_match_the_server(trained, tmp_path):
     path = write_bundle(trained, tmp_path / "device.npz")
     bundle = read_bundle(path)
-    assert not list(tmp_path.glob(".*.tmp"))                         # renamed into place
+    assert [p.name for p in tmp_path.iterdir()] == ["device.npz"]     # renamed into place
     device = DeviceScorer(bundle)
     server = trained.final().numpy()
     assert np.allclose(np.concatenate([device.users, device.items]), server, atol=1e-5)

@@ -26,7 +26,6 @@ array but the graph, its degrees and the PQ codes, which are stated apart (:func
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from graphs.exceptions import ConfigError, HetrecError
+from graphs.store import atomic_file
 from trainers.lerg.codebook import quantise
 
 FORMAT, VERSION = "hetrec-lerg-device", 1
@@ -118,12 +118,8 @@ def write_bundle(state, out: str | Path, pq_subvectors: int = 0) -> Path:
     arrays = bundle_arrays(state)
     if pq_subvectors:
         arrays.update(scoring_arrays(state, pq_subvectors))
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    with atomic_file(out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)  # a file object: np.savez would add ".npz" to a path
     return out
 
 

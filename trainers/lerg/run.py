@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import scipy.sparse as sp
 import torch
 
 from graphs.exceptions import RunDirError
-from graphs.store import GraphDir
+from graphs.store import GraphDir, atomic_file
 from trainers.evaluation.splits import load_interactions
 from trainers.lerg.bundle import write_bundle
 from trainers.lerg.codebook import CodebookConfig, CompositionalTable
@@ -53,12 +52,8 @@ def save_state(state: LERGState, path: Path) -> Path:
               "retained": state.retained, "placeholders": state.placeholders, "placeholder_of": state.placeholder_of,
               "degree": state.degree, "adj_indptr": state.adj.indptr, "adj_indices": state.adj.indices,
               "adj_data": state.adj.data, "full_macs": np.int64(state.full_macs), "num_users": np.int64(state.num_users)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)  # a file object: np.savez would add ".npz" to a path
     return path
 
 
