@@ -141,11 +141,13 @@ def lerg_config(name: str) -> LERGConfig:
     return cfg
 
 
-def _train(state: LERGState, train: Interactions, epochs: int, cfg: LERGConfig, rng: np.random.Generator) -> None:
+def _train(state: LERGState, train: Interactions, epochs: int, cfg: LERGConfig, rng: np.random.Generator,
+           log=None, stage: str = "pretrain") -> None:
     adj = to_torch(state.adj)
     opt = torch.optim.Adam([p for p in state.table.parameters() if p.requires_grad], lr=cfg.lr)
     n_users, batch = train.num_users, max(cfg.batch_size, -(-len(train) // cfg.max_steps_per_epoch))
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        total, steps = 0.0, 0
         for user, pos, neg in bpr_batches(train, batch, rng):
             emb0 = state.layer0()  # [E, D]
             emb = propagate(emb0, adj, cfg.layers)
@@ -156,6 +158,9 @@ def _train(state: LERGState, train: Interactions, epochs: int, cfg: LERGConfig, 
             opt.zero_grad()
             loss.backward()
             opt.step()
+            total, steps = total + loss.detach().item(), steps + 1
+        if log:
+            log(f"lerg {stage} epoch {epoch + 1}/{epochs}: loss {total / max(steps, 1):.4f}")
 
 
 def fit_lerg(train: Interactions, seed: int = 0, cfg: LERGConfig = LERGConfig(), log=None) -> LERGState:
@@ -171,7 +176,7 @@ def fit_lerg(train: Interactions, seed: int = 0, cfg: LERGConfig = LERGConfig(),
                       np.zeros((1, cfg.table.dim), dtype=np.float32), np.full(n, -1, dtype=np.int64),
                       train.num_users, cfg.layers, cfg.table.bits, np.diff(full.indptr))
     state.full_macs = state.macs()
-    _train(state, train, cfg.epochs, cfg, rng)
+    _train(state, train, cfg.epochs, cfg, rng, log)
     if cfg.rewire.retention < 1:
         with torch.no_grad():
             emb0 = state.layer0().numpy()
@@ -183,5 +188,5 @@ def fit_lerg(train: Interactions, seed: int = 0, cfg: LERGConfig = LERGConfig(),
         state.retained, state.adj = retained, rewired(full, retained)
         if log:
             log(f"lerg: kept {retained.sum():,} of {n:,} entities; MACs {state.macs() / state.full_macs:.2f}x")
-        _train(state, train, cfg.finetune_epochs, cfg, rng)
+        _train(state, train, cfg.finetune_epochs, cfg, rng, log, "fine-tune")
     return state
