@@ -81,15 +81,15 @@ class DeviceScorer:
         m = np.arange(self.codes.shape[1])
         return self.centroids[m, self.codes[ids]].reshape(*np.shape(ids), -1)  # [..., M, D/M] -> [..., D]
 
-    def item_scores(self, vec: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
-        """<item, vec> for every item: [N] float32 (PQ: one lookup table [M, 256], chunked sums)."""
+    def item_scores(self, vec: np.ndarray) -> np.ndarray:
+        """<item, vec> for every item: [N] float32 (PQ: a lookup table [M, 256], then one
+        gather per sub-quantiser, which keeps the temporaries at [N])."""
         if self.propagate:
             return self.items @ vec
         lut = np.einsum("mkd,md->mk", self.centroids, vec.reshape(len(self.centroids), -1))  # [M, 256]
-        m = np.arange(self.codes.shape[1])
-        out = np.empty(self.num_items, dtype=np.float32)
-        for start in range(0, self.num_items, chunk):
-            out[start:start + chunk] = lut[m, self.codes[start:start + chunk]].sum(1)
+        out = np.zeros(self.num_items, dtype=np.float32)
+        for m in range(len(lut)):
+            out += lut[m][self.codes[:, m]]
         return out
 
     @classmethod
