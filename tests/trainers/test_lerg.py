@@ -216,3 +216,14 @@ def test_a_few_rows_decode_as_the_whole_table(trained, tmp_path):
     bundle = read_bundle(write_bundle(trained, tmp_path / "rows.npz"))
     ids = np.array([0, 5, U + 3, U + N - 1, int(np.flatnonzero(~trained.retained)[0])])
     np.testing.assert_array_equal(bundle.layer0(ids), bundle.layer0()[ids])
+
+
+def test_a_pq_device_never_reads_the_graph(tmp_path):
+    rng = np.random.default_rng(5)
+    user = np.repeat(np.arange(300), 10)
+    state = fit_lerg(Interactions(user, rng.integers(0, 300, len(user)), np.arange(len(user)), 300, 300), 0,
+                     replace(_cfg(), table=replace(_cfg().table, codebook=32)))
+    scorer = DeviceScorer.load(write_bundle(state, tmp_path / "pq.npz", pq_subvectors=8))
+    scorer.recommend(3, [1, 2, 3])
+    loaded = set(scorer.bundle.arrays._cache)
+    assert "pq_codes" in loaded and not loaded & {"graph_indices", "graph_indptr"}

@@ -174,6 +174,9 @@ class LazyArrays(Mapping):
             self._cache[key] = self._npz[key]
         return self._cache[key]
 
+    def __contains__(self, key) -> bool:  # Mapping's default would read the array
+        return key in self._npz.files
+
     def __iter__(self):
         return iter(self._npz.files)
 
