@@ -45,7 +45,9 @@ class CodebookConfig:
     (None: float32, no quantisation); ``dim``: D; ``anchor``: the weight of an entity's own
     cluster (LEGCF: 0.9), the rest shared by its other codes; ``spectral_dim``: singular
     vectors the clustering reads; ``init_std``: the codebook's initial scale;
-    ``train_weights``: also train the composition weights."""
+    ``train_weights``: also train the composition weights; ``spectral_init``: start the
+    codebook at the clusters' spectral centroids; ``user_share``: the users' share of the
+    codebook (None: their share of the entities)."""
 
     codebook: int = 256
     per_entity: int = 2
@@ -56,6 +58,7 @@ class CodebookConfig:
     init_std: float = 0.03
     train_weights: bool = False
     spectral_init: bool = False
+    user_share: float | None = None
 
     def __post_init__(self) -> None:
         if self.codebook < 2 or self.dim < 1:
@@ -152,8 +155,9 @@ def graph_assignment(user: np.ndarray, item: np.ndarray, num_users: int, num_ite
     index = np.empty((len(coords), cfg.per_entity), dtype=np.int64)
     centroids = np.zeros((cfg.codebook, coords.shape[1]), dtype=np.float32)
     rng = np.random.default_rng(seed)
-    # users and items get codebook ranges of their own, in proportion to their counts
-    c_items = min(num_items, max(cfg.per_entity, cfg.codebook - round(cfg.codebook * num_users / len(coords))))
+    # users and items get codebook ranges of their own, in proportion to their counts by default
+    share = num_users / len(coords) if cfg.user_share is None else cfg.user_share
+    c_items = min(num_items, max(cfg.per_entity, cfg.codebook - round(cfg.codebook * share)))
     c_users = cfg.codebook - c_items
     if not cfg.per_entity <= c_users <= num_users:
         raise ConfigError(f"codebook {cfg.codebook} cannot be split into ranges of at least per_entity "
