@@ -148,6 +148,11 @@ def test_model_names():
     assert lerg_config("lerg-int16-r0.5").rewire.retention == 0.5
     with pytest.raises(ConfigError, match="bad LERG model 'lerg-x3'"):
         lerg_config("lerg-x3")
+    with pytest.raises(ConfigError, match="bad LERG model 'lerg-int5'"):
+        lerg_config("lerg-int5")
+    from trainers.evaluation.evaluate import run_eval
+    with pytest.raises(ConfigError, match="not a LERG model name: 'lergx'"):
+        run_eval("/nonexistent-graph", models=["pop", "lergx"])
 
 
 def test_cli_trains_a_run_and_exports_its_device_bundle(tmp_path):

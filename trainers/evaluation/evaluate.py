@@ -137,6 +137,10 @@ def run_eval(graph_dir: str | Path, models: Sequence[str] = ("pop", "mf", "light
     unknown = [m for m in models if m not in MODELS and not m.startswith("lerg")]
     if unknown:
         raise ConfigError(f"unknown models {unknown}; known: {list(MODELS)}")
+    from trainers.lerg.model import lerg_config
+    for name in models:
+        if name.startswith("lerg"):
+            lerg_config(name)  # a bad variant fails now, not after the other models trained
     if not seeds:
         raise ConfigError("seeds must name at least one seed")
     graph_dir = Path(graph_dir).resolve()
