@@ -14,7 +14,7 @@ from trainers.evaluation.splits import Interactions
 from trainers.lerg.bundle import BundleError, bundle_sizes, pack, read_bundle, unpack, write_bundle
 from trainers.lerg.codebook import CodebookConfig, fake_quant, graph_assignment
 from trainers.lerg.device import DeviceScorer
-from trainers.lerg.model import LERGConfig, fit_lerg, lerg_config
+from trainers.lerg.model import LERGConfig, bipartite_norm, fit_lerg, lerg_config
 from trainers.lerg.rewire import RewireConfig, select_retained
 
 U, N = 60, 60
@@ -64,8 +64,8 @@ def test_packed_codebook_round_trips(bits):
 
 def test_graph_assignment_puts_each_community_on_its_own_anchors():
     inter = _two_communities()
-    index, weight, _ = graph_assignment(inter.user, inter.item, U, N, CodebookConfig(codebook=8, per_entity=2, spectral_dim=2),
-                                    seed=0)
+    index, weight = graph_assignment(bipartite_norm(inter)[:U, U:],
+                                     CodebookConfig(codebook=8, per_entity=2, spectral_dim=2), seed=0)
     assert index.shape == (U + N, 2) and np.all(index[:, 0] != index[:, 1])
     assert np.allclose(weight.sum(1), 1.0) and np.allclose(weight[:, 0], 0.9)
     community = np.concatenate([np.arange(U) % 2, np.arange(N) >= 30])

@@ -45,9 +45,8 @@ class CodebookConfig:
     (None: float32, no quantisation); ``dim``: D; ``anchor``: the weight of an entity's own
     cluster (LEGCF: 0.9), the rest shared by its other codes; ``spectral_dim``: singular
     vectors the clustering reads; ``init_std``: the codebook's initial scale;
-    ``train_weights``: also train the composition weights; ``spectral_init``: start the
-    codebook at the clusters' spectral centroids; ``user_share``: the users' share of the
-    codebook (None: their share of the entities)."""
+    ``train_weights``: also train the composition weights; ``user_share``: the users' share
+    of the codebook (None: their share of the entities)."""
 
     codebook: int = 256
     per_entity: int = 2
@@ -57,7 +56,6 @@ class CodebookConfig:
     spectral_dim: int = 16
     init_std: float = 0.03
     train_weights: bool = False
-    spectral_init: bool = False
     user_share: float | None = None
 
     def __post_init__(self) -> None:
@@ -103,20 +101,14 @@ class CompositionalTable(nn.Module):
     :meth:`forward` () -> [E, D].
     """
 
-    def __init__(self, index: np.ndarray, weight: np.ndarray, cfg: CodebookConfig, seed: int = 0,
-                 init: np.ndarray | None = None):
+    def __init__(self, index: np.ndarray, weight: np.ndarray, cfg: CodebookConfig, seed: int = 0):
         super().__init__()
         self.bits = cfg.bits
         self.register_buffer("index", torch.from_numpy(np.asarray(index, dtype=np.int64)))
         self.weight = nn.Parameter(torch.from_numpy(np.asarray(weight, dtype=np.float32)),
                                    requires_grad=cfg.train_weights)
         gen = torch.Generator().manual_seed(seed)
-        codebook = torch.randn(cfg.codebook, cfg.dim, generator=gen) * cfg.init_std
-        if init is not None:  # [C, k]: the clusters' spectral centroids in the first k dimensions
-            k = min(init.shape[1], cfg.dim)
-            cols = torch.from_numpy(np.ascontiguousarray(init[:, :k], dtype=np.float32))
-            codebook[:, :k] = cols * (cfg.init_std * 3 / cols.std().clamp_min(1e-8))
-        self.codebook = nn.Parameter(codebook)
+        self.codebook = nn.Parameter(torch.randn(cfg.codebook, cfg.dim, generator=gen) * cfg.init_std)
 
     def meta(self) -> torch.Tensor:
         """The (fake-)quantised codebook: [C, D]."""
@@ -127,33 +119,23 @@ class CompositionalTable(nn.Module):
         return (self.weight.unsqueeze(-1) * self.meta()[self.index]).sum(1)
 
 
-def normalised_interactions(user: np.ndarray, item: np.ndarray, num_users: int, num_items: int) -> sp.csr_matrix:
-    """D_u^-1/2 R D_i^-1/2 over distinct (user, item) pairs: [U, N] (LightGCN's propagation block)."""
-    r = sp.coo_matrix((np.ones(len(user), dtype=np.float32), (user, item)), shape=(num_users, num_items)).tocsr()
-    r.data[:] = 1.0  # duplicates summed by tocsr count once
-    du = np.asarray(r.sum(1)).ravel().clip(min=1) ** -0.5
-    di = np.asarray(r.sum(0)).ravel().clip(min=1) ** -0.5
-    return sp.diags(du) @ r @ sp.diags(di)
-
-
-def graph_assignment(user: np.ndarray, item: np.ndarray, num_users: int, num_items: int, cfg: CodebookConfig,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def graph_assignment(norm: sp.spmatrix, cfg: CodebookConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Fixed codes from the graph: spectral coordinates of every entity (the top singular
-    vectors of the normalised interaction matrix, scaled by sqrt(sigma), row-normalised), faiss
+    vectors of ``norm``, the normalised interaction matrix D_u^-1/2 R D_i^-1/2 [U, N], i.e. the
+    user-item block of LightGCN's propagation matrix, scaled by sqrt(sigma), row-normalised), faiss
     k-means of the users into C * U / E clusters and of the items into the rest, each
     entity's cluster as its first code and t - 1 random codes of its type's range after it.
     Returns (index [U + N, t] int64, weight [U + N, t] float32: ``anchor`` on the first code,
-    the rest shared equally, centroids [C, k] float32)."""
+    the rest shared equally)."""
+    num_users, num_items = norm.shape
     if cfg.codebook >= num_users + num_items:
         raise ConfigError(f"codebook ({cfg.codebook}) must be smaller than the number of entities "
                           f"({num_users + num_items:,} users and items): a table that large saves nothing")
-    norm = normalised_interactions(user, item, num_users, num_items)
     k = max(1, min(cfg.spectral_dim, min(norm.shape) - 1))
     u, s, vt = svds(norm.astype(np.float64), k=k, random_state=seed)
     coords = np.concatenate([u * np.sqrt(s), vt.T * np.sqrt(s)]).astype(np.float32)  # [U + N, k]
     coords /= np.linalg.norm(coords, axis=1, keepdims=True).clip(min=1e-12)
     index = np.empty((len(coords), cfg.per_entity), dtype=np.int64)
-    centroids = np.zeros((cfg.codebook, coords.shape[1]), dtype=np.float32)
     rng = np.random.default_rng(seed)
     # users and items get codebook ranges of their own, in proportion to their counts by default
     share = num_users / len(coords) if cfg.user_share is None else cfg.user_share
@@ -164,18 +146,17 @@ def graph_assignment(user: np.ndarray, item: np.ndarray, num_users: int, num_ite
                           f"({cfg.per_entity}) codes for {num_users:,} users and {num_items:,} items")
     for rows, first, size in ((slice(0, num_users), 0, c_users),
                               (slice(num_users, None), c_users, cfg.codebook - c_users)):
-        codes, centroids[first:first + size] = _cluster_codes(coords[rows], size, cfg.per_entity, seed, rng)
-        index[rows] = first + codes
+        index[rows] = first + _cluster_codes(coords[rows], size, cfg.per_entity, seed, rng)
     weight = np.full(index.shape, (1 - cfg.anchor) / max(1, cfg.per_entity - 1), dtype=np.float32)
     weight[:, 0] = cfg.anchor if cfg.per_entity > 1 else 1.0
-    return index, weight, centroids
+    return index, weight
 
 
 def _cluster_codes(coords: np.ndarray, size: int, per_entity: int, seed: int, rng: np.random.Generator
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   ) -> np.ndarray:
     """Codes in ``[0, size)`` for rows of ``coords`` [M, k]: the k-means cluster first, then
-    ``per_entity - 1`` other codes at random (LEGCF), so entities of one cluster still differ.
-    Returns (codes [M, t], centroids [size, k])."""
+    ``per_entity - 1`` other codes at random (LEGCF), so entities of one cluster still differ:
+    [M, t]."""
     kmeans = faiss.Kmeans(coords.shape[1], size, niter=20, seed=seed, verbose=False,
                           min_points_per_centroid=1, max_points_per_centroid=1024)
     kmeans.train(np.ascontiguousarray(coords))
@@ -185,4 +166,4 @@ def _cluster_codes(coords: np.ndarray, size: int, per_entity: int, seed: int, rn
     if per_entity > 1:
         other = rng.integers(0, max(1, size - 1), (len(coords), per_entity - 1))
         index[:, 1:] = other + (other >= index[:, :1])  # never the anchor itself
-    return index, kmeans.centroids
+    return index

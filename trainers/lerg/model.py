@@ -95,8 +95,11 @@ class LERGState:
     placeholder_of: np.ndarray
     num_users: int
     layers: int
-    bits: int | None
-    degree: np.ndarray  # [E] degrees of the full graph
+    degree: np.ndarray  # [E] degrees of the full graph (symmetric: what each entity sends and receives)
+
+    @property
+    def bits(self) -> int | None:
+        return self.table.bits
 
     def layer0(self) -> torch.Tensor:
         """[E, D]: the composed rows, pruned ones replaced by their (quantised) placeholder."""
@@ -167,21 +170,18 @@ def fit_lerg(train: Interactions, seed: int = 0, cfg: LERGConfig = LERGConfig(),
     """Pretrain, rewire (``cfg.rewire``), fine-tune; ``log`` gets one line per stage."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    index, weight, centroids = graph_assignment(train.user, train.item, train.num_users, train.num_items, cfg.table,
-                                                seed)
     full = bipartite_norm(train)
-    n = full.shape[0]
-    table = CompositionalTable(index, weight, cfg.table, seed, centroids if cfg.table.spectral_init else None)
-    state = LERGState(table, full, 0, np.ones(n, dtype=bool),
+    n, users = full.shape[0], train.num_users
+    index, weight = graph_assignment(full[:users, users:], cfg.table, seed)
+    state = LERGState(CompositionalTable(index, weight, cfg.table, seed), full, 0, np.ones(n, dtype=bool),
                       np.zeros((1, cfg.table.dim), dtype=np.float32), np.full(n, -1, dtype=np.int64),
-                      train.num_users, cfg.layers, cfg.table.bits, np.diff(full.indptr))
+                      users, cfg.layers, np.diff(full.indptr))
     state.full_macs = state.macs()
     _train(state, train, cfg.epochs, cfg, rng, log)
     if cfg.rewire.retention < 1:
         with torch.no_grad():
             emb0 = state.layer0().numpy()
-        sends = np.diff(full.tocsc().indptr)  # out-edges per entity (column nnz)
-        retained = select_retained(contribution(full, emb0), sends, cfg.rewire)
+        retained = select_retained(contribution(full, emb0), state.degree, cfg.rewire)
         pruned = np.flatnonzero(~retained)
         state.placeholders, assign = placeholder_codebook(emb0, pruned, cfg.rewire.placeholders, seed)
         state.placeholder_of[pruned] = assign

@@ -72,7 +72,7 @@ def load_state(run_dir: str | Path) -> LERGState:
     n = len(a["retained"])
     adj = sp.csr_matrix((a["adj_data"], a["adj_indices"], a["adj_indptr"]), shape=(n, n))
     return LERGState(table, adj, int(a["full_macs"]), a["retained"], a["placeholders"], a["placeholder_of"],
-                     int(a["num_users"]), cfg.layers, cfg.table.bits, a["degree"])
+                     int(a["num_users"]), cfg.layers, a["degree"])
 
 
 def export_device(run_dir: str | Path, out: str | Path, pq_subvectors: int = 0) -> Path:
