@@ -25,6 +25,7 @@ array but the graph, its degrees and the PQ codes, which are stated apart (:func
 
 from __future__ import annotations
 
+import functools
 import json
 import zipfile
 from collections.abc import Mapping
@@ -135,11 +136,16 @@ class Bundle:
     def num_entities(self) -> int:
         return self.header["num_users"] + self.header["num_items"]
 
+    @functools.cached_property
+    def retained(self) -> np.ndarray:
+        """The retained mask [E] bool, unpacked once."""
+        return np.unpackbits(self.arrays["retained"], count=self.num_entities).astype(bool)
+
     def layer0(self, ids: np.ndarray | None = None) -> np.ndarray:
         """Layer-0 rows of entities ``ids`` [K] (None: all): [K, D] float32."""
         h, a = self.header, self.arrays
         meta = unpack(a["codebook"], a["codebook_scale"], h["bits"], h["dim"])
-        keep = np.unpackbits(a["retained"], count=self.num_entities).astype(bool)
+        keep = self.retained
         # each entity's position among the retained (codes) or the pruned (placeholders)
         if ids is None:
             ids = np.arange(self.num_entities)
@@ -221,7 +227,7 @@ def read_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{path}: format {header.get('format')!r} v{header.get('version')}, "
                           f"expected {FORMAT!r} v{VERSION}")
     bundle = Bundle(path, header, arrays)
-    e, keep = bundle.num_entities, int(np.unpackbits(arrays["retained"], count=bundle.num_entities).sum())
+    e, keep = bundle.num_entities, int(bundle.retained.sum())
     checks = {"index": keep, "placeholder_of": e - keep, "degree": e, "graph_indptr": e + 1,
               "codebook_scale": rows["codebook"], "pq_codes": header["num_items"]}
     for key, want in checks.items():
