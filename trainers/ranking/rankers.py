@@ -47,17 +47,22 @@ class DIN(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(4 * dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
 
     def forward(self, users: Tensor, items: Tensor, user_hops: list[dict], item_hops: list[dict],
-                pair: Tensor | None = None) -> Tensor:
+                pair: Tensor | None = None, patch=None) -> Tensor:
+        """``patch(junction, h)``, optional: DCCL's per-row patches (``trainers.dccl.patch``)
+        at the junctions ``user`` (``e_u [B, D]``), ``item`` (the candidate and history
+        embeddings, ``[B, D]`` and ``[B, L, D]``) and ``hidden`` (the last hidden layer ``[B, H]``)."""
+        patch = patch or (lambda junction, h: h)
         pair = torch.arange(len(items), device=items.device) if pair is None else pair
-        e_u = self.user_emb(users.clamp(max=self.user_emb.num_embeddings - 1))[pair]    # [B, D]
-        e_i = self.item_emb(items.clamp(max=self.item_emb.num_embeddings - 1))          # [B, D]
+        e_u = patch("user", self.user_emb(users.clamp(max=self.user_emb.num_embeddings - 1))[pair])   # [B, D]
+        e_i = patch("item", self.item_emb(items.clamp(max=self.item_emb.num_embeddings - 1)))        # [B, D]
         ids = user_hops[0]["ids"][pair].clamp(max=self.item_emb.num_embeddings - 1)
-        hist = self.item_emb(ids)                                                        # [B, L, D]
+        hist = patch("item", self.item_emb(ids))                                                     # [B, L, D]
         c = e_i[:, None].expand_as(hist)
         w = self.unit(torch.cat([hist, c, hist - c, hist * c], -1)).squeeze(-1)   # [B, L]
         w = w * user_hops[0]["mask"][pair]
         pooled = (w[..., None] * hist).sum(1)                                     # [B, D]
-        return self.mlp(torch.cat([e_u, e_i, pooled, pooled * e_i], -1)).squeeze(-1)
+        hidden = self.mlp[:-1](torch.cat([e_u, e_i, pooled, pooled * e_i], -1))   # [B, H]
+        return self.mlp[-1](patch("hidden", hidden)).squeeze(-1)
 
 
 class EmbeddingMLP(nn.Module):

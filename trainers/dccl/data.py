@@ -1,0 +1,148 @@
+"""DCCL's data and the chapter's evaluation protocol.
+
+Leave-last-out: each user's interactions sorted by time (ties in file order); the last is
+the user's test item, the one before it the validation item, the rest train (a user with
+fewer than 3 interactions is train only). Training samples are the train positives with
+``negatives`` items each that the user had not met by then (``make_samples``). A held-out
+item is ranked against ``eval_negatives`` (100) items the user never interacted with;
+metrics are NDCG@10, HR@10 and macro-AUC (each user's AUC of the positive against its
+negatives, averaged over users), overall and per activity group: users split into 20
+groups of equal size by their training sample count (group 0 the least active).
+
+A sample's history is the user's last ``length`` items strictly before its time, read from
+every interaction (``SequenceGraphs``), so no sample ever sees its own moment or later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from graphs.exceptions import ConfigError
+from graphs.store import GraphDir
+from trainers.evaluation.splits import Interactions, load_interactions
+from trainers.ranking.dsgl import hops_to_tensors
+from trainers.ranking.dsgl_data import SequenceGraphs
+from trainers.ranking.dsgl_samples import Samples, make_samples
+from trainers.ranking.rankers import categorical_fields
+
+GROUPS = 20
+
+
+def leave_last_out(inter: Interactions) -> dict[str, np.ndarray]:
+    """Row indices ``{"train", "valid", "test"}`` of ``inter`` (see the module doc)."""
+    order = np.lexsort((np.arange(len(inter)), inter.ts, inter.user))
+    users = inter.user[order]
+    counts = np.bincount(users, minlength=inter.num_users)
+    end = np.cumsum(counts)                                   # one past each user's last row
+    pos = np.arange(len(order)) - np.repeat(end - counts, counts)   # rank within the user
+    from_end = np.repeat(counts, counts) - pos                        # 1: the last
+    held = np.repeat(counts >= 3, counts)
+    return {"train": np.sort(order[~held | (from_end > 2)]), "valid": np.sort(order[held & (from_end == 2)]),
+            "test": np.sort(order[held & (from_end == 1)])}
+
+
+@dataclass
+class Candidates:
+    """One held-out positive per user and its negatives: ``users [N]``, ``items [N, 1 + n]``
+    (column 0 the positive), ``ts [N]`` the positive's time."""
+
+    users: np.ndarray
+    items: np.ndarray
+    ts: np.ndarray
+
+
+class DCCLData:
+    """Interactions, the split, training samples, candidates, histories and user profiles of
+    ``graph``'s user-item edge type ``etype`` (None: the graph's default)."""
+
+    def __init__(self, graph: str | Path, etype: str | None = None, length: int = 10, depth: int = 1,
+                 seed: int = 0):
+        gdir = GraphDir(graph, validate="none")
+        self.etype = gdir.schema.interaction_type(etype)
+        self.user_type, _, self.item_type = self.etype.split("__")
+        self.inter = load_interactions(graph, self.etype)
+        self.rows = leave_last_out(self.inter)
+        if not len(self.rows["test"]):
+            raise ConfigError(f"{graph}: no user of {self.etype} has 3 interactions; nothing to hold out")
+        self.parts = {name: _subset(self.inter, rows) for name, rows in self.rows.items()}
+        self.graphs = SequenceGraphs(self.inter, length=length, depth=depth)
+        self.profile = categorical_fields(gdir, self.user_type)          # (codes [U, F], cards)
+        self.seed = seed
+        self.activity = np.bincount(self.parts["train"].user, minlength=self.inter.num_users)
+        ranks = np.argsort(np.argsort(self.activity, kind="stable"), kind="stable")
+        self.group = (ranks * GROUPS // max(self.inter.num_users, 1)).astype(np.int64)   # [U], 0: least active
+
+    def train_samples(self, negatives: int, seed: int) -> Samples:
+        return make_samples(self.parts["train"], self.parts["train"], negatives, np.random.default_rng([seed, 11]))
+
+    def candidates(self, part: str, negatives: int = 100) -> Candidates:
+        """``part`` in ``valid | test``: its positives with ``negatives`` items each that the
+        user never interacted with (fixed by the data's seed)."""
+        pos = self.parts[part]
+        rng = np.random.default_rng([self.seed, 13, 0 if part == "valid" else 1])
+        seen = set((self.inter.user * self.inter.num_items + self.inter.item).tolist())
+        items = np.empty((len(pos), 1 + negatives), np.int64)
+        items[:, 0] = pos.item
+        for row, u in enumerate(pos.user):
+            draw = rng.integers(0, self.inter.num_items, 4 * negatives + 16)
+            fresh = draw[[int(u) * self.inter.num_items + int(i) not in seen for i in draw]]
+            fresh = fresh[np.sort(np.unique(fresh, return_index=True)[1])][:negatives]
+            if len(fresh) < negatives:
+                raise ConfigError(f"user {u}: fewer than {negatives} items it never met to draw as negatives")
+            items[row, 1:] = fresh
+        return Candidates(pos.user, items, pos.ts)
+
+    def tensors(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray, device="cpu") -> tuple:
+        """``(users [B], items [B], user_hops, item_hops)`` for one row per sample."""
+        u_hops, i_hops = self.graphs.batch(users, items, ts)
+        return (torch.as_tensor(users, device=device), torch.as_tensor(items, device=device),
+                hops_to_tensors(u_hops, device), hops_to_tensors(i_hops, device))
+
+
+def _subset(inter: Interactions, rows: np.ndarray) -> Interactions:
+    return Interactions(inter.user[rows], inter.item[rows], inter.ts[rows], inter.num_users, inter.num_items)
+
+
+@torch.no_grad()
+def score_candidates(model: torch.nn.Module, data: DCCLData, cand: Candidates, batch_users: int = 256
+                     ) -> np.ndarray:
+    """Logits ``[N, 1 + n]`` of every candidate; one user-side history per user."""
+    model.eval()
+    n = cand.items.shape[1]
+    out = []
+    for a in range(0, len(cand.users), batch_users):
+        users, ts = cand.users[a:a + batch_users], cand.ts[a:a + batch_users]
+        items = cand.items[a:a + batch_users].ravel()
+        u_hops = hops_to_tensors(data.graphs.user_side(users, ts))
+        i_hops = hops_to_tensors(data.graphs.item_side(items, np.repeat(ts, n)))
+        pair = torch.arange(len(users)).repeat_interleave(n)
+        out.append(model(torch.as_tensor(users), torch.as_tensor(items), u_hops, i_hops, pair=pair)
+                   .reshape(len(users), n).numpy())
+    return np.concatenate(out) if out else np.zeros((0, n), np.float32)
+
+
+def ranking_metrics(scores: np.ndarray, users: np.ndarray, group: np.ndarray, k: int = 10) -> dict:
+    """NDCG@k, HR@k and macro-AUC of ``scores [N, 1 + n]`` (column 0 the positive; ties
+    count half), overall and per activity group (``group [U]``)."""
+    pos = scores[:, :1]
+    above = (scores[:, 1:] > pos).sum(1) + 0.5 * (scores[:, 1:] == pos).sum(1)     # negatives ahead
+    rank = np.floor(above).astype(np.int64)                                        # 0-based rank
+    hit = rank < k
+    per = {"ndcg": np.where(hit, 1 / np.log2(rank + 2), 0.0), "hr": hit.astype(np.float64),
+           "auc": 1 - above / (scores.shape[1] - 1)}
+    out = {f"{name}@{k}" if name != "auc" else "auc": float(v.mean()) for name, v in per.items()}
+    g = group[users]
+    out["groups"] = [{"group": int(b), "users": int((g == b).sum()),
+                      **{(f"{n}@{k}" if n != "auc" else "auc"): float(v[g == b].mean()) for n, v in per.items()}}
+                     for b in range(GROUPS) if (g == b).any()]
+    return out
+
+
+def popularity_scores(data: DCCLData, cand: Candidates) -> np.ndarray:
+    """The popularity baseline: each candidate's training interactions ``[N, 1 + n]``."""
+    counts = np.bincount(data.parts["train"].item, minlength=data.inter.num_items).astype(np.float64)
+    return counts[cand.items]
