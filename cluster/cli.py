@@ -289,31 +289,6 @@ def update_cmd(run_dir: Path, events: Path, actors: int, batch_size: int, k: int
         write_json_atomic(json_out, {"run": str(run_dir), "events": str(events), "batches": stats_json(stats)})
 
 
-@main.command("rank")
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--model", type=click.Choice(["dsgl", "din", "mlp"]), default="dsgl", show_default=True)
-@click.option("--epochs", type=int, default=3, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True, help="Ray Train workers.")
-@click.option("--steps", type=int, default=None, help="Cap on the steps of an epoch (default: all samples).")
-@click.option("--use-gpu", is_flag=True, help="One GPU per worker, NCCL.")
-@click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
-def rank_cmd(run_dir: Path, model: str, epochs: int, workers: int, steps: int | None, use_gpu: bool,
-             address: str | None) -> None:
-    """Train the ranker of RUN_DIR's graph into RUN_DIR/ranker (temporal protocol) and
-    print its test and cold-user AUC / log loss. ``mlp`` reads RUN_DIR's embeddings."""
-    from trainers.ranking.train import RankerConfig, train_ranker
-    from trainers.run_dir import RunDir
-
-    run = RunDir(run_dir)
-    graph = run.graph                   # RunDirError (one line) if RUN_DIR holds no run
-    init_ray(address)
-    cfg = RankerConfig(model=model, epochs=epochs, workers=workers, use_gpu=use_gpu, steps_per_epoch=steps,
-                       etype=run.target, embeddings=str(run.path) if model == "mlp" else None)
-    meta = train_ranker(graph, run.ranker, cfg)
-    for name, value in meta["final"].items():
-        click.echo(f"{name}: {value:.4f}" if isinstance(value, float) else f"{name}: {value}")
-
-
 @main.command("serve")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address of every listener.")
@@ -330,15 +305,16 @@ def rank_cmd(run_dir: Path, model: str, epochs: int, workers: int, steps: int | 
                    "RAY_SERVE_ENABLE_HA_PROXY=1 where `ray start` runs.")
 @click.option("--stats-port", type=int, default=8404, show_default=True, help="HAProxy's stats page.")
 @click.option("--metrics-port", type=int, default=9101, show_default=True, help="HAProxy's Prometheus exporter.")
+@click.option("--dccl", is_flag=True, help="Rank with RUN_DIR/dccl's latest round (per-user patches).")
 @click.option("--address", default=None, help="Ray address. Default: an embedded local Ray.")
 def serve_cmd(run_dir: Path, host: str, port: int, candidates: int, token_file: Path | None, colocate: bool,
-              haproxy: bool | None, stats_port: int, metrics_port: int, address: str | None) -> None:
+              haproxy: bool | None, stats_port: int, metrics_port: int, dccl: bool, address: str | None) -> None:
     """Serve RUN_DIR (embeddings + ranker) on Ray Serve: /recommend, /events, /healthz, /docs.
     Runs until Ctrl-C or SIGTERM, then shuts the application (and the Ray it started) down."""
     from cluster.serve_process import ServeProcess, serve_until_stopped
     from serve.config import ServeConfig
 
-    cfg = ServeConfig(run_dir=str(run_dir), candidates=candidates, colocate=colocate,
+    cfg = ServeConfig(run_dir=str(run_dir), candidates=candidates, colocate=colocate, dccl=dccl,
                       token_file=str(token_file) if token_file else None)
     if token_file is None and not os.environ.get("HETREC_TOKEN"):
         click.echo("warning: no token (--token-file or HETREC_TOKEN): POST /events will answer 401", err=True)
@@ -391,10 +367,12 @@ def graph_validate(path: Path, full: bool) -> None:
 from cluster.cli_gfm import register as register_gfm  # noqa: E402  (data text)
 from cluster.cli_lerg import lerg_group  # noqa: E402
 from cluster.cli_ops import register  # noqa: E402  (cluster, pipeline, submit, jobs)
+from cluster.cli_rank import dccl_cmd, rank_cmd  # noqa: E402
 
 register(main)
 register_gfm(main)
-main.add_command(lerg_group)
+for command in (lerg_group, rank_cmd, dccl_cmd):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

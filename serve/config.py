@@ -34,7 +34,9 @@ class ServeConfig:
     the ranker in-process, with ``ingress_cpus + retriever_cpus + ranker_cpus`` each, and
     there are no Retriever and Ranker deployments: a request makes one hop instead of three
     (the default: the lower-latency layout while the index and the model fit in each
-    replica); False: retrieval and ranking scale as deployments of their own."""
+    replica); False: retrieval and ranking scale as deployments of their own. ``dccl``: rank
+    with the latest DCCL round of ``<run>/dccl`` (``hetrec dccl``: DIN with each user's
+    MetaPatch, a user without one patched from the profile) instead of ``<run>/ranker``."""
 
     run_dir: str
     etype: str | None = None
@@ -64,6 +66,7 @@ class ServeConfig:
     ille_resources: dict[str, float] = field(default_factory=dict)
     index: IndexConfig = field(default_factory=IndexConfig)
     colocate: bool = True
+    dccl: bool = False
 
     def __post_init__(self) -> None:
         absolute_fields(self, "run_dir", "token_file")      # read by replicas in other directories
@@ -73,7 +76,7 @@ class ServeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"ServeConfig.{name} must be an int >= 1, got {value!r}")
-        for name in ("protect_reads", "colocate"):
+        for name in ("protect_reads", "colocate", "dccl"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"ServeConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if self.batch_wait_s < 0:

@@ -35,6 +35,7 @@ from trainers.ille.embedding_view import EmbeddingView
 from trainers.ille.pool import LoggedPool, open_pool, stats_json
 from trainers.ranking.dsgl import hops_to_tensors
 from trainers.ranking.dsgl_data import SequenceGraphs
+from trainers.dccl.rounds import load_dccl
 from trainers.ranking.train import load_ranker
 from trainers.run_dir import RunDir
 
@@ -94,7 +95,12 @@ class Ranker:
 
     def __init__(self, cfg: ServeConfig, threads: int = 1):
         torch.set_num_threads(max(1, threads))
-        self.model, self.rcfg, _ = load_ranker(RunDir(cfg.run_dir).ranker)
+        if cfg.dccl:        # DIN with every user's MetaPatch, looked up by user id in the model
+            self.model, dcfg, _ = load_dccl(RunDir(cfg.run_dir).dccl)
+            self.rcfg, self.length, self.depth, self.buckets = None, dcfg.length, 1, 32
+        else:
+            self.model, self.rcfg, _ = load_ranker(RunDir(cfg.run_dir).ranker)
+            self.length, self.depth, self.buckets = self.rcfg.length, self.rcfg.dsgl.depth, self.rcfg.dsgl.num_buckets
         if hasattr(self.model, "freeze_embeddings"):       # DSGL: one lookup per embedding
             self.model.freeze_embeddings()
         self.catalog = LiveCatalog(cfg.run_dir, cfg.etype)
@@ -105,8 +111,7 @@ class Ranker:
         self.rank.set_batch_wait_timeout_s(cfg.batch_wait_s)
 
     def _build(self) -> SequenceGraphs:
-        d = self.rcfg.dsgl
-        return SequenceGraphs(self.catalog.interactions(), self.rcfg.length, d.depth, num_buckets=d.num_buckets)
+        return SequenceGraphs(self.catalog.interactions(), self.length, self.depth, num_buckets=self.buckets)
 
     def _current(self) -> SequenceGraphs:
         if self.catalog.follow():
@@ -122,7 +127,7 @@ class Ranker:
         not cached yet get their sequences built; otherwise ``(hops, None)``. The cache holds
         at most ``max(CACHE_ITEMS, B)`` items (grown as needed) and starts over when full,
         so its memory is bounded whatever the catalogue's size."""
-        if self.rcfg.dsgl.depth != 2:
+        if self.depth != 2 or not hasattr(self.model, "root_memory"):
             return hops_to_tensors(self.graphs.item_side(items, np.full(len(items), t))), None
         if len(self.slot) <= items.max():                       # item id -> cache row, -1: not cached
             self.slot = np.concatenate([self.slot, np.full(2 * int(items.max()) + 2 - len(self.slot), -1)])
@@ -172,7 +177,7 @@ class Ranker:
         item_hops, item_memory = self._item_side(items, t)
         logits = self.model(torch.from_numpy(users), torch.from_numpy(items),
                             hops_to_tensors(graphs.user_side(users, np.full(len(users), t))), item_hops,
-                            pair=torch.from_numpy(pair), item_memory=item_memory)
+                            pair=torch.from_numpy(pair), **({} if item_memory is None else {"item_memory": item_memory}))
         return [part.tolist() for part in torch.split(logits, sizes)]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)

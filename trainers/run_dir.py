@@ -12,6 +12,7 @@
                                       with a copy of the older version's log: events carry over)
     <run>/updates/vNNNN/deltas/       one committed batch of updated rows per file
     <run>/ranker/                     the ranker (model.pt, meta.json)
+    <run>/dccl/                       DCCL's rounds (``trainers.dccl.rounds.DCCLDir``)
 
 Every module that reads or writes a run goes through :class:`RunDir`; nothing else reads
 ``config.json`` as a raw dict.
@@ -156,3 +157,7 @@ class RunDir:
     @property
     def ranker(self) -> Path:
         return self.path / "ranker"
+
+    @property
+    def dccl(self) -> Path:
+        return self.path / "dccl"
