@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +61,10 @@ def _loop(conf: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     data = DCCLData(conf["graph"], cfg.etype, cfg.length, seed=cfg.seed)
     model = build_model(data, cfg)
+    momo = conf["stage"] == "momo"
     if conf["start"]:
         model.load_state_dict(torch.load(conf["start"], weights_only=True, map_location="cpu"))
-    momo = conf["stage"] == "momo"
+    fresh = build_model(data, replace(cfg, seed=conf["seed"] + 7919)).ranker if momo and cfg.fresh_student else None
     teacher, device_theta, has = None, None, None
     if momo:
         device_theta, has = fleet_table(model, conf["fleet"])
@@ -70,6 +72,8 @@ def _loop(conf: dict) -> None:
         teacher.set_patches(torch.as_tensor(conf["fleet"]["users"]), torch.as_tensor(conf["fleet"]["theta"]))
         for p in teacher.parameters():
             p.requires_grad_(False)
+        if fresh is not None:
+            model.ranker = fresh
     ranker_params = [p for n, p in model.named_parameters() if n.startswith("ranker.")]
     patch_params = [p for n, p in model.named_parameters() if not n.startswith("ranker.")]
     model = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})

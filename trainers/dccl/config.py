@@ -21,6 +21,8 @@ class DCCLConfig:
     as soft labels (weight ``distill_weight``), then ``patch_epochs`` on the basis and the
     encoder with the ranker frozen, where ``cold_rate`` of the rows hide their device
     vector (so the encoder learns the profile-only patch of users without a device).
+    ``fresh_student``: the distillation starts the ranker from a new initialisation (a student
+    born again from the devices' models) instead of the previous round's weights.
     ``lr`` is the ranker's, ``patch_lr`` the basis' and the encoder's. ``workers``,
     ``use_gpu``, ``resources_per_worker``: the Ray Train workers of the cloud stages."""
 
@@ -34,6 +36,7 @@ class DCCLConfig:
     distill_epochs: int = 1
     patch_epochs: int = 2
     distill_weight: float = 0.5
+    fresh_student: bool = False
     cold_rate: float = 0.2
     batch_size: int = 1024
     lr: float = 2e-3

@@ -27,16 +27,20 @@ from trainers.ranking.dsgl_samples import Samples
 class DeviceConfig:
     """``steps`` of Adam at ``lr`` on the user's samples, at most ``batch`` of them a step
     (drawn anew each step); ``weight_decay``: the L2 pull towards the starting vector;
-    ``users_per_task``: the chunk a Ray task personalises."""
+    ``recent``: train on the user's last ``recent`` positives (and their negatives) only, its
+    current interest (None: all of its samples); ``users_per_task``: the chunk a Ray task
+    personalises."""
 
     steps: int = 20
     lr: float = 0.05
     batch: int = 256
     weight_decay: float = 1e-3
+    recent: int | None = None
     users_per_task: int = 64
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.lr <= 0 or self.batch < 1 or self.weight_decay < 0 or self.users_per_task < 1:
+        if (self.steps < 0 or self.lr <= 0 or self.batch < 1 or self.weight_decay < 0 or self.users_per_task < 1
+                or (self.recent is not None and self.recent < 1)):
             raise ConfigError(f"DeviceConfig: steps >= 0, lr > 0, batch >= 1, weight_decay >= 0, "
                               f"users_per_task >= 1; got {self}")
 
@@ -69,7 +73,7 @@ def local_samples(data: DCCLData, samples: Samples) -> dict[str, np.ndarray]:
     order = np.argsort(samples.users, kind="stable")
     s = samples.take(order)
     hop = data.graphs.user_side(s.users, s.ts)[0]
-    return {"users": s.users, "items": s.items, "hist": hop.ids, "mask": hop.mask, "labels": s.labels}
+    return {"users": s.users, "items": s.items, "hist": hop.ids, "mask": hop.mask, "labels": s.labels, "ts": s.ts}
 
 
 @ray.remote(num_cpus=1)
@@ -81,7 +85,10 @@ def _device_chunk(model: PatchedRanker, chunk: dict, starts: np.ndarray, cfg: De
     bounds = np.append(bounds, len(chunk["users"]))
     thetas, seconds = [], []
     for j, u in enumerate(users):
-        rows = slice(bounds[j], bounds[j + 1])
+        rows = np.arange(bounds[j], bounds[j + 1])
+        if cfg.recent:                                     # the last `recent` positives' times onwards
+            pos_ts = np.sort(chunk["ts"][rows][chunk["labels"][rows] > 0])
+            rows = rows[chunk["ts"][rows] >= pos_ts[-min(cfg.recent, len(pos_ts))]] if len(pos_ts) else rows
         local = {k: torch.as_tensor(chunk[k][rows]) for k in ("items", "hist", "mask", "labels")}
         t0 = time.perf_counter()
         thetas.append(personalise(model, int(u), local, torch.as_tensor(starts[j]), cfg, seed=seed * 100_003 + int(u)))
