@@ -1,0 +1,1 @@
+"""DCCL: MetaPatch on the device, MoMoDistill in the cloud (issue: DCCL)."""

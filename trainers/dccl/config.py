@@ -32,11 +32,11 @@ class DCCLConfig:
     length: int = 10
     negatives: int = 4
     eval_negatives: int = 100
-    base_epochs: int = 5
-    distill_epochs: int = 1
+    base_epochs: int = 20
+    distill_epochs: int = 20
     patch_epochs: int = 2
-    distill_weight: float = 0.5
-    fresh_student: bool = False
+    distill_weight: float = 1.0
+    fresh_student: bool = True
     cold_rate: float = 0.2
     batch_size: int = 1024
     lr: float = 2e-3

@@ -115,12 +115,13 @@ def run_fleet(model: PatchedRanker, local: dict[str, np.ndarray], cfg: DeviceCon
         lo, hi = bounds[a], (bounds[b] if b < len(users) else len(local["users"]))
         chunk = {k: v[lo:hi] for k, v in local.items()}
         tasks.append(_device_chunk.remote(model_ref, chunk, starts[a:b], cfg, seed))
-    results, pending = [], tasks
+    results, pending, every = [], tasks, max(1, len(tasks) // 5)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         results.extend(ray.get(done))
-        if log:
-            log(f"fleet: {sum(len(r['users']) for r in results):,}/{len(users):,} users personalised")
+        if log and (len(results) % every == 0 or not pending):            # about five progress lines
+            log(f"fleet: {sum(len(r['users']) for r in results):,}/{len(users):,} users personalised "
+                f"({time.perf_counter() - t0:.0f} s)")
     wall = time.perf_counter() - t0
     out = {k: np.concatenate([r[k] for r in results]) for k in ("users", "theta", "seconds")}
     order = np.argsort(out["users"])
