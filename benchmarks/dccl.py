@@ -39,7 +39,7 @@ def _row(meta: dict, part: str) -> dict:
 
 def one_seed(graph: Path, work: Path, cfg: DCCLConfig, rounds: int) -> dict:
     metas = run_rounds(graph, work / "rounds", cfg, rounds, log=lambda s: print(s, flush=True))
-    data = DCCLData(graph, cfg.etype, cfg.length, seed=cfg.seed)
+    data = DCCLData(graph, cfg.etype, cfg.length, seed=cfg.seed, protocol=cfg.protocol)
     out = {}
     for part in ("valid", "test"):
         cand = data.candidates(part, cfg.eval_negatives)
@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--base-epochs", type=int, default=DCCLConfig.base_epochs)
+    parser.add_argument("--protocol", choices=("last", "temporal"), default="last")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-dccl"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dccl.json"))
     args = parser.parse_args()
@@ -77,7 +78,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     per_seed = {}
     for seed in seeds:
-        cfg = DCCLConfig(seed=seed, base_epochs=args.base_epochs)
+        cfg = DCCLConfig(seed=seed, base_epochs=args.base_epochs, protocol=args.protocol)
         per_seed[seed] = one_seed(args.graph.resolve(), (args.work / f"seed{seed}").resolve(), cfg, args.rounds)
         print({k: v for k, v in per_seed[seed].items() if k.startswith("test_")}, flush=True)
     summary = mean_std([{k: v for k, v in d.items() if k not in ("groups", "fleet", "din_chosen")}

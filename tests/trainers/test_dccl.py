@@ -13,11 +13,11 @@ from conftest import random_graph
 
 from graphs.exceptions import ConfigError
 from trainers.dccl.config import DCCLConfig, build_model
-from trainers.dccl.data import DCCLData, leave_last_out, ranking_metrics, score_candidates
+from trainers.dccl.data import DCCLData, leave_last_out, ranking_metrics, score_candidates, temporal_rows
 from trainers.dccl.fleet import DeviceConfig, local_samples, personalise
 from trainers.dccl.patch import PatchConfig, PatchedRanker, junction_widths
 from trainers.dccl.rounds import DCCLDir, read_fleet, run_rounds
-from trainers.evaluation.splits import Interactions
+from trainers.evaluation.splits import Interactions, temporal_cut
 from trainers.ranking.dsgl import hops_to_tensors
 from trainers.ranking.dsgl_data import SequenceGraphs
 from trainers.ranking.rankers import DIN
@@ -115,6 +115,18 @@ def test_leave_last_out_holds_out_each_users_latest_two():
     rows = leave_last_out(inter)
     assert rows["test"].tolist() == [2, 8] and rows["valid"].tolist() == [0, 7]        # user 1 has only 2
     assert sorted(rows["train"].tolist()) == [1, 3, 4, 5, 6]
+
+
+def test_the_temporal_protocol_tests_warm_users_after_one_cut():
+    rng = np.random.default_rng(0)
+    inter = Interactions(rng.integers(0, 40, 500), rng.integers(0, 30, 500), rng.integers(0, 1000, 500), 40, 30)
+    rows, cut = temporal_rows(inter), temporal_cut(inter, 0.8)
+    warm = np.isin(inter.user, inter.user[inter.ts < cut])
+    kept = np.flatnonzero((inter.ts < cut) | warm)                          # cold users' later rows left out
+    assert np.array_equal(np.sort(np.concatenate(list(rows.values()))), kept)
+    assert inter.ts[rows["train"]].max() < inter.ts[rows["valid"]].min() <= inter.ts[rows["valid"]].max() < \
+        inter.ts[rows["test"]].min()
+    assert np.isin(inter.user[rows["test"]], inter.user[np.concatenate([rows["train"], rows["valid"]])]).all()
 
 
 def test_metrics_of_known_ranks():

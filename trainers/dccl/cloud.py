@@ -59,7 +59,7 @@ def _loop(conf: dict) -> None:
     cfg: DCCLConfig = conf["cfg"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    data = DCCLData(conf["graph"], cfg.etype, cfg.length, seed=cfg.seed)
+    data = DCCLData(conf["graph"], cfg.etype, cfg.length, seed=cfg.seed, protocol=cfg.protocol)
     model = build_model(data, cfg)
     momo = conf["stage"] == "momo"
     if conf["start"]:
@@ -143,7 +143,7 @@ def fit_cloud(graph: str | Path, storage: Path, cfg: DCCLConfig, stage: str, sta
                  resources_per_worker=cfg.resources_per_worker, keep=1, progress=progress)
     with result.checkpoint.as_directory() as d:
         state = load_state(d)
-    data = DCCLData(graph, cfg.etype, cfg.length, seed=cfg.seed)
+    data = DCCLData(graph, cfg.etype, cfg.length, seed=cfg.seed, protocol=cfg.protocol)
     model = build_model(data, cfg)
     model.load_state_dict(state["model"])
     return _served(model, fleet).eval(), json.loads(state["history"])

@@ -24,7 +24,8 @@ class DCCLConfig:
     ``fresh_student``: the distillation starts the ranker from a new initialisation (a student
     born again from the devices' models) instead of the previous round's weights.
     ``lr`` is the ranker's, ``patch_lr`` the basis' and the encoder's. ``workers``,
-    ``use_gpu``, ``resources_per_worker``: the Ray Train workers of the cloud stages."""
+    ``use_gpu``, ``resources_per_worker``: the Ray Train workers of the cloud stages.
+    ``protocol``: the evaluation split, ``last`` (the chapter's) or ``temporal``."""
 
     dim: int = 32
     hidden: int = 64
@@ -46,6 +47,7 @@ class DCCLConfig:
     resources_per_worker: dict | None = None
     seed: int = 0
     etype: str | None = None
+    protocol: str = "last"
     patch: PatchConfig = field(default_factory=PatchConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
 

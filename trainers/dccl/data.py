@@ -23,13 +23,28 @@ import torch
 
 from graphs.exceptions import ConfigError
 from graphs.store import GraphDir
-from trainers.evaluation.splits import Interactions, load_interactions
+from trainers.evaluation.splits import Interactions, load_interactions, temporal_cut
 from trainers.ranking.dsgl import hops_to_tensors
 from trainers.ranking.dsgl_data import SequenceGraphs
 from trainers.ranking.dsgl_samples import Samples, make_samples
 from trainers.ranking.rankers import categorical_fields
 
 GROUPS = 20
+
+
+PROTOCOLS = ("last", "temporal")
+
+
+def temporal_rows(inter: Interactions, train_frac: float = 0.8, valid_frac: float = 0.1) -> dict[str, np.ndarray]:
+    """The honest temporal protocol's row indices: one global cut at the ``train_frac`` time
+    quantile; ``test`` the interactions after it of users with history before it (warm),
+    ``valid`` the last ``valid_frac`` of the time before it, ``train`` the rest."""
+    cut = temporal_cut(inter, train_frac)
+    before = inter.ts < cut
+    valid_cut = np.quantile(inter.ts[before], 1 - valid_frac, method="higher")
+    warm = np.isin(inter.user, np.unique(inter.user[before]))
+    return {"train": np.flatnonzero(inter.ts < valid_cut), "valid": np.flatnonzero(before & (inter.ts >= valid_cut)),
+            "test": np.flatnonzero(~before & warm)}
 
 
 def leave_last_out(inter: Interactions) -> dict[str, np.ndarray]:
@@ -57,15 +72,18 @@ class Candidates:
 
 class DCCLData:
     """Interactions, the split, training samples, candidates, histories and user profiles of
-    ``graph``'s user-item edge type ``etype`` (None: the graph's default)."""
+    ``graph``'s user-item edge type ``etype`` (None: the graph's default). ``protocol``:
+    ``last`` (leave-last-out, the chapter's) or ``temporal`` (:func:`temporal_rows`)."""
 
     def __init__(self, graph: str | Path, etype: str | None = None, length: int = 10, depth: int = 1,
-                 seed: int = 0):
+                 seed: int = 0, protocol: str = "last"):
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         gdir = GraphDir(graph, validate="none")
         self.etype = gdir.schema.interaction_type(etype)
         self.user_type, _, self.item_type = self.etype.split("__")
         self.inter = load_interactions(graph, self.etype)
-        self.rows = leave_last_out(self.inter)
+        self.rows = leave_last_out(self.inter) if protocol == "last" else temporal_rows(self.inter)
         if not len(self.rows["test"]):
             raise ConfigError(f"{graph}: no user of {self.etype} has 3 interactions; nothing to hold out")
         self.parts = {name: _subset(self.inter, rows) for name, rows in self.rows.items()}
@@ -80,8 +98,9 @@ class DCCLData:
         return make_samples(self.parts["train"], self.parts["train"], negatives, np.random.default_rng([seed, 11]))
 
     def candidates(self, part: str, negatives: int = 100) -> Candidates:
-        """``part`` in ``valid | test``: its positives with ``negatives`` items each that the
-        user never interacted with (fixed by the data's seed)."""
+        """``part`` in ``valid | test``: its positives (one a user in the chapter's protocol;
+        every one in the temporal) with ``negatives`` items each that the user never
+        interacted with (fixed by the data's seed)."""
         pos = self.parts[part]
         rng = np.random.default_rng([self.seed, 13, 0 if part == "valid" else 1])
         seen = set((self.inter.user * self.inter.num_items + self.inter.item).tolist())

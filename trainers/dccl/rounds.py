@@ -142,7 +142,7 @@ def run_rounds(graph: str | Path, out: str | Path, cfg: DCCLConfig = DCCLConfig(
     out = DCCLDir(out)
     cfg = out.start(Path(graph), cfg)
     graph = Path(graph).resolve()
-    data = DCCLData(graph, cfg.etype, cfg.length, seed=cfg.seed)
+    data = DCCLData(graph, cfg.etype, cfg.length, seed=cfg.seed, protocol=cfg.protocol)
     metas = []
     for r in range(rounds + 1):
         meta_path = out.round(r) / "meta.json"
@@ -159,7 +159,7 @@ def load_dccl(out: str | Path, r: int | None = None) -> tuple[PatchedRanker, DCC
     out = DCCLDir(out)
     r = out.latest() if r is None else r
     graph, cfg = out.config()
-    data = DCCLData(graph, cfg.etype, cfg.length, seed=cfg.seed)
+    data = DCCLData(graph, cfg.etype, cfg.length, seed=cfg.seed, protocol=cfg.protocol)
     return _load(out.round(r) / "model.pt", data, cfg), cfg, data
 
 
