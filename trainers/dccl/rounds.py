@@ -150,7 +150,6 @@ def run_rounds(graph: str | Path, out: str | Path, cfg: DCCLConfig = DCCLConfig(
             metas.append(json.loads(meta_path.read_text()))
             continue
         metas.append(run_round(out, graph, cfg, r, data, log))
-        log(f"round {r}: test NDCG@10 {metas[-1]['test_ndcg@10']:.4f}, HR@10 {metas[-1]['test_hr@10']:.4f}")
     return metas
 
 
