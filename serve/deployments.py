@@ -31,11 +31,11 @@ from serve.config import ServeConfig
 from serve.index import ItemIndex
 from serve.live import LiveCatalog
 from serve.versions import CHECK_EVERY_S, IndexSwap
+from trainers.dccl.rounds import load_dccl
 from trainers.ille.embedding_view import EmbeddingView
 from trainers.ille.pool import LoggedPool, open_pool, stats_json
 from trainers.ranking.dsgl import hops_to_tensors
 from trainers.ranking.dsgl_data import SequenceGraphs
-from trainers.dccl.rounds import load_dccl
 from trainers.ranking.train import load_ranker
 from trainers.run_dir import RunDir
 
@@ -177,7 +177,8 @@ class Ranker:
         item_hops, item_memory = self._item_side(items, t)
         logits = self.model(torch.from_numpy(users), torch.from_numpy(items),
                             hops_to_tensors(graphs.user_side(users, np.full(len(users), t))), item_hops,
-                            pair=torch.from_numpy(pair), **({} if item_memory is None else {"item_memory": item_memory}))
+                            pair=torch.from_numpy(pair),
+                            **({} if item_memory is None else {"item_memory": item_memory}))   # DIN takes none
         return [part.tolist() for part in torch.split(logits, sizes)]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)

@@ -13,11 +13,11 @@ from conftest import random_graph
 
 from graphs.exceptions import ConfigError
 from trainers.dccl.config import DCCLConfig, build_model
-from trainers.dccl.data import DCCLData, leave_last_out, ranking_metrics, score_candidates, temporal_rows
+from trainers.dccl.data import DCCLData, leave_last_out, ranking_metrics, score_candidates
 from trainers.dccl.fleet import DeviceConfig, local_samples, personalise
 from trainers.dccl.patch import PatchConfig, PatchedRanker, junction_widths
 from trainers.dccl.rounds import DCCLDir, read_fleet, run_rounds
-from trainers.evaluation.splits import Interactions, temporal_cut
+from trainers.evaluation.splits import Interactions, temporal_cut, temporal_parts
 from trainers.ranking.dsgl import hops_to_tensors
 from trainers.ranking.dsgl_data import SequenceGraphs
 from trainers.ranking.rankers import DIN
@@ -120,13 +120,14 @@ def test_leave_last_out_holds_out_each_users_latest_two():
 def test_the_temporal_protocol_tests_warm_users_after_one_cut():
     rng = np.random.default_rng(0)
     inter = Interactions(rng.integers(0, 40, 500), rng.integers(0, 30, 500), rng.integers(0, 1000, 500), 40, 30)
-    rows, cut = temporal_rows(inter), temporal_cut(inter, 0.8)
+    parts, cut = temporal_parts(inter), temporal_cut(inter, 0.8)
     warm = np.isin(inter.user, inter.user[inter.ts < cut])
     kept = np.flatnonzero((inter.ts < cut) | warm)                          # cold users' later rows left out
-    assert np.array_equal(np.sort(np.concatenate(list(rows.values()))), kept)
-    assert inter.ts[rows["train"]].max() < inter.ts[rows["valid"]].min() <= inter.ts[rows["valid"]].max() < \
-        inter.ts[rows["test"]].min()
-    assert np.isin(inter.user[rows["test"]], inter.user[np.concatenate([rows["train"], rows["valid"]])]).all()
+    assert sum(len(parts[p]) for p in ("train", "valid", "test")) == len(kept)
+    assert np.array_equal(np.sort(np.concatenate([parts[p].ts for p in ("train", "valid", "test")])),
+                          np.sort(inter.ts[kept]))
+    assert parts["train"].ts.max() < parts["valid"].ts.min() <= parts["valid"].ts.max() < parts["test"].ts.min()
+    assert np.isin(parts["test"].user, np.concatenate([parts["train"].user, parts["valid"].user])).all()
 
 
 def test_metrics_of_known_ranks():
@@ -142,7 +143,7 @@ def test_candidates_are_never_items_the_user_met(graph):
     data = DCCLData(graph, seed=0)
     cand = data.candidates("test", 20)
     seen = set(zip(data.inter.user.tolist(), data.inter.item.tolist()))
-    assert cand.items.shape == (len(data.rows["test"]), 21)
+    assert cand.items.shape == (len(data.parts["test"]), 21)
     assert all((u, i) not in seen for u, row in zip(cand.users, cand.items[:, 1:]) for i in row)
     assert all(len(set(row)) == 21 for row in cand.items)
     assert (data.group.min(), data.group.max()) == (0, 19)

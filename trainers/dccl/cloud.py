@@ -51,7 +51,6 @@ def validate(model, data: DCCLData, cfg: DCCLConfig, part: str = "valid") -> dic
     """The chapter's metrics of ``model`` (as served) on the part's candidates."""
     cand = data.candidates(part, cfg.eval_negatives)
     out = ranking_metrics(score_candidates(model, data, cand), cand.users, data.group)
-    model.train()
     return {f"{part}_{k}": v for k, v in out.items()}
 
 
@@ -64,7 +63,6 @@ def _loop(conf: dict) -> None:
     momo = conf["stage"] == "momo"
     if conf["start"]:
         model.load_state_dict(torch.load(conf["start"], weights_only=True, map_location="cpu"))
-    fresh = build_model(data, replace(cfg, seed=conf["seed"] + 7919)).ranker if momo and cfg.fresh_student else None
     teacher, device_theta, has = None, None, None
     if momo:
         device_theta, has = fleet_table(model, conf["fleet"])
@@ -72,8 +70,8 @@ def _loop(conf: dict) -> None:
         teacher.set_patches(torch.as_tensor(conf["fleet"]["users"]), torch.as_tensor(conf["fleet"]["theta"]))
         for p in teacher.parameters():
             p.requires_grad_(False)
-        if fresh is not None:
-            model.ranker = fresh
+        if cfg.fresh_student:
+            model.ranker = build_model(data, replace(cfg, seed=conf["seed"] + 7919)).ranker
     ranker_params = [p for n, p in model.named_parameters() if n.startswith("ranker.")]
     patch_params = [p for n, p in model.named_parameters() if not n.startswith("ranker.")]
     model = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})

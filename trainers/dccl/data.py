@@ -23,7 +23,7 @@ import torch
 
 from graphs.exceptions import ConfigError
 from graphs.store import GraphDir
-from trainers.evaluation.splits import Interactions, load_interactions, temporal_cut
+from trainers.evaluation.splits import Interactions, load_interactions, temporal_parts
 from trainers.ranking.dsgl import hops_to_tensors
 from trainers.ranking.dsgl_data import SequenceGraphs
 from trainers.ranking.dsgl_samples import Samples, make_samples
@@ -33,18 +33,6 @@ GROUPS = 20
 
 
 PROTOCOLS = ("last", "temporal")
-
-
-def temporal_rows(inter: Interactions, train_frac: float = 0.8, valid_frac: float = 0.1) -> dict[str, np.ndarray]:
-    """The honest temporal protocol's row indices: one global cut at the ``train_frac`` time
-    quantile; ``test`` the interactions after it of users with history before it (warm),
-    ``valid`` the last ``valid_frac`` of the time before it, ``train`` the rest."""
-    cut = temporal_cut(inter, train_frac)
-    before = inter.ts < cut
-    valid_cut = np.quantile(inter.ts[before], 1 - valid_frac, method="higher")
-    warm = np.isin(inter.user, np.unique(inter.user[before]))
-    return {"train": np.flatnonzero(inter.ts < valid_cut), "valid": np.flatnonzero(before & (inter.ts >= valid_cut)),
-            "test": np.flatnonzero(~before & warm)}
 
 
 def leave_last_out(inter: Interactions) -> dict[str, np.ndarray]:
@@ -73,7 +61,8 @@ class Candidates:
 class DCCLData:
     """Interactions, the split, training samples, candidates, histories and user profiles of
     ``graph``'s user-item edge type ``etype`` (None: the graph's default). ``protocol``:
-    ``last`` (leave-last-out, the chapter's) or ``temporal`` (:func:`temporal_rows`)."""
+    ``last`` (leave-last-out, the chapter's) or ``temporal`` (``temporal_parts``: one global
+    cut, warm users' later interactions as test, the last 10% before the cut as validation)."""
 
     def __init__(self, graph: str | Path, etype: str | None = None, length: int = 10, depth: int = 1,
                  seed: int = 0, protocol: str = "last"):
@@ -83,13 +72,15 @@ class DCCLData:
         self.etype = gdir.schema.interaction_type(etype)
         self.user_type, _, self.item_type = self.etype.split("__")
         self.inter = load_interactions(graph, self.etype)
-        self.rows = leave_last_out(self.inter) if protocol == "last" else temporal_rows(self.inter)
-        if not len(self.rows["test"]):
-            raise ConfigError(f"{graph}: no user of {self.etype} has 3 interactions; nothing to hold out")
-        self.parts = {name: _subset(self.inter, rows) for name, rows in self.rows.items()}
+        if protocol == "last":
+            self.parts = {name: self.inter.subset(rows) for name, rows in leave_last_out(self.inter).items()}
+        else:
+            self.parts = temporal_parts(self.inter, seed=seed)
+        if not len(self.parts["test"]):
+            raise ConfigError(f"{graph}: nothing to hold out of {self.etype} under the {protocol!r} protocol")
         self.graphs = SequenceGraphs(self.inter, length=length, depth=depth)
         self.profile = categorical_fields(gdir, self.user_type)          # (codes [U, F], cards)
-        self.seed = seed
+        self.seed, self._candidates = seed, {}
         self.activity = np.bincount(self.parts["train"].user, minlength=self.inter.num_users)
         ranks = np.argsort(np.argsort(self.activity, kind="stable"), kind="stable")
         self.group = (ranks * GROUPS // max(self.inter.num_users, 1)).astype(np.int64)   # [U], 0: least active
@@ -100,7 +91,12 @@ class DCCLData:
     def candidates(self, part: str, negatives: int = 100) -> Candidates:
         """``part`` in ``valid | test``: its positives (one a user in the chapter's protocol;
         every one in the temporal) with ``negatives`` items each that the user never
-        interacted with (fixed by the data's seed)."""
+        interacted with (fixed by the data's seed, so drawn once and kept)."""
+        if (part, negatives) not in self._candidates:
+            self._candidates[part, negatives] = self._draw_candidates(part, negatives)
+        return self._candidates[part, negatives]
+
+    def _draw_candidates(self, part: str, negatives: int) -> Candidates:
         pos = self.parts[part]
         rng = np.random.default_rng([self.seed, 13, 0 if part == "valid" else 1])
         seen = set((self.inter.user * self.inter.num_items + self.inter.item).tolist())
@@ -122,14 +118,12 @@ class DCCLData:
                 hops_to_tensors(u_hops, device), hops_to_tensors(i_hops, device))
 
 
-def _subset(inter: Interactions, rows: np.ndarray) -> Interactions:
-    return Interactions(inter.user[rows], inter.item[rows], inter.ts[rows], inter.num_users, inter.num_items)
-
-
 @torch.no_grad()
 def score_candidates(model: torch.nn.Module, data: DCCLData, cand: Candidates, batch_users: int = 256
                      ) -> np.ndarray:
-    """Logits ``[N, 1 + n]`` of every candidate; one user-side history per user."""
+    """Logits ``[N, 1 + n]`` of every candidate; one user-side history per user. The model
+    scores in eval mode and is left in the mode it came in."""
+    training = model.training
     model.eval()
     n = cand.items.shape[1]
     out = []
@@ -141,6 +135,7 @@ def score_candidates(model: torch.nn.Module, data: DCCLData, cand: Candidates, b
         pair = torch.arange(len(users)).repeat_interleave(n)
         out.append(model(torch.as_tensor(users), torch.as_tensor(items), u_hops, i_hops, pair=pair)
                    .reshape(len(users), n).numpy())
+    model.train(training)
     return np.concatenate(out) if out else np.zeros((0, n), np.float32)
 
 
@@ -151,12 +146,12 @@ def ranking_metrics(scores: np.ndarray, users: np.ndarray, group: np.ndarray, k:
     above = (scores[:, 1:] > pos).sum(1) + 0.5 * (scores[:, 1:] == pos).sum(1)     # negatives ahead
     rank = np.floor(above).astype(np.int64)                                        # 0-based rank
     hit = rank < k
-    per = {"ndcg": np.where(hit, 1 / np.log2(rank + 2), 0.0), "hr": hit.astype(np.float64),
+    per = {f"ndcg@{k}": np.where(hit, 1 / np.log2(rank + 2), 0.0), f"hr@{k}": hit.astype(np.float64),
            "auc": 1 - above / (scores.shape[1] - 1)}
-    out = {f"{name}@{k}" if name != "auc" else "auc": float(v.mean()) for name, v in per.items()}
+    out = {name: float(v.mean()) for name, v in per.items()}
     g = group[users]
     out["groups"] = [{"group": int(b), "users": int((g == b).sum()),
-                      **{(f"{n}@{k}" if n != "auc" else "auc"): float(v[g == b].mean()) for n, v in per.items()}}
+                      **{name: float(v[g == b].mean()) for name, v in per.items()}}
                      for b in range(GROUPS) if (g == b).any()]
     return out
 

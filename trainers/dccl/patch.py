@@ -142,4 +142,4 @@ class PatchedRanker(nn.Module):
 def junction_widths(ranker: nn.Module) -> dict[str, int]:
     """The widths of DIN's three junctions."""
     dim, hidden = ranker.item_emb.embedding_dim, ranker.mlp[0].out_features
-    return {"user": dim, "item": dim, "hidden": hidden}
+    return dict(zip(JUNCTIONS, (dim, dim, hidden)))

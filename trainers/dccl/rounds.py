@@ -25,7 +25,7 @@ from graphs.exceptions import ConfigError, NotFoundError
 from graphs.store import atomic_file, write_json_atomic
 from trainers.dccl.cloud import fit_cloud, validate
 from trainers.dccl.config import DCCLConfig, build_model
-from trainers.dccl.data import DCCLData, ranking_metrics
+from trainers.dccl.data import DCCLData
 from trainers.dccl.fleet import local_samples, run_fleet
 from trainers.dccl.patch import PatchedRanker
 
@@ -167,6 +167,3 @@ def group_gains(base: dict, other: dict, part: str = "test", metric: str = "ndcg
     return [{"group": b["group"], "users": b["users"], "base": b[metric], "other": o[metric],
              "gain": o[metric] / b[metric] - 1 if b[metric] else float("nan")}
             for b, o in zip(base[f"{part}_groups"], other[f"{part}_groups"])]
-
-
-__all__ = ["DCCLDir", "run_rounds", "load_dccl", "read_fleet", "group_gains", "ranking_metrics"]

@@ -194,3 +194,15 @@ def temporal_split(inter: Interactions, train_frac: float = 0.8, first_events: i
     return Split(train, empty_like(inter), test, cold_events=inter.subset(cold_sorted[rank < first_events]),
                  cold_test=cold_test, cut=cut, new_items=new_items,
                  new_item_test=on_new.subset(np.isin(on_new.item, new_items)))
+
+
+def temporal_parts(inter: Interactions, valid_frac: float = 0.1, seed: int = 0) -> dict[str, Interactions]:
+    """:func:`temporal_split` with a validation window: ``valid`` is the last ``valid_frac``
+    of the train part's time span, ``train`` the rest; ``test`` and ``cold`` as the split's
+    ``test`` and ``cold_test``."""
+    split = temporal_split(inter, seed=seed)
+    train = split.train
+    valid_cut = np.quantile(train.ts, 1 - valid_frac, method="higher")
+    return {"train": train.subset(train.ts < valid_cut), "valid": train.subset(train.ts >= valid_cut),
+            "test": split.test, "cold": split.cold_test}
+

@@ -32,7 +32,7 @@ from ray.train.torch import prepare_model
 from graphs.exceptions import ConfigError, NotFoundError
 from graphs.paths import absolute_fields
 from graphs.store import GraphDir, atomic_file, write_json_atomic
-from trainers.evaluation.splits import load_interactions, temporal_split
+from trainers.evaluation.splits import load_interactions, temporal_parts
 from trainers.ranking.dsgl import DSGLConfig, hops_to_tensors
 from trainers.ranking.dsgl_data import SequenceGraphs
 from trainers.ranking.dsgl_samples import Samples, auc, gauc, log_loss, make_samples, popularity_before
@@ -96,11 +96,7 @@ class RankerData:
         self.inter = load_interactions(graph, cfg.etype)
         src, _, dst = cfg.etype.split("__")
         self.user_type, self.item_type = src, dst
-        split = temporal_split(self.inter, seed=cfg.seed)
-        train = split.train
-        valid_cut = np.quantile(train.ts, 1 - cfg.valid_frac, method="higher")
-        self.parts = {"train": train.subset(train.ts < valid_cut), "valid": train.subset(train.ts >= valid_cut),
-                      "test": split.test, "cold": split.cold_test}
+        self.parts = temporal_parts(self.inter, cfg.valid_frac, seed=cfg.seed)
         self.graphs = SequenceGraphs(self.inter, length=cfg.length, depth=cfg.dsgl.depth,
                                      num_buckets=cfg.dsgl.num_buckets)
         self.fields = ranker_fields(self.graph, cfg)
